@@ -1,0 +1,39 @@
+"""distkernel: parallel notebook code on a local worker pool, with a Ray-compatible API.
+
+    import distkernel as dk
+    dk.init()
+    @dk.remote
+    def square(x):
+        return x * x
+    dk.get([square.remote(i) for i in range(4)])   # [0, 1, 4, 9]
+"""
+
+from distkernel import util
+from distkernel.api import cancel, get, put, status, timeline, wait
+from distkernel.exceptions import (
+    ActorDiedError,
+    DistkernelError,
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    SerializationError,
+    TaskCancelledError,
+    TaskError,
+    WorkerCrashedError,
+)
+from distkernel.refs import ObjectRef
+from distkernel.remote_function import RemoteFunction, remote
+from distkernel.runtime import ClusterInfo, init, is_initialized, shutdown
+from distkernel.serializability import inspect_serializability
+from distkernel.timings import TaskRecord
+from distkernel.util import deregister_serializer, register_serializer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorDiedError", "ClusterInfo", "DistkernelError", "GetTimeoutError", "ObjectLostError",
+    "ObjectRef", "ObjectStoreFullError", "RemoteFunction", "SerializationError",
+    "TaskCancelledError", "TaskError", "TaskRecord", "WorkerCrashedError", "cancel",
+    "deregister_serializer", "get", "init", "inspect_serializability", "is_initialized", "put",
+    "register_serializer", "remote", "shutdown", "status", "timeline", "util", "wait",
+]

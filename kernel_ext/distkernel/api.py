@@ -1,0 +1,95 @@
+"""``put`` / ``get`` / ``wait`` / ``cancel`` / ``timeline`` / ``status``, as in Ray."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+from distkernel import runtime
+from distkernel.refs import ObjectRef
+from distkernel.timings import TaskRecord
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` now (later changes to it do not change the stored copy)."""
+    if isinstance(value, ObjectRef):
+        msg = "put() of an ObjectRef is not allowed: pass the ref itself, or put() its value"
+        raise TypeError(msg)
+    return runtime.client().put(value)
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value of a ref, or the values of a list of refs in order."""
+    _check_timeout(timeout, "get")
+    if isinstance(refs, ObjectRef):
+        return runtime.client().get([refs], timeout)[0]
+    ref_list = _ref_list(refs, "get")
+    return runtime.client().get(ref_list, timeout) if ref_list else []
+
+
+def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """``(ready, not_ready)``: returns once ``num_returns`` refs are ready or at the timeout."""
+    _check_timeout(timeout, "wait")
+    if isinstance(refs, ObjectRef):
+        msg = "wait() takes a list of ObjectRefs; wrap a single ref as wait([ref])"
+        raise TypeError(msg)
+    ref_list = _ref_list(refs, "wait")
+    if len(set(ref_list)) != len(ref_list):
+        msg = "wait() needs a list of distinct ObjectRefs; remove the duplicates"
+        raise ValueError(msg)
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+        msg = f"wait(num_returns=...) must be an int >= 1, got {num_returns!r}"
+        raise ValueError(msg)
+    if num_returns > len(ref_list):
+        msg = (f"wait(num_returns={num_returns}) is more than the {len(ref_list)} refs given; "
+               f"use at most len(refs)")
+        raise ValueError(msg)
+    return runtime.client().wait(ref_list, num_returns, timeout)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task making ``ref``: dropped if queued, interrupted if running
+    (``force=True`` kills its worker, which is replaced); ``get`` then raises
+    TaskCancelledError. A finished task is left alone."""
+    if not isinstance(ref, ObjectRef):
+        msg = f"cancel() takes an ObjectRef returned by .remote(), got {type(ref).__name__}"
+        raise TypeError(msg)
+    runtime.client().cancel(ref, force)
+
+
+def timeline(last: int | None = None) -> list[TaskRecord]:
+    """Records of the latest tasks (all kept ones, or the ``last`` N), oldest first."""
+    if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
+        msg = f"timeline(last=...) must be None or an int >= 0, got {last!r}"
+        raise ValueError(msg)
+    if not runtime.is_initialized():
+        return []
+    return runtime.backend().timeline.last(last)
+
+
+def status() -> dict[str, Any]:
+    """Workers (id, pid, state, current task, cpu %, rss), object store and backend."""
+    return runtime.backend().status()
+
+
+def _check_timeout(timeout: Any, what: str) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or timeout < 0:
+        msg = f"{what}(timeout=...) must be None or a number of seconds >= 0, got {timeout!r}"
+        raise ValueError(msg)
+
+
+def _ref_list(refs: Any, what: str) -> list[ObjectRef]:
+    if not isinstance(refs, (list, tuple)):
+        msg = (f"{what}() takes an ObjectRef or a list of ObjectRefs, got "
+               f"{type(refs).__name__}")
+        raise TypeError(msg)
+    for index, ref in enumerate(refs):
+        if not isinstance(ref, ObjectRef):
+            msg = (f"{what}() takes ObjectRefs; item {index} is a {type(ref).__name__}. "
+                   f"Pass what .remote() or put() returned")
+            raise TypeError(msg)
+    return list(refs)

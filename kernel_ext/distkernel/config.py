@@ -1,0 +1,88 @@
+"""Defaults and the parsing of user-given sizes and counts."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import psutil
+
+#: Serialized values below this size travel inline in messages; larger ones go to shared memory.
+INLINE_THRESHOLD = 100 * 1024
+#: Where shared-memory segments live (tmpfs on Linux).
+SHM_DIR = os.environ.get("DISTKERNEL_SHM_DIR", "/dev/shm")
+#: Every segment name starts with this, then the driver pid: ``distkernel-<pid>-...``.
+SEGMENT_PREFIX = "distkernel-"
+#: How many finished task records ``timeline()`` keeps.
+TIMELINE_CAPACITY = 10_000
+#: Default retries of a task whose worker died.
+DEFAULT_MAX_RETRIES = 3
+#: How many extra workers may be started while workers are blocked in ``get`` on child tasks.
+MAX_EXTRA_WORKERS = 32
+#: Share of total RAM and of free ``/dev/shm`` the store takes by default.
+RAM_SHARE = 0.3
+SHM_SHARE = 0.8
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2,
+          "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | float | str, *, what: str = "object_store_memory") -> int:
+    """Bytes from an int or a string like ``"2GB"``, ``"512 MiB"`` or ``"1e9"``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a number of bytes or a string like '2GB', got {value!r}")
+    if isinstance(value, (int, float)):
+        size = int(value)
+    elif isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            try:
+                size = int(float(value))
+            except ValueError:
+                msg = (f"{what}={value!r} is not a size: use a number of bytes or a string "
+                       f"like '512MB', '2GB' or '1GiB'")
+                raise ValueError(msg) from None
+        else:
+            size = int(float(match.group(1)) * _UNITS[unit])
+    else:
+        msg = f"{what} must be a number of bytes or a string like '2GB', got {type(value).__name__}"
+        raise TypeError(msg)
+    if size <= 0:
+        msg = f"{what} must be positive, got {value!r}"
+        raise ValueError(msg)
+    return size
+
+
+def default_store_memory() -> int:
+    """A safe share of RAM and of free shared memory, so a big store cannot starve the machine."""
+    total = psutil.virtual_memory().total
+    try:
+        shm_free = psutil.disk_usage(SHM_DIR).free
+    except OSError:
+        shm_free = total
+    return int(min(total * RAM_SHARE, shm_free * SHM_SHARE))
+
+
+def resolve_num_workers(num_workers: int | None) -> int:
+    """The CPU count by default; otherwise a positive int, checked."""
+    if num_workers is None:
+        return os.cpu_count() or 1
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int):
+        msg = f"num_workers must be a positive int, got {num_workers!r}"
+        raise TypeError(msg)
+    if num_workers < 1:
+        msg = f"num_workers must be at least 1, got {num_workers}"
+        raise ValueError(msg)
+    return num_workers
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``: sizes as people read them."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

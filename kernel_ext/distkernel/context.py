@@ -1,0 +1,44 @@
+"""Which client this process talks to: the driver's engine, or (inside a worker) the driver.
+
+``api`` asks here first, so ``get`` / ``put`` / ``.remote`` work the same in a
+notebook cell and inside a task or actor method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from distkernel.protocol import FunctionPayload, TaskOptions
+from distkernel.refs import ObjectRef
+
+
+class Client(Protocol):
+    """What the public API needs from an engine, in the driver or in a worker."""
+
+    cluster_id: str
+
+    def put(self, value: Any) -> ObjectRef: ...
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]: ...
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int,
+             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]: ...
+
+    def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
+               options: TaskOptions) -> list[ObjectRef]: ...
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None: ...
+
+
+_worker_client: Client | None = None
+
+
+def set_worker(client: Client) -> None:
+    """Called once in a worker process: every API call goes to the driver through it."""
+    global _worker_client
+    _worker_client = client
+
+
+def worker_client() -> Client | None:
+    return _worker_client

@@ -1,0 +1,134 @@
+"""The public error tree (SPEC §5): one class per failure mode.
+
+Every message is meant to be read in a notebook: it says what happened, why,
+and what to do next.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+class DistkernelError(Exception):
+    """Base class of every error distkernel raises on purpose."""
+
+
+class SerializationError(DistkernelError, TypeError):
+    """Raised when a value cannot be serialized for a put, a task argument or a result."""
+
+
+class TaskError(DistkernelError):
+    """Raised by ``get`` when the task or actor method raised.
+
+    The instance ``get`` raises is also an instance of the original exception's
+    class (see :func:`as_instance_of_cause`), so ``except ValueError`` works.
+    """
+
+    def __init__(self, message: str = "", *, cause: BaseException | None = None,
+                 remote_traceback: str = "", task_name: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.remote_traceback = remote_traceback
+        self.task_name = task_name
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_task_error,
+                (self.args[0] if self.args else "", self.cause, self.remote_traceback,
+                 self.task_name))
+
+
+class WorkerCrashedError(DistkernelError):
+    """Raised when a worker process died while running the task and retries are used up."""
+
+
+class ActorDiedError(DistkernelError):
+    """Raised for calls on an actor whose process died or was killed."""
+
+
+class GetTimeoutError(DistkernelError, TimeoutError):
+    """Raised when ``get(..., timeout=)`` expired; the task keeps running."""
+
+
+class TaskCancelledError(DistkernelError):
+    """Raised by ``get`` for a task that was cancelled (``cancel`` or a kernel interrupt)."""
+
+
+class ObjectStoreFullError(DistkernelError, MemoryError):
+    """Raised when the object store cannot hold a new object even after freeing what it may."""
+
+
+class ObjectLostError(DistkernelError):
+    """Raised by ``get`` for a ref whose object is gone (cluster restarted, or freed)."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted remote traceback as the ``__cause__`` of a TaskError."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n" + self.text
+
+
+_derived_classes: dict[type, type] = {}
+
+
+def as_instance_of_cause(error: TaskError) -> TaskError:
+    """Return ``error`` as an instance of both TaskError and the cause's class.
+
+    Falls back to the plain TaskError when the cause's class cannot be
+    subclassed or instantiated without its constructor.
+    """
+    cause = error.cause
+    if cause is None or isinstance(cause, TaskError) or not isinstance(cause, Exception):
+        return error
+    cause_cls = type(cause)
+    derived = _derived_classes.get(cause_cls)
+    if derived is None:
+        try:
+            derived = type(f"TaskError({cause_cls.__name__})", (TaskError, cause_cls),
+                           {"__module__": "distkernel.exceptions",
+                            "__init__": TaskError.__init__,
+                            "__str__": TaskError.__str__,
+                            "__reduce__": TaskError.__reduce__})
+        except TypeError:
+            return error
+        _derived_classes[cause_cls] = derived
+    try:
+        instance = derived.__new__(derived)
+        TaskError.__init__(instance, str(error), cause=cause,
+                           remote_traceback=error.remote_traceback, task_name=error.task_name)
+        # Attributes the original exception carries (errno, filename, ...) stay readable.
+        for key, value in getattr(cause, "__dict__", {}).items():
+            instance.__dict__.setdefault(key, value)
+    except Exception:  # a cause class with an exotic __new__: keep the plain error
+        return error
+    instance.__cause__ = error.__cause__
+    return instance
+
+
+def _rebuild_task_error(message: str, cause: BaseException | None, remote_traceback: str,
+                        task_name: str) -> TaskError:
+    error = TaskError(message, cause=cause, remote_traceback=remote_traceback,
+                      task_name=task_name)
+    if remote_traceback:
+        error.__cause__ = RemoteTraceback(remote_traceback)
+    return as_instance_of_cause(error)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Word a process exit code as a person would: a signal name, not a negative number."""
+    if exitcode is None:
+        return "an unknown exit status"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"

@@ -1,0 +1,178 @@
+"""Everything that crosses a process boundary, as frozen dataclasses.
+
+Driver and workers exchange these over one duplex pipe per worker, pickled with
+the standard pickler (they hold only bytes, strings, numbers and tuples).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+TaskKind = Literal["task", "actor_method", "actor_create", "cell"]
+
+
+# --- stored values -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class InlineValue:
+    """A small serialized value carried inside messages."""
+
+    header: bytes
+    buffers: tuple[bytes, ...] = ()
+    contained: tuple[str, ...] = ()  # ids of ObjectRefs pickled inside the value
+    is_error: bool = False  # the value is an exception that get() raises
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.header) + sum(len(b) for b in self.buffers)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedValue:
+    """A large serialized value in one shared-memory segment: header at 0, then the buffers."""
+
+    segment: str
+    size: int
+    header_len: int
+    buffers: tuple[tuple[int, int], ...]  # (offset, length) of each out-of-band buffer
+    contained: tuple[str, ...] = ()
+    is_error: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.size
+
+
+Value = Union[InlineValue, SharedValue]
+
+
+# --- driver -> worker ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One unit of work: which function, with which arguments, producing which objects."""
+
+    task_id: str
+    name: str
+    kind: TaskKind
+    function_hash: str
+    args: Value  # pickled (args, kwargs); top-level ObjectRefs stay refs, see ``resolved``
+    top_level_refs: tuple[str, ...]  # ids of refs that are positional or keyword arguments
+    return_ids: tuple[str, ...]
+    max_retries: int = 0
+    actor_id: str = ""  # set for actor methods: the method name is ``name``'s last part
+    method: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunTask:
+    """Run ``spec`` now; ``seq`` identifies this run (cancel slot, retries)."""
+
+    seq: int
+    spec: TaskSpec
+    resolved: tuple[tuple[str, Value], ...]  # values of the top-level ref arguments
+    function: bytes | None = None  # the pickled function, when this worker lacks it
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer to a worker's ``Request``; ``values`` for get, ``ready`` for wait."""
+
+    request_id: int
+    values: tuple[tuple[str, Value], ...] = ()
+    ready: tuple[str, ...] = ()
+    error: bytes | None = None  # a pickled exception to raise in the worker
+
+
+@dataclass(frozen=True, slots=True)
+class SetSerializers:
+    """The driver's serializer registry, pickled, replacing the worker's."""
+
+    registry: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Finish the current task, then exit cleanly."""
+
+
+# --- worker -> driver -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    """A run finished: its results (or one error value) and when it ran."""
+
+    seq: int
+    task_id: str
+    results: tuple[Value, ...]
+    started: float
+    finished: float
+    failed: bool = False
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Text a task printed, to show in the driver."""
+
+    task_id: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A call into the driver from inside a task: get, wait, put, submit, cancel."""
+
+    request_id: int
+    op: Literal["get", "wait", "put", "submit", "cancel"]
+    object_ids: tuple[str, ...] = ()
+    value: Value | None = None
+    spec: TaskSpec | None = None
+    function: bytes | None = None
+    num_returns: int = 1
+    timeout: float | None = None
+    force: bool = False
+    needs_reply: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RefDelta:
+    """ObjectRefs that came alive or died in a worker since its last message."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    """First message of a worker: it is up and listening."""
+
+    pid: int
+    id_prefix: str  # every object id the worker makes starts with this
+
+
+DriverMessage = Union[RunTask, Reply, SetSerializers, Stop]
+WorkerMessage = Union[TaskDone, Output, Request, RefDelta, WorkerReady]
+
+
+# --- what a submission carries ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FunctionPayload:
+    """A function pickled once, named by the hash of its bytes."""
+
+    function_hash: str
+    data: bytes
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-call options of a remote function (Ray's names)."""
+
+    num_returns: int = 1
+    max_retries: int = 3
+    num_cpus: float = 1
+    name: str = ""

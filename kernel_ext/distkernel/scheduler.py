@@ -1,0 +1,291 @@
+"""Which task runs where and when: a pure state machine, no I/O.
+
+The local backend feeds it events (a task submitted, a worker ready, a task
+done, a worker died, an object became ready, a worker blocked in ``get``) and
+carries out the instructions each event returns (dispatch a task, fail a
+task, start / stop / interrupt / kill a worker). Tests drive it directly,
+without processes (habit 3).
+
+A task waits, holding no worker, until every top-level ObjectRef argument is
+ready; then it queues FIFO for an idle worker. A worker blocked in ``get`` on
+other tasks does not count towards the pool size, so nested tasks cannot
+starve the pool: an extra worker starts while the others wait, and stops when
+it is idle again and the pool is back above its size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from distkernel.protocol import TaskSpec
+
+WorkerStateName = Literal["starting", "idle", "busy", "blocked", "stopping", "dead"]
+
+
+# --- instructions --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    worker_id: int
+    seq: int
+    spec: TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class FailTask:
+    spec: TaskSpec
+    reason: Literal["crashed", "cancelled"]
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    extra: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StopWorker:
+    worker_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptWorker:
+    worker_id: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillWorker:
+    worker_id: int
+
+
+Instruction = Union[Dispatch, FailTask, StartWorker, StopWorker, InterruptWorker, KillWorker]
+
+
+# --- state ---------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class WorkerState:
+    worker_id: int
+    state: WorkerStateName = "starting"
+    extra: bool = False
+    running: int | None = None  # seq of the run in progress
+    pid: int | None = None
+
+
+@dataclass(slots=True)
+class TaskState:
+    spec: TaskSpec
+    waiting_on: set[str] = field(default_factory=set)
+    retries_left: int = 0
+    worker_id: int | None = None
+    seq: int | None = None
+    cancel_requested: bool = False
+
+
+class Scheduler:
+    """Pool-wide scheduling state. ``is_ready(object_id)`` tells whether a value is stored."""
+
+    def __init__(self, num_workers: int, is_ready: Callable[[str], bool],
+                 max_extra_workers: int) -> None:
+        self.num_workers = num_workers
+        self.max_extra_workers = max_extra_workers
+        self._is_ready = is_ready
+        self.workers: dict[int, WorkerState] = {}
+        self.tasks: dict[str, TaskState] = {}
+        self.queue: deque[str] = deque()
+        self._waiters: dict[str, list[str]] = {}
+        self._runs: dict[int, str] = {}  # seq -> task_id
+        self._next_worker_id = 1
+        self._next_seq = 1
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def add_worker(self, *, extra: bool = False) -> int:
+        """Record a worker about to be started; returns its id."""
+        worker_id = self._next_worker_id
+        self._next_worker_id += 1
+        self.workers[worker_id] = WorkerState(worker_id, extra=extra)
+        return worker_id
+
+    def start(self) -> list[Instruction]:
+        """Instructions to bring the pool to its size."""
+        missing = self.num_workers - self._live_regular_count()
+        return [StartWorker() for _ in range(max(0, missing))]
+
+    def worker_ready(self, worker_id: int, pid: int) -> list[Instruction]:
+        worker = self.workers[worker_id]
+        worker.pid = pid
+        if worker.state == "starting":
+            worker.state = "idle"
+        return self._dispatch()
+
+    def worker_died(self, worker_id: int, describe: str) -> list[Instruction]:
+        """A worker exited unexpectedly: retry or fail its task, and replace it."""
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return []
+        out: list[Instruction] = []
+        if worker.running is not None:
+            task_id = self._runs.pop(worker.running, None)
+            task = self.tasks.get(task_id) if task_id else None
+            if task is not None:
+                task.worker_id = task.seq = None
+                if task.cancel_requested:
+                    del self.tasks[task_id]  # type: ignore[arg-type]
+                    out.append(FailTask(task.spec, "cancelled", "the task was cancelled"))
+                elif task.retries_left > 0:
+                    task.retries_left -= 1
+                    self.queue.appendleft(task.spec.task_id)
+                else:
+                    del self.tasks[task.spec.task_id]
+                    out.append(FailTask(task.spec, "crashed", describe))
+        if worker.state != "stopping" and not worker.extra:
+            out.append(StartWorker())
+        out.extend(self._dispatch())
+        return out
+
+    def worker_stopped(self, worker_id: int) -> None:
+        self.workers.pop(worker_id, None)
+
+    def worker_blocked(self, worker_id: int) -> list[Instruction]:
+        """The worker waits in ``get``: let another worker take its place meanwhile."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.state != "busy":
+            return []
+        worker.state = "blocked"
+        extras = sum(1 for w in self.workers.values() if w.extra)
+        active = self._active_count()
+        if self.queue and active < self.num_workers and extras < self.max_extra_workers:
+            idle = [w for w in self.workers.values() if w.state in ("idle", "starting")]
+            if not idle:
+                return [StartWorker(extra=True)]
+        return self._dispatch()
+
+    def worker_unblocked(self, worker_id: int) -> list[Instruction]:
+        worker = self.workers.get(worker_id)
+        if worker is not None and worker.state == "blocked":
+            worker.state = "busy"
+        return []
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> list[Instruction]:
+        task = TaskState(spec, retries_left=spec.max_retries)
+        self.tasks[spec.task_id] = task
+        for object_id in spec.top_level_refs:
+            if not self._is_ready(object_id):
+                task.waiting_on.add(object_id)
+                self._waiters.setdefault(object_id, []).append(spec.task_id)
+        if task.waiting_on:
+            return []
+        self.queue.append(spec.task_id)
+        return self._dispatch()
+
+    def object_ready(self, object_id: str) -> list[Instruction]:
+        waiting = self._waiters.pop(object_id, None)
+        if not waiting:
+            return []
+        for task_id in waiting:
+            task = self.tasks.get(task_id)
+            if task is None:
+                continue
+            task.waiting_on.discard(object_id)
+            if not task.waiting_on:
+                self.queue.append(task_id)
+        return self._dispatch()
+
+    def task_done(self, worker_id: int, seq: int) -> list[Instruction]:
+        """The run ``seq`` finished (any outcome); the worker is free again."""
+        task_id = self._runs.pop(seq, None)
+        if task_id is not None:
+            self.tasks.pop(task_id, None)
+        worker = self.workers.get(worker_id)
+        out: list[Instruction] = []
+        if worker is not None and worker.running == seq:
+            worker.running = None
+            if worker.state in ("busy", "blocked"):
+                worker.state = "idle"
+            if worker.extra and worker.state == "idle" and (
+                    not self.queue or self._active_count() > self.num_workers):
+                worker.state = "stopping"
+                out.append(StopWorker(worker_id))
+        out.extend(self._dispatch())
+        return out
+
+    def cancel(self, task_id: str, *, force: bool) -> list[Instruction]:
+        """Cancel a queued task at once, or interrupt (``force``: kill) a running one."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return []
+        if task.seq is None:
+            del self.tasks[task_id]
+            if task_id in self.queue:
+                self.queue.remove(task_id)
+            for object_id in task.waiting_on:
+                waiters = self._waiters.get(object_id)
+                if waiters and task_id in waiters:
+                    waiters.remove(task_id)
+            return [FailTask(task.spec, "cancelled", "the task was cancelled before it ran")]
+        task.cancel_requested = True
+        if force:
+            return [KillWorker(task.worker_id)]  # type: ignore[arg-type]
+        return [InterruptWorker(task.worker_id, task.seq)]  # type: ignore[arg-type]
+
+    def running_task(self, worker_id: int) -> TaskSpec | None:
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.running is None:
+            return None
+        task_id = self._runs.get(worker.running)
+        task = self.tasks.get(task_id) if task_id else None
+        return task.spec if task else None
+
+    def task_of_run(self, seq: int) -> TaskSpec | None:
+        task_id = self._runs.get(seq)
+        task = self.tasks.get(task_id) if task_id else None
+        return task.spec if task else None
+
+    def resize(self, num_workers: int) -> list[Instruction]:
+        """Grow now; shrink by stopping idle regular workers (busy ones stop when done)."""
+        self.num_workers = num_workers
+        out: list[Instruction] = list(self.start())
+        surplus = self._live_regular_count() - num_workers
+        for worker in sorted(self.workers.values(), key=lambda w: w.state != "idle"):
+            if surplus <= 0:
+                break
+            if not worker.extra and worker.state in ("idle", "starting"):
+                worker.state = "stopping"
+                out.append(StopWorker(worker.worker_id))
+                surplus -= 1
+        return out
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _live_regular_count(self) -> int:
+        return sum(1 for w in self.workers.values()
+                   if not w.extra and w.state not in ("stopping", "dead"))
+
+    def _active_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state in ("idle", "busy", "starting"))
+
+    def _dispatch(self) -> list[Instruction]:
+        out: list[Instruction] = []
+        if not self.queue:
+            return out
+        for worker in self.workers.values():
+            if not self.queue:
+                break
+            if worker.state != "idle":
+                continue
+            task_id = self.queue.popleft()
+            task = self.tasks[task_id]
+            seq = self._next_seq
+            self._next_seq += 1
+            task.seq, task.worker_id = seq, worker.worker_id
+            worker.state, worker.running = "busy", seq
+            self._runs[seq] = task_id
+            out.append(Dispatch(worker.worker_id, seq, task.spec))
+        return out

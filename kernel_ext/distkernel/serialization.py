@@ -1,0 +1,167 @@
+"""Our pickler: cloudpickle, protocol 5 with out-of-band buffers, and a serializer registry.
+
+Notebook-defined functions and classes travel by value (cloudpickle). Large
+contiguous buffers (numpy arrays) are handed out of band, so the object store
+writes each once into shared memory and readers get zero-copy views. Classes
+registered with ``register_serializer`` are reduced as ``deserializer(serializer(obj))``
+by our own ``reducer_override``: no library table is patched (habit 6).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from distkernel.exceptions import SerializationError
+from distkernel.refs import ObjectRef
+
+PROTOCOL = 5
+
+
+class SerializerRegistry:
+    """Per-class custom (de)serializers; shared by every pickler of this process."""
+
+    def __init__(self) -> None:
+        self._entries: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {}
+        self._lock = threading.Lock()
+        self.version = 0
+
+    def register(self, cls: type, serializer: Callable[[Any], Any],
+                 deserializer: Callable[[Any], Any]) -> None:
+        if not isinstance(cls, type):
+            msg = f"register_serializer needs a class as its first argument, got {cls!r}"
+            raise TypeError(msg)
+        for label, fn in (("serializer", serializer), ("deserializer", deserializer)):
+            if not callable(fn):
+                msg = (f"register_serializer({cls.__name__}, ...): {label} must be callable, "
+                       f"got {fn!r}")
+                raise TypeError(msg)
+        with self._lock:
+            self._entries[cls] = (serializer, deserializer)
+            self.version += 1
+
+    def deregister(self, cls: type) -> bool:
+        """Forget ``cls``; True if it was registered (deregistering twice does nothing)."""
+        with self._lock:
+            found = self._entries.pop(cls, None) is not None
+            if found:
+                self.version += 1
+            return found
+
+    def lookup(self, cls: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]] | None:
+        return self._entries.get(cls) if self._entries else None
+
+    def __contains__(self, cls: type) -> bool:
+        return cls in self._entries
+
+    def dump(self) -> bytes:
+        """The whole registry, pickled by value, for shipping to workers."""
+        with self._lock:
+            items = list(self._entries.items())
+        return cloudpickle.dumps(items, protocol=PROTOCOL)
+
+    def load(self, data: bytes) -> None:
+        """Replace the registry with one a driver shipped."""
+        items = pickle.loads(data)
+        with self._lock:
+            self._entries = dict(items)
+            self.version += 1
+
+
+registry = SerializerRegistry()
+
+
+def _from_registered(deserializer: Callable[[Any], Any], data: Any) -> Any:
+    return deserializer(data)
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle plus the registry and a record of the ObjectRefs it met."""
+
+    def __init__(self, file: io.BytesIO, buffers: list[pickle.PickleBuffer] | None) -> None:
+        callback = buffers.append if buffers is not None else None
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=callback)
+        self.contained: list[str] = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls is ObjectRef:
+            self.contained.append(obj.hex())
+            return NotImplemented
+        entry = registry.lookup(cls)
+        if entry is not None:
+            serializer, deserializer = entry
+            return (_from_registered, (deserializer, serializer(obj)))
+        return super().reducer_override(obj)
+
+
+class Serialized:
+    """A pickled value: header bytes, out-of-band buffers, and the refs found inside."""
+
+    __slots__ = ("buffers", "contained", "header")
+
+    def __init__(self, header: bytes, buffers: list[pickle.PickleBuffer],
+                 contained: list[str]) -> None:
+        self.header = header
+        self.buffers = buffers
+        self.contained = contained
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.header) + sum(b.raw().nbytes for b in self.buffers)
+
+
+def serialize(obj: Any, *, out_of_band: bool = True) -> Serialized:
+    """Pickle ``obj``; raise SerializationError naming the member that cannot travel."""
+    buffers: list[pickle.PickleBuffer] = []
+    file = io.BytesIO()
+    pickler = Pickler(file, buffers if out_of_band else None)
+    try:
+        pickler.dump(obj)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        from distkernel.serializability import explain_failure
+
+        raise explain_failure(obj, exc) from exc
+    return Serialized(file.getvalue(), buffers, pickler.contained)
+
+
+def dumps(obj: Any) -> bytes:
+    """In-band pickle with our pickler (functions, registries, small control values)."""
+    return serialize(obj, out_of_band=False).header
+
+
+def try_dumps(obj: Any) -> BaseException | None:
+    """The exception pickling ``obj`` raises, or None: the probe the culprit search uses."""
+    file = io.BytesIO()
+    try:
+        Pickler(file, None).dump(obj)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def deserialize(header: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    return pickle.loads(header, buffers=buffers)
+
+
+def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
+    """Pickle a task's exception with its formatted traceback; never fails.
+
+    An exception that cannot be pickled is replaced by a RuntimeError carrying
+    its type name and message, so the driver still learns what happened.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    try:
+        return dumps(exc), text
+    except Exception:
+        stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+        return dumps(stand_in), text

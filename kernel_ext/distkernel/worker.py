@@ -1,0 +1,322 @@
+"""The loop inside a worker process.
+
+::
+
+    driver ══ socketpair ══╗
+                           ║ reader thread: recv every message at once, so the
+                           ║ driver's sends never block; RunTask -> inbox,
+                           ║ Reply -> the waiting request, Cancel -> SIGINT to
+                           ║ the main thread; EOF means the driver is gone.
+                           ▼
+                      main thread: inbox -> run the task -> TaskDone
+                      (prints go out as Output messages as they are written)
+
+A worker started for driver pid P writes large results into segments named
+``distkernel-P-<object id>`` and hands them to the driver. If the driver dies
+(even by SIGKILL) the reader sees EOF, removes P's segments and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from multiprocess.connection import Connection
+
+from distkernel import context, object_store, reaper, refs
+from distkernel.exceptions import TaskError
+from distkernel.protocol import (
+    InlineValue,
+    Output,
+    RefDelta,
+    Reply,
+    RunTask,
+    SetSerializers,
+    Stop,
+    TaskDone,
+    Value,
+    WorkerMessage,
+    WorkerReady,
+)
+from distkernel.serialization import deserialize, dumps_exception, registry, serialize
+from distkernel.worker_client import WorkerClient
+
+
+class Cancelled(BaseException):
+    """Raised in the task's thread by SIGINT after a cancel; BaseException so
+    ``except Exception`` in user code cannot swallow it."""
+
+
+class Link:
+    """The worker's side of the pipe: ordered sends and ref-count deltas."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._send_lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._added: list[str] = []
+        self._removed: list[str] = []
+        self._delta_lock = threading.Lock()
+
+    # RefTracker: only first-alive and last-gone transitions travel.
+    def add(self, object_id: str) -> None:
+        with self._delta_lock:
+            count = self._counts.get(object_id, 0) + 1
+            self._counts[object_id] = count
+            if count == 1:
+                self._added.append(object_id)
+
+    def remove(self, object_id: str) -> None:
+        with self._delta_lock:
+            count = self._counts.get(object_id, 0) - 1
+            if count <= 0:
+                self._counts.pop(object_id, None)
+                self._removed.append(object_id)
+            else:
+                self._counts[object_id] = count
+
+    def _take_delta(self) -> RefDelta | None:
+        with self._delta_lock:
+            if not self._added and not self._removed:
+                return None
+            delta = RefDelta(tuple(self._added), tuple(self._removed))
+            self._added, self._removed = [], []
+            return delta
+
+    def send(self, message: WorkerMessage) -> None:
+        """Send, preceded by pending ref deltas so the driver sees them first."""
+        with self._send_lock:
+            delta = self._take_delta()
+            if delta is not None:
+                self.conn.send_bytes(pickle.dumps(delta, protocol=5))
+            self.conn.send_bytes(pickle.dumps(message, protocol=5))
+
+    def flush_refs(self) -> None:
+        with self._send_lock:
+            delta = self._take_delta()
+            if delta is not None:
+                self.conn.send_bytes(pickle.dumps(delta, protocol=5))
+
+
+class DriverStream:
+    """sys.stdout / sys.stderr of a worker: lines go to the driver as they are printed."""
+
+    def __init__(self, worker: Worker, name: str) -> None:
+        self._worker = worker
+        self._name = name
+        self._pending: list[str] = []
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            msg = f"write() argument must be str, not {type(text).__name__}"
+            raise TypeError(msg)
+        self._pending.append(text)
+        if "\n" in text:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending = []
+            self._worker.link.send(Output(self._worker.current_task, self._name, text))  # type: ignore[arg-type]
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class Worker:
+    """State of this worker process: its link, function cache and current run."""
+
+    def __init__(self, conn: Connection, worker_id: int, driver_pid: int, cluster_id: str) -> None:
+        self.link = Link(conn)
+        self.worker_id = worker_id
+        self.driver_pid = driver_pid
+        self.cluster_id = cluster_id
+        self.functions: dict[str, Any] = {}
+        self.inbox: deque[RunTask | SetSerializers | Stop] = deque()
+        self.inbox_ready = threading.Condition()
+        self.replies: dict[int, Reply] = {}
+        self.replies_ready = threading.Condition()
+        self.current_seq = 0
+        self.current_task = ""
+        self._cancel_seq = -1
+        self._stopping = False
+
+    # -- reader thread -----------------------------------------------------------------------
+
+    def read_forever(self) -> None:
+        conn = self.link.conn
+        while True:
+            try:
+                message = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                self._driver_gone()
+                return
+            if isinstance(message, Reply):
+                with self.replies_ready:
+                    self.replies[message.request_id] = message
+                    self.replies_ready.notify_all()
+            elif isinstance(message, tuple) and message[0] == "cancel":
+                self._interrupt(message[1])
+            else:
+                with self.inbox_ready:
+                    self.inbox.append(message)
+                    self.inbox_ready.notify()
+
+    def _interrupt(self, seq: int) -> None:
+        if seq == self.current_seq:
+            self._cancel_seq = seq
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        # SIGINT also reaches us when Jupyter interrupts the kernel's process group;
+        # only a cancel aimed at the run in progress stops it.
+        if self._cancel_seq == self.current_seq and self.current_seq:
+            self._cancel_seq = -1
+            raise Cancelled
+
+    def _driver_gone(self) -> None:
+        if not self._stopping:
+            # The driver died without stopping us: nobody else will free its segments.
+            reaper.remove_segments_of(self.driver_pid)
+        os._exit(0)
+
+    # -- main thread -------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        while True:
+            with self.inbox_ready:
+                while not self.inbox:
+                    self.inbox_ready.wait()
+                message = self.inbox.popleft()
+            if isinstance(message, RunTask):
+                self.run(message)
+            elif isinstance(message, SetSerializers):
+                registry.load(message.registry)
+            elif isinstance(message, Stop):
+                self._stopping = True
+                return
+
+    def run(self, message: RunTask) -> None:
+        spec = message.spec
+        self.current_seq, self.current_task = message.seq, spec.task_id
+        started = time.time()
+        results: tuple[Value, ...]
+        value: Any = None  # kept until TaskDone is sent: refs inside must outlive it
+        failed = cancelled = False
+        try:
+            try:
+                function = self._function(spec.function_hash, message.function)
+                args, kwargs = self._arguments(message)
+                value = function(*args, **kwargs)
+                del args, kwargs
+                results = self._store_results(spec, value)
+            except Cancelled:
+                cancelled = True
+                results = ()
+            except BaseException as exc:
+                failed = True
+                results = (self._error_value(spec.name, exc),)
+        except Cancelled:  # the interrupt landed while we were already handling an error
+            cancelled, failed, results = True, False, ()
+        finally:
+            self.current_seq = 0
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, DriverStream):
+                stream.flush()
+        self.link.send(TaskDone(message.seq, spec.task_id, results, started, time.time(),
+                                failed=failed, cancelled=cancelled))
+        self.current_task = ""
+        del value
+        self.link.flush_refs()
+
+    def _function(self, function_hash: str, payload: bytes | None) -> Any:
+        function = self.functions.get(function_hash)
+        if function is None:
+            if payload is None:
+                msg = f"worker {self.worker_id} was not sent function {function_hash}"
+                raise RuntimeError(msg)
+            function = self.functions[function_hash] = deserialize(payload)
+        return function
+
+    def _arguments(self, message: RunTask) -> tuple[list[Any], dict[str, Any]]:
+        args, kwargs = object_store.load(message.spec.args)
+        if message.resolved:
+            values = {object_id: self.load(value) for object_id, value in message.resolved}
+            args = [values[a.hex()] if type(a) is refs.ObjectRef and a.hex() in values else a
+                    for a in args]
+            kwargs = {k: values[v.hex()] if type(v) is refs.ObjectRef and v.hex() in values else v
+                      for k, v in kwargs.items()}
+        return list(args), kwargs
+
+    def load(self, value: Value) -> Any:
+        result = object_store.load(value)
+        if value.is_error:
+            raise result
+        return result
+
+    def _store_results(self, spec: Any, value: Any) -> tuple[Value, ...]:
+        count = len(spec.return_ids)
+        if count == 1:
+            values = (value,)
+        else:
+            try:
+                values = tuple(value)
+            except TypeError:
+                values = ()
+            if len(values) != count:
+                msg = (f"{spec.name} has num_returns={count} but returned "
+                       f"{type(value).__name__} {value!r:.80}; return a tuple of {count} values")
+                raise ValueError(msg)
+        return tuple(self.store(v, object_id) for v, object_id in zip(values, spec.return_ids))
+
+    def store(self, value: Any, object_id: str, *, is_error: bool = False) -> Value:
+        """Serialize a value the driver will own: inline if small, else in a new segment."""
+        return object_store.pack(serialize(value), self.driver_pid, object_id, is_error=is_error)
+
+    def _error_value(self, task_name: str, exc: BaseException) -> InlineValue:
+        exc_bytes, text = dumps_exception(exc)
+        cause = pickle.loads(exc_bytes)
+        summary = f"{type(exc).__name__}: {exc}"
+        message = (f"{task_name} failed with {summary}\n\n"
+                   f"Remote traceback (worker {self.worker_id}, pid {os.getpid()}):\n{text}")
+        error = TaskError(message, cause=cause, remote_traceback=text, task_name=task_name)
+        return object_store.to_inline(serialize(error, out_of_band=False), is_error=True)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m distkernel.worker FD WORKER_ID DRIVER_PID CLUSTER_ID``."""
+    fd, worker_id, driver_pid, cluster_id = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
+    conn = Connection(fd)
+    worker = Worker(conn, worker_id, driver_pid, cluster_id)
+    setup = pickle.loads(conn.recv_bytes())  # sys.path and the serializer registry
+    sys.path[:0] = [p for p in setup["sys_path"] if p not in sys.path]
+    if setup["registry"]:
+        registry.load(setup["registry"])
+    refs.set_tracker(worker.link)
+    context.set_worker(WorkerClient(worker))
+    signal.signal(signal.SIGINT, worker.on_sigint)
+    sys.stdout = DriverStream(worker, "stdout")  # type: ignore[assignment]
+    sys.stderr = DriverStream(worker, "stderr")  # type: ignore[assignment]
+    threading.Thread(target=worker.read_forever, name="distkernel-reader", daemon=True).start()
+    worker.link.send(WorkerReady(os.getpid(), refs.new_id.prefix))
+    worker.serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

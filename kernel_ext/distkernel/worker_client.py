@@ -1,0 +1,101 @@
+"""The public API inside a worker: every call becomes a Request to the driver.
+
+``get`` and ``wait`` block on the reply (the driver may start an extra worker
+meanwhile, so a task can wait for its own children); ``put`` writes large values
+into shared memory here and hands the segment over; ``.remote`` is sent
+without waiting, with ids made here, so a task can fan out quickly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from distkernel import object_store, specs
+from distkernel.exceptions import GetTimeoutError
+from distkernel.protocol import FunctionPayload, Reply, Request, TaskOptions
+from distkernel.refs import ObjectRef, new_id
+from distkernel.serialization import serialize
+
+if TYPE_CHECKING:
+    from distkernel.worker import Worker
+
+
+class WorkerClient:
+    """Client (see ``context``) for code running inside a worker process."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self.cluster_id = worker.cluster_id
+        self._request_ids = itertools.count(1)
+        self._functions_sent: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _call(self, request: Request, timeout: float | None = None) -> Reply | None:
+        worker = self._worker
+        worker.link.send(request)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with worker.replies_ready:
+            while request.request_id not in worker.replies:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                worker.replies_ready.wait(remaining)
+            reply = worker.replies.pop(request.request_id)
+        if reply.error is not None:
+            raise pickle.loads(reply.error)
+        return reply
+
+    def _next_id(self) -> int:
+        with self._lock:
+            return next(self._request_ids)
+
+    def put(self, value: Any) -> ObjectRef:
+        object_id = new_id()
+        stored = object_store.pack(serialize(value), self._worker.driver_pid, object_id)
+        self._call(Request(self._next_id(), "put", object_ids=(object_id,), value=stored))
+        return ObjectRef.counted(object_id, self.cluster_id)
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        ids = tuple(r.hex() for r in refs)
+        request = Request(self._next_id(), "get", object_ids=ids, timeout=timeout)
+        reply = self._call(request, timeout)
+        if reply is None:
+            msg = (f"get() timed out after {timeout} s inside a task; the tasks it waits for "
+                   f"keep running")
+            raise GetTimeoutError(msg)
+        values = dict(reply.values)
+        return [self._worker.load(values[i]) for i in ids]
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int,
+             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        ids = tuple(r.hex() for r in refs)
+        request = Request(self._next_id(), "wait", object_ids=ids, num_returns=num_returns,
+                          timeout=timeout)
+        reply = self._call(request, timeout)
+        if reply is None:  # timed out: ask for what is ready right now
+            now = Request(self._next_id(), "wait", object_ids=ids, num_returns=num_returns,
+                          timeout=0)
+            reply = self._call(now)
+        chosen = set(reply.ready[:num_returns])  # type: ignore[union-attr]
+        return ([r for r in refs if r.hex() in chosen], [r for r in refs if r.hex() not in chosen])
+
+    def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
+               options: TaskOptions) -> list[ObjectRef]:
+        serialized = specs.serialize_arguments(args, kwargs)
+        args_value = object_store.pack(serialized, self._worker.driver_pid, new_id())
+        spec = specs.make_spec(function, options, args_value, specs.top_level_refs(args, kwargs))
+        first_time = function.function_hash not in self._functions_sent
+        self._functions_sent.add(function.function_hash)
+        self._worker.link.send(Request(0, "submit", spec=spec,
+                                       function=function.data if first_time else None,
+                                       needs_reply=False))
+        return [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        self._worker.link.send(Request(0, "cancel", object_ids=(ref.hex(),), force=force,
+                                       needs_reply=False))

@@ -1,0 +1,72 @@
+"""Shared fixtures: a fresh cluster per test, and a check that nothing leaks.
+
+Every test ends with no worker process and no shared-memory segment of this
+process left over: the autouse ``no_leaks`` fixture shuts distkernel down and
+fails the test otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+import distkernel as dk
+from distkernel import config, reaper
+
+
+def our_workers() -> list[psutil.Process]:
+    """Worker processes started by this test process (and still running)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "distkernel.worker" in " ".join(child.cmdline()) and child.status() != "zombie":
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def our_segments() -> list[str]:
+    return reaper.segments_of(os.getpid())
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """For tests only: wait for something another process does (a process exiting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    yield
+    dk.shutdown()
+    assert wait_until(lambda: not our_workers(), timeout=10), \
+        f"worker processes left behind: {[p.pid for p in our_workers()]}"
+    assert not our_segments(), f"shared-memory segments left behind: {our_segments()}"
+
+
+@pytest.fixture
+def cluster():
+    """A fresh 2-worker local cluster."""
+    info = dk.init(2)
+    yield info
+    dk.shutdown()
+
+
+@pytest.fixture
+def small_store():
+    """A cluster whose store holds 8 MiB, to reach its limit quickly."""
+    info = dk.init(2, object_store_memory=8 * 1024 * 1024)
+    yield info
+    dk.shutdown()
+
+
+def shm_dir() -> str:
+    return config.SHM_DIR

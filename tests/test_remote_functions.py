@@ -1,0 +1,246 @@
+"""Remote functions through real worker processes: submit, get, wait, options, nesting."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import distkernel as dk
+
+
+@dk.remote
+def add(a, b=0):
+    return a + b
+
+
+@dk.remote
+def whoami():
+    return os.getpid()
+
+
+def test_remote_returns_ref_and_get_gives_value(cluster):
+    ref = add.remote(1, 2)
+    assert isinstance(ref, dk.ObjectRef)
+    assert dk.get(ref) == 3
+    assert dk.get([add.remote(i, b=i) for i in range(20)]) == [2 * i for i in range(20)]
+
+
+def test_tasks_run_in_other_processes_in_parallel(cluster):
+    @dk.remote
+    def sleepy():
+        time.sleep(0.5)
+        return os.getpid()
+
+    start = time.monotonic()
+    pids = dk.get([sleepy.remote() for _ in range(2)])
+    assert os.getpid() not in pids
+    assert len(set(pids)) == 2
+    assert time.monotonic() - start < 0.95  # two workers: in parallel, not one after the other
+
+
+def test_calling_directly_says_to_use_remote(cluster):
+    with pytest.raises(TypeError, match=r"add\.remote"):
+        add(1, 2)
+
+
+def test_num_returns_and_options(cluster):
+    @dk.remote(num_returns=2)
+    def pair(x):
+        return x, x * 10
+
+    a, b = pair.remote(3)
+    assert dk.get([a, b]) == [3, 30]
+    single = pair.options(num_returns=1).remote(4)
+    assert dk.get(single) == (4, 40)
+    triple = pair.options(num_returns=3).remote(1)
+    with pytest.raises(dk.TaskError, match="num_returns=3"):
+        dk.get(triple[0])
+
+
+def test_unknown_option_lists_valid_ones():
+    with pytest.raises(TypeError, match="valid options: .*num_returns"):
+        dk.remote(num_return=2)(lambda: 1)
+    with pytest.raises(ValueError, match="num_returns must be an int >= 1"):
+        dk.remote(num_returns=0)(lambda: 1)
+
+
+def test_lambdas_closures_and_notebook_classes_travel(cluster):
+    offset = 7
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+        def moved(self):
+            return Point(self.x + offset)
+
+    @dk.remote
+    def apply(fn, value):
+        return fn(value)
+
+    assert dk.get(apply.remote(lambda v: v * 3, 5)) == 15
+    moved = dk.get(apply.remote(lambda p: p.moved(), Point(1)))
+    assert moved.x == 8
+    assert type(moved).__name__ == "Point"
+
+
+def test_redefined_function_uses_new_code(cluster):
+    @dk.remote
+    def version():
+        return 1
+
+    assert dk.get(version.remote()) == 1
+
+    @dk.remote
+    def version():  # noqa: F811 - redefined on purpose, as in a later cell
+        return 2
+
+    assert dk.get(version.remote()) == 2
+
+
+def test_top_level_refs_resolved_nested_refs_stay_refs(cluster):
+    ref = dk.put(41)
+
+    @dk.remote
+    def inspect_args(direct, nested):
+        return direct, type(nested[0]).__name__, dk.get(nested[0])
+
+    assert dk.get(inspect_args.remote(ref, [ref])) == (41, "ObjectRef", 41)
+
+
+def test_task_waits_for_dependencies_without_holding_worker(cluster):
+    @dk.remote
+    def slow(x):
+        time.sleep(0.3)
+        return x
+
+    first = slow.remote(1)
+    second = add.remote(first, 1)  # waits for first, holding no worker
+    quick = add.remote(5, 5)
+    assert dk.get(quick, timeout=5) == 10
+    assert dk.get(second) == 2
+
+
+def test_nested_tasks_do_not_deadlock(cluster):
+    @dk.remote
+    def leaf(x):
+        return x * 2
+
+    @dk.remote
+    def parent(x):
+        return sum(dk.get([leaf.remote(x + i) for i in range(3)]))
+
+    # more parents than workers, each blocked in get on its children
+    assert dk.get([parent.remote(i) for i in range(4)], timeout=30) == [
+        sum(2 * (i + k) for k in range(3)) for i in range(4)]
+
+
+def test_put_and_get_inside_tasks(cluster):
+    @dk.remote
+    def make():
+        return dk.put({"inner": 5})
+
+    inner_ref = dk.get(make.remote())
+    assert isinstance(inner_ref, dk.ObjectRef)
+    assert dk.get(inner_ref) == {"inner": 5}
+
+
+def test_wait_returns_ready_and_not_ready(cluster):
+    @dk.remote
+    def slow():
+        time.sleep(2)
+        return "slow"
+
+    fast_ref, slow_ref = add.remote(1), slow.remote()
+    ready, not_ready = dk.wait([slow_ref, fast_ref], num_returns=1, timeout=1.5)
+    assert ready == [fast_ref] and not_ready == [slow_ref]
+    ready, not_ready = dk.wait([slow_ref, fast_ref], num_returns=2)
+    assert ready == [slow_ref, fast_ref] and not_ready == []
+
+
+def test_wait_rejects_bad_input(cluster):
+    ref = dk.put(1)
+    with pytest.raises(ValueError, match="more than"):
+        dk.wait([ref], num_returns=2)
+    with pytest.raises(ValueError, match="distinct"):
+        dk.wait([ref, ref], num_returns=1)
+    with pytest.raises(TypeError, match="list"):
+        dk.wait(ref)
+
+
+def test_get_rejects_non_refs(cluster):
+    with pytest.raises(TypeError, match="item 1 is a int"):
+        dk.get([dk.put(1), 2])
+    with pytest.raises(ValueError, match="timeout"):
+        dk.get(dk.put(1), timeout=-1)
+
+
+def test_worker_output_reaches_driver_with_worker_id(cluster, capfd):
+    @dk.remote
+    def talk():
+        print("hello from a task")
+        return 1
+
+    dk.get(talk.remote())
+    time.sleep(0.2)  # the output message may trail the result by a moment
+    out = capfd.readouterr().out
+    assert "hello from a task" in out
+    assert "(worker " in out
+
+
+def test_status_reports_workers_and_store(cluster):
+    dk.get(add.remote(1))
+    ref = dk.put(b"x" * 200_000)
+    status = dk.status()
+    assert status["backend"] == "local"
+    workers = status["workers"]
+    assert len(workers) == 2
+    for worker in workers:
+        assert set(worker) >= {"id", "pid", "state", "current_task", "cpu_percent", "rss"}
+        assert worker["rss"] > 0
+    store = status["object_store"]
+    assert store["num_objects"] >= 1 and store["used_bytes"] >= 200_000
+    assert store["capacity"] > store["used_bytes"]
+    del ref
+
+
+def test_init_is_idempotent_and_checks_arguments():
+    first = dk.init(2)
+    assert dk.is_initialized()
+    assert dk.init(2) is first
+    assert dk.init() is first
+    with pytest.raises(dk.DistkernelError, match="shutdown"):
+        dk.init(3)
+    dk.shutdown()
+    dk.shutdown()  # twice is fine
+    assert not dk.is_initialized()
+
+
+def test_init_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="at least 1"):
+        dk.init(0)
+    with pytest.raises(ValueError, match="not a size"):
+        dk.init(1, object_store_memory="lots")
+    with pytest.raises(ValueError, match="not a known address"):
+        dk.init(address="nowhere")
+    assert not dk.is_initialized()
+
+
+def test_api_starts_cluster_implicitly():
+    assert not dk.is_initialized()
+    assert dk.get(dk.put(3)) == 3
+    assert dk.is_initialized()
+
+
+def test_timeline_records_tasks(cluster):
+    dk.get([add.remote(i) for i in range(3)])
+    records = dk.timeline()
+    assert len(records) == 3
+    record = records[-1]
+    assert record.name.endswith("add") and record.kind == "task"
+    assert record.status == "finished" and record.worker_id in (1, 2)
+    assert record.submitted <= record.started <= record.finished
+    assert record.bytes_in > 0 and record.bytes_out > 0
+    assert len(dk.timeline(last=2)) == 2
