@@ -6,6 +6,7 @@ and what to do next.
 
 from __future__ import annotations
 
+import pickle
 import signal
 from typing import Any
 
@@ -26,18 +27,25 @@ class TaskError(DistkernelError):
     """
 
     def __init__(self, message: str = "", *, cause: BaseException | None = None,
-                 remote_traceback: str = "", task_name: str = "") -> None:
-        super().__init__(message)
+                 remote_traceback: str = "", task_name: str = "",
+                 cause_bytes: bytes | None = None) -> None:
+        # Not super(): in a class derived with the cause's class (see as_instance_of_cause)
+        # the next __init__ would be the cause's, whose signature we do not know.
+        Exception.__init__(self, message)
         self.cause = cause
         self.remote_traceback = remote_traceback
         self.task_name = task_name
+        # The cause as the worker pickled it: rebuilt from these bytes, which were
+        # checked to load, rather than pickled again by the default reduction.
+        self.cause_bytes = cause_bytes
 
     def __str__(self) -> str:
         return self.args[0] if self.args else ""
 
     def __reduce__(self) -> tuple[Any, ...]:
+        cause: Any = self.cause_bytes if self.cause_bytes is not None else self.cause
         return (_rebuild_task_error,
-                (self.args[0] if self.args else "", self.cause, self.remote_traceback,
+                (self.args[0] if self.args else "", cause, self.remote_traceback,
                  self.task_name))
 
 
@@ -103,7 +111,8 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
     try:
         instance = derived.__new__(derived)
         TaskError.__init__(instance, str(error), cause=cause,
-                           remote_traceback=error.remote_traceback, task_name=error.task_name)
+                           remote_traceback=error.remote_traceback, task_name=error.task_name,
+                           cause_bytes=error.cause_bytes)
         # Attributes the original exception carries (errno, filename, ...) stay readable.
         for key, value in getattr(cause, "__dict__", {}).items():
             instance.__dict__.setdefault(key, value)
@@ -113,10 +122,17 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
     return instance
 
 
-def _rebuild_task_error(message: str, cause: BaseException | None, remote_traceback: str,
-                        task_name: str) -> TaskError:
+def _rebuild_task_error(message: str, cause: BaseException | bytes | None,
+                        remote_traceback: str, task_name: str) -> TaskError:
+    cause_bytes = None
+    if isinstance(cause, bytes):
+        cause_bytes = cause
+        try:
+            cause = pickle.loads(cause)
+        except Exception:  # noqa: BLE001 - e.g. the class is not importable here
+            cause = None
     error = TaskError(message, cause=cause, remote_traceback=remote_traceback,
-                      task_name=task_name)
+                      task_name=task_name, cause_bytes=cause_bytes)
     if remote_traceback:
         error.__cause__ = RemoteTraceback(remote_traceback)
     return as_instance_of_cause(error)

@@ -155,13 +155,42 @@ def deserialize(header: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
 def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
     """Pickle a task's exception with its formatted traceback; never fails.
 
-    An exception that cannot be pickled is replaced by a RuntimeError carrying
-    its type name and message, so the driver still learns what happened.
+    Exceptions whose constructor does not match their ``args`` (a common
+    pattern) cannot be rebuilt by the default reduction, so those are rebuilt
+    from ``__new__``, ``args`` and ``__dict__``. One that still cannot travel is
+    replaced by a RuntimeError carrying its type name and message.
     """
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
-    try:
-        return dumps(exc), text
-    except Exception:
-        stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-        return dumps(stand_in), text
+    for reduce in (None, _rebuild_exception_reduce):
+        try:
+            data = dumps(exc) if reduce is None else dumps(reduce(exc))
+            pickle.loads(data)
+            return data, text
+        except Exception:  # noqa: BLE001 - try the next, sturdier way
+            continue
+    stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return dumps(stand_in), text
+
+
+class _ExceptionState:
+    """Pickles as a call that rebuilds the exception without running its __init__."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (_rebuild_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+
+
+def _rebuild_exception_reduce(exc: BaseException) -> _ExceptionState:
+    return _ExceptionState(exc)
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
+                       state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc

@@ -6,12 +6,36 @@ from typing import Any
 
 from distkernel.protocol import FunctionPayload, TaskOptions, TaskSpec
 from distkernel.refs import ObjectRef, new_id
-from distkernel.serialization import Serialized, serialize
+from distkernel.exceptions import SerializationError
+from distkernel.serializability import explain_failure
+from distkernel.serialization import Serialized, serialize, try_dumps
 
 
-def serialize_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Serialized:
-    """Pickle the call's arguments once; refs inside stay refs (SPEC §2)."""
-    return serialize((args, kwargs))
+def serialize_arguments(args: tuple[Any, ...], kwargs: dict[str, Any],
+                        call: str = "the task") -> Serialized:
+    """Pickle the call's arguments once; refs inside stay refs (SPEC §2).
+
+    When one cannot travel, the error names which argument, then the path inside it.
+    """
+    try:
+        return serialize((args, kwargs))
+    except SerializationError as exc:
+        raise _name_argument(args, kwargs, call, exc) from exc.__cause__
+
+
+def _name_argument(args: tuple[Any, ...], kwargs: dict[str, Any], call: str,
+                   fallback: SerializationError) -> SerializationError:
+    named = [(f"argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"keyword argument {k}=", v) for k, v in kwargs.items()]
+    for label, value in named:
+        error = try_dumps(value)
+        if error is not None:
+            inner = explain_failure(value, error)
+            outer = SerializationError(f"{label} of {call}: {inner}")
+            outer.path = getattr(inner, "path", "")  # type: ignore[attr-defined]
+            outer.culprit_type = getattr(inner, "culprit_type", "")  # type: ignore[attr-defined]
+            return outer
+    return fallback
 
 
 def top_level_refs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:

@@ -53,6 +53,14 @@ class Cancelled(BaseException):
     ``except Exception`` in user code cannot swallow it."""
 
 
+class UpstreamFailed(Exception):
+    """An argument's task failed: this task fails with that same error, unwrapped."""
+
+    def __init__(self, value: Value) -> None:
+        super().__init__("an argument's task failed")
+        self.value = value
+
+
 class Link:
     """The worker's side of the pipe: ordered sends and ref-count deltas."""
 
@@ -125,7 +133,10 @@ class DriverStream:
         if self._pending:
             text = "".join(self._pending)
             self._pending = []
-            self._worker.link.send(Output(self._worker.current_task, self._name, text))  # type: ignore[arg-type]
+            try:
+                self._worker.link.send(Output(self._worker.current_task, self._name, text))  # type: ignore[arg-type]
+            except OSError:
+                pass  # the driver is gone; the reader thread is ending this process
 
     def isatty(self) -> bool:
         return False
@@ -164,7 +175,7 @@ class Worker:
             try:
                 message = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
-                self._driver_gone()
+                self.driver_gone()
                 return
             if isinstance(message, Reply):
                 with self.replies_ready:
@@ -189,7 +200,7 @@ class Worker:
             self._cancel_seq = -1
             raise Cancelled
 
-    def _driver_gone(self) -> None:
+    def driver_gone(self) -> None:
         if not self._stopping:
             # The driver died without stopping us: nobody else will free its segments.
             reaper.remove_segments_of(self.driver_pid)
@@ -228,6 +239,9 @@ class Worker:
             except Cancelled:
                 cancelled = True
                 results = ()
+            except UpstreamFailed as upstream:
+                failed = True
+                results = (upstream.value,)
             except BaseException as exc:
                 failed = True
                 results = (self._error_value(spec.name, exc),)
@@ -256,6 +270,9 @@ class Worker:
     def _arguments(self, message: RunTask) -> tuple[list[Any], dict[str, Any]]:
         args, kwargs = object_store.load(message.spec.args)
         if message.resolved:
+            for _, value in message.resolved:
+                if value.is_error:
+                    raise UpstreamFailed(value)
             values = {object_id: self.load(value) for object_id, value in message.resolved}
             args = [values[a.hex()] if type(a) is refs.ObjectRef and a.hex() in values else a
                     for a in args]
@@ -289,13 +306,21 @@ class Worker:
         return object_store.pack(serialize(value), self.driver_pid, object_id, is_error=is_error)
 
     def _error_value(self, task_name: str, exc: BaseException) -> InlineValue:
-        exc_bytes, text = dumps_exception(exc)
-        cause = pickle.loads(exc_bytes)
-        summary = f"{type(exc).__name__}: {exc}"
-        message = (f"{task_name} failed with {summary}\n\n"
+        """The task's exception as a stored TaskError; plain text if even that fails."""
+        try:
+            exc_bytes, text = dumps_exception(exc)
+            cause = pickle.loads(exc_bytes)
+        except Exception:  # noqa: BLE001 - the error report must not take the worker down
+            text, cause, exc_bytes = f"{type(exc).__name__}: {exc}", None, None
+        message = (f"{task_name} failed with {type(exc).__name__}: {exc}\n\n"
                    f"Remote traceback (worker {self.worker_id}, pid {os.getpid()}):\n{text}")
-        error = TaskError(message, cause=cause, remote_traceback=text, task_name=task_name)
-        return object_store.to_inline(serialize(error, out_of_band=False), is_error=True)
+        error = TaskError(message, cause=cause, remote_traceback=text, task_name=task_name,
+                          cause_bytes=exc_bytes)
+        try:
+            return object_store.to_inline(serialize(error, out_of_band=False), is_error=True)
+        except Exception:  # noqa: BLE001
+            plain = TaskError(message, remote_traceback=text, task_name=task_name)
+            return object_store.to_inline(serialize(plain, out_of_band=False), is_error=True)
 
 
 def main(argv: list[str]) -> None:
@@ -303,18 +328,22 @@ def main(argv: list[str]) -> None:
     fd, worker_id, driver_pid, cluster_id = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
     conn = Connection(fd)
     worker = Worker(conn, worker_id, driver_pid, cluster_id)
-    setup = pickle.loads(conn.recv_bytes())  # sys.path and the serializer registry
-    sys.path[:0] = [p for p in setup["sys_path"] if p not in sys.path]
-    if setup["registry"]:
-        registry.load(setup["registry"])
-    refs.set_tracker(worker.link)
-    context.set_worker(WorkerClient(worker))
-    signal.signal(signal.SIGINT, worker.on_sigint)
-    sys.stdout = DriverStream(worker, "stdout")  # type: ignore[assignment]
-    sys.stderr = DriverStream(worker, "stderr")  # type: ignore[assignment]
-    threading.Thread(target=worker.read_forever, name="distkernel-reader", daemon=True).start()
-    worker.link.send(WorkerReady(os.getpid(), refs.new_id.prefix))
-    worker.serve()
+    try:
+        setup = pickle.loads(conn.recv_bytes())  # sys.path and the serializer registry
+        sys.path[:0] = [p for p in setup["sys_path"] if p not in sys.path]
+        if setup["registry"]:
+            registry.load(setup["registry"])
+        refs.set_tracker(worker.link)
+        context.set_worker(WorkerClient(worker))
+        signal.signal(signal.SIGINT, worker.on_sigint)
+        sys.stdout = DriverStream(worker, "stdout")  # type: ignore[assignment]
+        sys.stderr = DriverStream(worker, "stderr")  # type: ignore[assignment]
+        threading.Thread(target=worker.read_forever, name="distkernel-reader",
+                         daemon=True).start()
+        worker.link.send(WorkerReady(os.getpid(), refs.new_id.prefix))
+        worker.serve()
+    except (EOFError, OSError):  # the driver went away: same clean-up as the reader's
+        worker.driver_gone()
     os._exit(0)
 
 

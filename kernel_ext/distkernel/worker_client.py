@@ -86,7 +86,7 @@ class WorkerClient:
 
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                options: TaskOptions) -> list[ObjectRef]:
-        serialized = specs.serialize_arguments(args, kwargs)
+        serialized = specs.serialize_arguments(args, kwargs, f"{function.name}.remote(...)")
         args_value = object_store.pack(serialized, self._worker.driver_pid, new_id())
         spec = specs.make_spec(function, options, args_value, specs.top_level_refs(args, kwargs))
         first_time = function.function_hash not in self._functions_sent

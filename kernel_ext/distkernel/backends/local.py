@@ -209,7 +209,7 @@ class LocalBackend:
 
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                options: TaskOptions, *, kind: str = "task") -> list[ObjectRef]:
-        serialized = specs.serialize_arguments(args, kwargs)
+        serialized = specs.serialize_arguments(args, kwargs, f"{function.name}.remote(...)")
         args_value, args_id = self._arguments_value(serialized)
         spec = specs.make_spec(function, options, args_value,
                                specs.top_level_refs(args, kwargs), kind=kind)
@@ -280,7 +280,8 @@ class LocalBackend:
             for worker_id, state in sorted(self.scheduler.workers.items()):
                 spec = self.scheduler.running_task(worker_id)
                 process = self.workers.get(worker_id)
-                rows.append({"id": worker_id, "pid": state.pid, "state": state.state,
+                pid = state.pid or (process.pid if process is not None else None)
+                rows.append({"id": worker_id, "pid": pid, "state": state.state,
                              "current_task": spec.name if spec else None,
                              "current_task_id": spec.task_id if spec else None,
                              "extra": state.extra, "_process": process})

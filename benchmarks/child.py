@@ -1,0 +1,204 @@
+"""One engine's benchmark run, in a fresh interpreter started by ``run.py``.
+
+    run.py ──spawns──▶ python benchmarks/child.py --engine NAME --out FILE
+                          start-up (import + init + first task), then each workload;
+                          FILE is rewritten after every section, so a crash or a
+                          timeout still leaves the figures measured so far.
+
+A fresh process per engine keeps imports, start-up and RSS clean, and one
+engine's leftovers cannot disturb the next. Only the standard library is
+imported before the start-up clock starts; numpy and psutil come after, so the
+start-up figure includes the engine's own imports and nothing of the harness.
+Can be run by hand to debug one engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+import engines
+
+
+# The task functions and the actor class live here, in __main__, so that every
+# engine ships them by value and no worker needs this directory on its path.
+def noop(x: Any) -> Any:
+    return x
+
+
+def shape_of(arr: Any) -> tuple[int, ...]:
+    return tuple(arr.shape)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def incr(self) -> int:
+        self.count += 1
+        return self.count
+
+
+tasks = sys.modules[__name__]
+
+#: Workload sizes: (quick, full).
+SIZES = {
+    "rtt_n": (300, 1000), "rtt_warmup": (30, 100),
+    "tput_n": (2000, 5000), "tput_repeats": (1, 3),
+    "big_repeats": (3, 5), "huge_repeats": (0, 3),
+    "actor_n": (300, 1000), "actor_warmup": (30, 100),
+}
+MB = 1 << 20
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", required=True, choices=sorted(engines.ENGINES))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    return parser.parse_args(argv)
+
+
+def start_up(engine: engines.Engine, workers: int) -> dict[str, float]:
+    """From before the engine's import to the first tiny task's result."""
+    t0 = time.perf_counter()
+    phases = engine.start(workers)
+    t1 = time.perf_counter()
+    value = engine.get(engine.submit(noop, 1))
+    t2 = time.perf_counter()
+    if value != 1:
+        msg = f"first task returned {value!r}, expected 1"
+        raise RuntimeError(msg)
+    return {**phases, "first_task_s": t2 - t1, "total_s": t2 - t0}
+
+
+def settle_memory(engine: engines.Engine) -> dict[str, Any]:
+    """Idle memory after start-up and one task.
+
+    Waits 2 s first: workers that did not run the first task may still be
+    importing, and Ray finishes starting its helpers in the background; the
+    figure is meant to be the idle steady state, not a snapshot mid-boot.
+    """
+    import workloads
+
+    time.sleep(2.0)
+    return workloads.memory(engine)
+
+
+def sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The workloads after start-up and memory, as (name, thunk taking the engine)."""
+    import workloads
+
+    size = {key: pair[0] if args.quick else pair[1] for key, pair in SIZES.items()}
+    plan: list[tuple[str, Any]] = [
+        ("round_trip", lambda e: workloads.round_trip(e, tasks, size["rtt_n"], size["rtt_warmup"])),
+        ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"],
+                                                      size["tput_repeats"])),
+        ("batched_map", lambda e: workloads.batched_map(e, tasks, size["tput_n"])),
+        ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB,
+                                                          size["big_repeats"])),
+    ]
+    if size["huge_repeats"]:
+        plan.append(("object_1GB", lambda e: workloads.large_object(e, tasks, 1024 * MB,
+                                                                   size["huge_repeats"])))
+    plan.append(("actor", lambda e: workloads.actor(e, tasks, size["actor_n"],
+                                                    size["actor_warmup"])))
+    return plan
+
+
+def run_section(result: dict[str, Any], name: str, thunk: Any, engine: Any, out: str) -> None:
+    """Run one workload; record its figures, or why it was skipped or failed."""
+    t0 = time.perf_counter()
+    try:
+        result[name] = thunk(engine)
+    except engines.Unsupported as exc:
+        result[name] = {"skipped": str(exc)}
+    except Exception as exc:
+        if name == "actor" and not engine_has_actors(engine):
+            result[name] = {"skipped": f"no actors yet ({type(exc).__name__}: {exc})"}
+        else:
+            result[name] = {"error": f"{type(exc).__name__}: {exc}",
+                            "traceback": traceback.format_exc()}
+    result.setdefault("section_s", {})[name] = time.perf_counter() - t0
+    write(result, out)
+
+
+def engine_has_actors(engine: engines.Engine) -> bool:
+    """distkernel's actors are not built yet: an actor error there means "skipped"."""
+    if engine.name != "distkernel":
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("distkernel.actors") is not None
+
+
+def write(result: dict[str, Any], out: str) -> None:
+    tmp = f"{out}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    os.replace(tmp, out)
+
+
+def describe_environment(engine: engines.Engine, args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    return {"engine": engine.name, "engine_version": engine.version(), "workers": args.workers,
+            "quick": args.quick, "python": platform.python_version(),
+            "numpy": np.__version__, "cpus": os.cpu_count(), "pid": os.getpid()}
+
+
+def final_processes(engine: engines.Engine) -> list[tuple[int, float]]:
+    """(pid, create_time) of everything alive before shutdown, for run.py's leak check."""
+    rows = []
+    for _, process in engine.processes()[1:]:
+        try:
+            rows.append((process.pid, process.create_time()))
+        except Exception:
+            continue
+    return rows
+
+
+def run(args: argparse.Namespace, engine: engines.Engine, result: dict[str, Any]) -> None:
+    result["startup"] = start_up(engine, args.workers)
+    write(result, args.out)
+    result["env"] = describe_environment(engine, args)
+    result["memory"] = settle_memory(engine)
+    write(result, args.out)
+    for name, thunk in sections(args):
+        run_section(result, name, thunk, engine, args.out)
+    result["final_processes"] = final_processes(engine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # run.py ends a child that overruns with SIGTERM: turn it into SystemExit so the
+    # finally below still shuts the engine down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    engine = engines.make(args.engine)
+    result: dict[str, Any] = {"engine": args.engine}
+    try:
+        run(args, engine, result)
+        return 0
+    except Exception as exc:
+        result["fatal"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()
+        return 1
+    finally:
+        t0 = time.perf_counter()
+        try:
+            engine.shutdown()
+        finally:
+            result["shutdown_s"] = time.perf_counter() - t0
+            write(result, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The workloads (SPEC §8), each a function of an engine adapter returning plain numbers.
+
+Every workload takes ``tasks``, the namespace that holds the task functions and
+the actor class. They are defined in the child's ``__main__`` so that every
+engine ships them by value (cloudpickle for distkernel and Ray, dill for the
+Pool) and no worker has to import this directory.
+
+Only ``time.perf_counter`` is used for timing. Nothing here asserts on a time:
+the figures are reported, never judged.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from engines import Engine, Unsupported
+
+
+def summarize(seconds: list[float]) -> dict[str, float]:
+    """Median and p99 (in seconds) of a list of durations."""
+    ordered = sorted(seconds)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"median_s": statistics.median(ordered), "p99_s": p99, "n": len(ordered)}
+
+
+def round_trip(engine: Engine, tasks: Any, n: int, warmup: int) -> dict[str, float]:
+    """Submit one tiny task and wait for it, ``n`` times in a row: the latency floor."""
+    for i in range(warmup):
+        engine.get(engine.submit(tasks.noop, i))
+    durations = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        engine.get(engine.submit(tasks.noop, i))
+        durations.append(time.perf_counter() - t0)
+    return summarize(durations)
+
+
+def throughput(engine: Engine, tasks: Any, n: int, repeats: int) -> dict[str, float]:
+    """Submit ``n`` tiny tasks one by one, then one get of all; median over repeats.
+
+    ``submit_per_s`` (submission alone) tells a slow driver apart from slow workers.
+    """
+    totals, submits = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        handles = [engine.submit(tasks.noop, i) for i in range(n)]
+        t1 = time.perf_counter()
+        engine.get(handles)
+        totals.append(time.perf_counter() - t0)
+        submits.append(t1 - t0)
+    return {"tasks_per_s": n / statistics.median(totals),
+            "submit_per_s": n / statistics.median(submits), "n": n, "repeats": repeats}
+
+
+def batched_map(engine: Engine, tasks: Any, n: int) -> dict[str, float]:
+    """Pool.map_async of ``n`` tiny items: the Pool's batched best case, for reference."""
+    t0 = time.perf_counter()
+    engine.map_async(tasks.noop, list(range(n)))
+    return {"tasks_per_s": n / (time.perf_counter() - t0), "n": n}
+
+
+def copy_baseline(arr: np.ndarray, repeats: int) -> dict[str, float]:
+    """What a put cannot beat: one memcpy into fresh memory (page faults included)."""
+    into_empty, plain = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst = np.empty_like(arr)
+        np.copyto(dst, arr)
+        into_empty.append(time.perf_counter() - t0)
+        del dst
+        t0 = time.perf_counter()
+        dst = arr.copy()
+        plain.append(time.perf_counter() - t0)
+        del dst
+    return {"copyto_s": statistics.median(into_empty), "copy_s": statistics.median(plain)}
+
+
+def large_object(engine: Engine, tasks: Any, nbytes: int, repeats: int) -> dict[str, Any]:
+    """put / get / task-on-ref / task-with-array of one float64 array of ``nbytes``.
+
+    Each repeat stores a fresh object and frees it (drops every ref and view)
+    before the next, so no repeat reads a cache or fills the store.
+    """
+    arr = np.arange(nbytes // 8, dtype=np.float64)
+    result: dict[str, Any] = {"nbytes": arr.nbytes, **copy_baseline(arr, repeats)}
+    try:
+        result.update(_stored_object(engine, tasks, arr, repeats))
+    except Unsupported as exc:
+        result["store_skipped"] = str(exc)
+    result["task_arg_s"] = _median_time(
+        lambda: engine.get(engine.submit(tasks.shape_of, arr)), repeats)
+    return result
+
+
+def _stored_object(engine: Engine, tasks: Any, arr: np.ndarray, repeats: int) -> dict[str, Any]:
+    put_s, get_s, task_s, writeable, intact = [], [], [], set(), True
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ref = engine.put(arr)
+        put_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        got = engine.get(ref)
+        get_s.append(time.perf_counter() - t0)
+        writeable.add(bool(got.flags.writeable))
+        intact = intact and got.shape == arr.shape and got[0] == arr[0] and got[-1] == arr[-1]
+        t0 = time.perf_counter()
+        shape = engine.get(engine.submit(tasks.shape_of, ref))
+        task_s.append(time.perf_counter() - t0)
+        intact = intact and tuple(shape) == arr.shape
+        del got, ref
+    return {"put_s": statistics.median(put_s), "get_s": statistics.median(get_s),
+            "task_ref_s": statistics.median(task_s), "get_writeable": sorted(writeable),
+            "intact": intact, "put_all_s": put_s, "get_all_s": get_s, "task_ref_all_s": task_s}
+
+
+def _median_time(action: Any, repeats: int) -> float:
+    durations = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        action()
+        durations.append(time.perf_counter() - t0)
+    return statistics.median(durations)
+
+
+def actor(engine: Engine, tasks: Any, n: int, warmup: int) -> dict[str, Any]:
+    """Actor creation to first result, then sequential method-call round trips."""
+    t0 = time.perf_counter()
+    handle = engine.create_actor(tasks.Counter)
+    engine.get(engine.call(handle, "incr"))
+    created = time.perf_counter() - t0
+    try:
+        for _ in range(warmup):
+            engine.get(engine.call(handle, "incr"))
+        durations = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            engine.get(engine.call(handle, "incr"))
+            durations.append(time.perf_counter() - t0)
+    finally:
+        engine.kill_actor(handle)
+    return {"create_s": created, **summarize(durations)}
+
+
+def memory(engine: Engine) -> dict[str, Any]:
+    """RSS and USS summed over the driver and every process the engine started.
+
+    RSS counts shared pages once per process (forked Pool workers share most of
+    the driver's pages, Ray's processes share the plasma mapping), so the sum
+    over-states; USS (pages only that process has) under-states shared
+    libraries but does not double-count. Both are reported, per role too.
+    """
+    rows = []
+    for role, process in engine.processes():
+        try:
+            rows.append(_process_memory(role, process))
+        except Exception:  # it exited between listing and reading: not idle memory
+            continue
+    totals: dict[str, Any] = {"processes": len(rows), "pids": [r["pid"] for r in rows]}
+    for key in ("rss", "uss"):
+        totals[f"{key}_bytes"] = sum(r[key] for r in rows if r[key] is not None)
+        for role in ("driver", "worker", "service"):
+            totals[f"{role}_{key}_bytes"] = sum(r[key] or 0 for r in rows if r["role"] == role)
+    totals["roles"] = {role: sum(r["role"] == role for r in rows)
+                       for role in ("driver", "worker", "service")}
+    totals["detail"] = rows
+    return totals
+
+
+def _process_memory(role: str, process: Any) -> dict[str, Any]:
+    try:
+        info = process.memory_full_info()
+        uss = info.uss
+    except Exception:  # USS needs /proc/<pid>/smaps; fall back to RSS only
+        info, uss = process.memory_info(), None
+    return {"role": role, "pid": process.pid, "create_time": process.create_time(),
+            "name": process.name(), "rss": info.rss, "uss": uss}

@@ -1,0 +1,257 @@
+"""Failures in each phase, and that the pool keeps working after every one of them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import distkernel as dk
+from distkernel import config
+
+from .conftest import wait_until
+
+
+@dk.remote
+def ok():
+    return "ok"
+
+
+class Unpicklable:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+
+def raise_value_error():
+    raise ValueError("bad value 42")
+
+
+def return_unpicklable():
+    return Unpicklable()
+
+
+def crash_with_exit():
+    os._exit(3)
+
+
+def crash_with_segfault():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+@pytest.mark.parametrize(("phase", "body", "error", "match"), [
+    ("running", raise_value_error, ValueError, "bad value 42"),
+    ("running", raise_value_error, dk.TaskError, "Remote traceback"),
+    ("returning", return_unpicklable, dk.SerializationError, r"lock: _thread\.lock"),
+    ("crashing", crash_with_exit, dk.WorkerCrashedError, "exit code 3"),
+    ("crashing", crash_with_segfault, dk.WorkerCrashedError, "SIGSEGV"),
+])
+def test_error_in_each_phase_then_pool_still_works(cluster, phase, body, error, match):
+    task = dk.remote(max_retries=0)(body)
+    with pytest.raises(error, match=match):
+        dk.get(task.remote(), timeout=30)
+    assert dk.get([ok.remote() for _ in range(4)], timeout=30) == ["ok"] * 4
+
+
+def test_serialization_error_at_submit_names_the_member(cluster):
+    with pytest.raises(dk.SerializationError, match=r"Unpicklable\(\.\.\.\)\.lock") as info:
+        ok.remote(Unpicklable())
+    assert isinstance(info.value, TypeError)
+    text = str(info.value)
+    assert "__reduce__" in text and "register_serializer" in text and "wrapper" in text
+    with pytest.raises(dk.SerializationError):
+        dk.put(Unpicklable())
+    assert dk.get(ok.remote()) == "ok"
+
+
+def test_task_error_is_both_task_error_and_original(cluster):
+    task = dk.remote(raise_value_error)
+    with pytest.raises(ValueError) as info:
+        dk.get(task.remote())
+    error = info.value
+    assert isinstance(error, dk.TaskError) and isinstance(error, ValueError)
+    assert "raise_value_error" in str(error)  # the remote traceback names the function
+    assert isinstance(error.cause, ValueError)
+    assert "bad value 42" in str(error.__cause__)  # the remote traceback is the cause
+
+
+def test_custom_exception_class_from_notebook(cluster):
+    class QuotaError(Exception):
+        def __init__(self, user, limit):
+            super().__init__(f"{user} is over {limit}")
+            self.user = user
+
+    @dk.remote
+    def check():
+        raise QuotaError("ann", 3)
+
+    with pytest.raises(QuotaError, match="ann is over 3") as info:
+        dk.get(check.remote())
+    assert info.value.user == "ann"
+
+
+def test_crash_is_retried_then_succeeds(cluster, tmp_path):
+    marker = tmp_path / "crashed-once"
+
+    @dk.remote(max_retries=2)
+    def flaky(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os._exit(1)
+        return "second try"
+
+    assert dk.get(flaky.remote(str(marker)), timeout=30) == "second try"
+
+
+def test_crash_message_names_task_pid_and_retries(cluster):
+    crasher = dk.remote(max_retries=1)(crash_with_exit)
+    with pytest.raises(dk.WorkerCrashedError) as info:
+        dk.get(crasher.remote(), timeout=30)
+    text = str(info.value)
+    assert "crash_with_exit" in text and "pid" in text and "after 1 retry" in text
+    status = dk.status()
+    assert len([w for w in status["workers"] if w["state"] != "dead"]) == 2
+
+
+def test_get_timeout_leaves_task_running(cluster):
+    @dk.remote
+    def slow():
+        time.sleep(1.0)
+        return "done"
+
+    ref = slow.remote()
+    with pytest.raises(dk.GetTimeoutError, match="keep running") as info:
+        dk.get(ref, timeout=0.1)
+    assert isinstance(info.value, TimeoutError)
+    assert dk.get(ref, timeout=10) == "done"
+
+
+def test_cancel_queued_task(cluster):
+    @dk.remote
+    def slow():
+        time.sleep(1.0)
+
+    blockers = [slow.remote() for _ in range(2)]
+    queued = ok.remote()
+    dk.cancel(queued)
+    with pytest.raises(dk.TaskCancelledError):
+        dk.get(queued, timeout=5)
+    dk.get(blockers)
+
+
+def test_cancel_running_task_interrupts_it(cluster):
+    @dk.remote
+    def forever():
+        while True:
+            time.sleep(0.05)
+
+    ref = forever.remote()
+    wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"]))
+    started = time.monotonic()
+    dk.cancel(ref)
+    with pytest.raises(dk.TaskCancelledError):
+        dk.get(ref, timeout=10)
+    assert time.monotonic() - started < 5
+    assert dk.get(ok.remote()) == "ok"
+
+
+def test_cancel_swallowing_task_with_force_kills_worker(cluster):
+    @dk.remote
+    def stubborn():
+        while True:
+            try:
+                time.sleep(0.05)
+            except BaseException:  # noqa: BLE001 - a task that ignores interrupts
+                pass
+
+    ref = stubborn.remote()
+    wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"]))
+    pids_before = {w["pid"] for w in dk.status()["workers"]}
+    dk.cancel(ref, force=True)
+    with pytest.raises(dk.TaskCancelledError):
+        dk.get(ref, timeout=10)
+    assert dk.get([ok.remote() for _ in range(3)]) == ["ok"] * 3
+    assert wait_until(lambda: len(dk.status()["workers"]) == 2)
+    assert {w["pid"] for w in dk.status()["workers"]} != pids_before
+
+
+def test_sigint_to_workers_without_cancel_is_ignored(cluster):
+    @dk.remote
+    def nap():
+        time.sleep(0.5)
+        return "rested"
+
+    ref = nap.remote()
+    wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"]))
+    for worker in dk.status()["workers"]:
+        os.kill(worker["pid"], signal.SIGINT)  # as Jupyter's interrupt of the process group
+    assert dk.get(ref) == "rested"
+
+
+DRIVER = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    import distkernel as dk
+    dk.init(2)
+    refs = [dk.put(np.ones(1_000_000)) for _ in range(3)]
+    @dk.remote
+    def stay():
+        time.sleep(60)
+    pending = [stay.remote() for _ in range(2)]
+    print(" ".join(str(w["pid"]) for w in dk.status()["workers"]), flush=True)
+    time.sleep(60)
+""")
+
+
+def test_sigkilled_driver_leaves_no_workers_or_segments(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = driver.stdout.readline()
+        worker_pids = [int(p) for p in line.split()]
+        assert len(worker_pids) == 2
+        prefix = f"distkernel-{driver.pid}-"
+        assert any(n.startswith(prefix) for n in os.listdir(config.SHM_DIR))
+    finally:
+        driver.kill()
+        driver.wait()
+
+    def all_gone():
+        alive = [p for p in worker_pids if _alive(p)]
+        leftovers = [n for n in os.listdir(config.SHM_DIR) if n.startswith(prefix)]
+        return not alive and not leftovers
+
+    assert wait_until(all_gone, timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_error_result_from_argument_propagates(cluster):
+    failing = dk.remote(max_retries=0)(raise_value_error)
+
+    @dk.remote
+    def consume(x):
+        return x
+
+    with pytest.raises(ValueError, match="bad value 42"):
+        dk.get(consume.remote(failing.remote()))
+
+
+def test_unpicklable_large_values_fail_fast(cluster):
+    holder = {"arr": np.ones(1_000_000), "lock": threading.Lock()}
+    with pytest.raises(dk.SerializationError, match=r"\['lock'\]"):
+        dk.put(holder)
+    assert dk.status()["object_store"]["used_bytes"] == 0
