@@ -244,3 +244,33 @@ def test_timeline_records_tasks(cluster):
     assert record.submitted <= record.started <= record.finished
     assert record.bytes_in > 0 and record.bytes_out > 0
     assert len(dk.timeline(last=2)) == 2
+
+
+class CountsUnpickling:
+    """Appends a line to a file each time it is unpickled: counts function loads in workers."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (_count_load, (self.path,))
+
+
+def _count_load(path):
+    with open(path, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    return CountsUnpickling(path)
+
+
+def test_function_is_shipped_and_unpickled_once_per_worker(cluster, tmp_path):
+    log = tmp_path / "loads.txt"
+    marker = CountsUnpickling(str(log))
+
+    @dk.remote
+    def uses_marker(i):
+        return marker.path, i
+
+    assert len(dk.get([uses_marker.remote(i) for i in range(40)])) == 40
+    loads = log.read_text().split()
+    assert 1 <= len(loads) <= 2  # once per worker that ran it, not once per call
+    assert len(set(loads)) == len(loads)

@@ -22,6 +22,8 @@ import psutil
 from multiprocess import Pipe
 from multiprocess.connection import Connection
 
+from distkernel.wire import FrameReader
+
 
 @dataclass(slots=True)
 class WorkerProcess:
@@ -31,6 +33,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     conn: Connection
     sentinel: int | None
+    reader: FrameReader
     functions: set[str] = field(default_factory=set)  # function hashes it already has
     stats: psutil.Process | None = None
     closed: bool = False
@@ -71,7 +74,7 @@ def start_worker(worker_id: int, driver_pid: int, cluster_id: str, registry: byt
         sentinel = None
     parent_end.send_bytes(pickle.dumps({"sys_path": list(sys.path), "registry": registry},
                                        protocol=5))
-    return WorkerProcess(worker_id, process, parent_end, sentinel)
+    return WorkerProcess(worker_id, process, parent_end, sentinel, FrameReader(parent_end.fileno()))
 
 
 def kill(worker: WorkerProcess) -> None:

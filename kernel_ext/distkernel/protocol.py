@@ -6,15 +6,41 @@ the standard pickler (they hold only bytes, strings, numbers and tuples).
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Any, Literal, TypeVar, Union
+
+_T = TypeVar("_T")
+
+
+def message(cls: type[_T]) -> type[_T]:
+    """A frozen, slotted dataclass that pickles as ``(cls, fields)``: ~2x faster than the
+    default reduction, and these cross a pipe for every task."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+    names = tuple(f for f in cls.__slots__ if not f.startswith("__"))  # type: ignore[attr-defined]
+    if not names:
+        def reduce(self: Any) -> tuple[Any, ...]:
+            return (cls, ())
+    elif len(names) == 1:
+        getter: Callable[[Any], Any] = operator.attrgetter(*names)
+
+        def reduce(self: Any) -> tuple[Any, ...]:
+            return (cls, (getter(self),))
+    else:
+        getter = operator.attrgetter(*names)
+
+        def reduce(self: Any) -> tuple[Any, ...]:
+            return (cls, getter(self))
+    cls.__reduce__ = reduce  # type: ignore[method-assign,assignment]
+    return cls
 
 TaskKind = Literal["task", "actor_method", "actor_create", "cell"]
 
 
 # --- stored values -------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@message
 class InlineValue:
     """A small serialized value carried inside messages."""
 
@@ -28,7 +54,7 @@ class InlineValue:
         return len(self.header) + sum(len(b) for b in self.buffers)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class SharedValue:
     """A large serialized value in one shared-memory segment: header at 0, then the buffers."""
 
@@ -49,7 +75,7 @@ Value = Union[InlineValue, SharedValue]
 
 # --- driver -> worker ------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@message
 class TaskSpec:
     """One unit of work: which function, with which arguments, producing which objects."""
 
@@ -65,7 +91,7 @@ class TaskSpec:
     method: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RunTask:
     """Run ``spec`` now; ``seq`` identifies this run (cancel slot, retries)."""
 
@@ -75,7 +101,7 @@ class RunTask:
     function: bytes | None = None  # the pickled function, when this worker lacks it
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Reply:
     """Answer to a worker's ``Request``; ``values`` for get, ``ready`` for wait."""
 
@@ -85,21 +111,21 @@ class Reply:
     error: bytes | None = None  # a pickled exception to raise in the worker
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class SetSerializers:
     """The driver's serializer registry, pickled, replacing the worker's."""
 
     registry: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Stop:
     """Finish the current task, then exit cleanly."""
 
 
 # --- worker -> driver -------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@message
 class TaskDone:
     """A run finished: its results (or one error value) and when it ran."""
 
@@ -112,7 +138,7 @@ class TaskDone:
     cancelled: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Output:
     """Text a task printed, to show in the driver."""
 
@@ -121,7 +147,7 @@ class Output:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Request:
     """A call into the driver from inside a task: get, wait, put, submit, cancel."""
 
@@ -137,7 +163,7 @@ class Request:
     needs_reply: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RefDelta:
     """ObjectRefs that came alive or died in a worker since its last message."""
 
@@ -145,7 +171,7 @@ class RefDelta:
     removed: tuple[str, ...] = field(default=())
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class WorkerReady:
     """First message of a worker: it is up and listening."""
 
@@ -159,7 +185,7 @@ WorkerMessage = Union[TaskDone, Output, Request, RefDelta, WorkerReady]
 
 # --- what a submission carries ---------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@message
 class FunctionPayload:
     """A function pickled once, named by the hash of its bytes."""
 
@@ -168,7 +194,7 @@ class FunctionPayload:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class TaskOptions:
     """Per-call options of a remote function (Ray's names)."""
 

@@ -11,6 +11,11 @@ ready; then it queues FIFO for an idle worker. A worker blocked in ``get`` on
 other tasks does not count towards the pool size, so nested tasks cannot
 starve the pool: an extra worker starts while the others wait, and stops when
 it is idle again and the pool is back above its size.
+
+Short tasks are pipelined: a worker running a function known to take under
+``PREFETCH_BELOW`` seconds gets the next short task before it finishes, so it
+never idles for a round trip. A prefetched task is taken back (``Revoke``) if
+its worker blocks in ``get``, and re-queued if the worker dies.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from distkernel.protocol import TaskSpec
+
+#: Pipeline a second task onto a worker when both tasks' functions usually run faster than this.
+PREFETCH_BELOW = 0.002
 
 WorkerStateName = Literal["starting", "idle", "busy", "blocked", "stopping", "dead"]
 
@@ -62,7 +70,16 @@ class KillWorker:
     worker_id: int
 
 
-Instruction = Union[Dispatch, FailTask, StartWorker, StopWorker, InterruptWorker, KillWorker]
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """Tell a worker to drop runs it was sent but has not started."""
+
+    worker_id: int
+    seqs: tuple[int, ...]
+
+
+Instruction = Union[Dispatch, FailTask, StartWorker, StopWorker, InterruptWorker, KillWorker,
+                    Revoke]
 
 
 # --- state ---------------------------------------------------------------------------------
@@ -72,8 +89,12 @@ class WorkerState:
     worker_id: int
     state: WorkerStateName = "starting"
     extra: bool = False
-    running: int | None = None  # seq of the run in progress
+    assigned: deque[int] = field(default_factory=deque)  # seqs sent; the first one runs
     pid: int | None = None
+
+    @property
+    def running(self) -> int | None:
+        return self.assigned[0] if self.assigned else None
 
 
 @dataclass(slots=True)
@@ -101,6 +122,7 @@ class Scheduler:
         self._runs: dict[int, str] = {}  # seq -> task_id
         self._next_worker_id = 1
         self._next_seq = 1
+        self._durations: dict[str, float] = {}  # function hash -> typical run time
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -129,20 +151,23 @@ class Scheduler:
         if worker is None:
             return []
         out: list[Instruction] = []
-        if worker.running is not None:
-            task_id = self._runs.pop(worker.running, None)
+        for position, seq in enumerate(worker.assigned):
+            task_id = self._runs.pop(seq, None)
             task = self.tasks.get(task_id) if task_id else None
-            if task is not None:
-                task.worker_id = task.seq = None
-                if task.cancel_requested:
-                    del self.tasks[task_id]  # type: ignore[arg-type]
-                    out.append(FailTask(task.spec, "cancelled", "the task was cancelled"))
-                elif task.retries_left > 0:
-                    task.retries_left -= 1
-                    self.queue.appendleft(task.spec.task_id)
-                else:
-                    del self.tasks[task.spec.task_id]
-                    out.append(FailTask(task.spec, "crashed", describe))
+            if task is None:
+                continue
+            task.worker_id = task.seq = None
+            if task.cancel_requested:
+                del self.tasks[task.spec.task_id]
+                out.append(FailTask(task.spec, "cancelled", "the task was cancelled"))
+            elif position > 0:  # never started: back to the queue, no retry used
+                self.queue.appendleft(task.spec.task_id)
+            elif task.retries_left > 0:
+                task.retries_left -= 1
+                self.queue.appendleft(task.spec.task_id)
+            else:
+                del self.tasks[task.spec.task_id]
+                out.append(FailTask(task.spec, "crashed", describe))
         if worker.state != "stopping" and not worker.extra:
             out.append(StartWorker())
         out.extend(self._dispatch())
@@ -157,13 +182,27 @@ class Scheduler:
         if worker is None or worker.state != "busy":
             return []
         worker.state = "blocked"
+        out = self._take_back_prefetched(worker)
         extras = sum(1 for w in self.workers.values() if w.extra)
         active = self._active_count()
         if self.queue and active < self.num_workers and extras < self.max_extra_workers:
             idle = [w for w in self.workers.values() if w.state in ("idle", "starting")]
             if not idle:
-                return [StartWorker(extra=True)]
-        return self._dispatch()
+                return [*out, StartWorker(extra=True)]
+        return out + self._dispatch()
+
+    def _take_back_prefetched(self, worker: WorkerState) -> list[Instruction]:
+        """Runs queued behind a blocked task could be the very children it waits for."""
+        revoked = []
+        while len(worker.assigned) > 1:
+            seq = worker.assigned.pop()
+            task_id = self._runs.pop(seq, None)
+            task = self.tasks.get(task_id) if task_id else None
+            if task is not None:
+                task.worker_id = task.seq = None
+                self.queue.appendleft(task.spec.task_id)
+            revoked.append(seq)
+        return [Revoke(worker.worker_id, tuple(revoked))] if revoked else []
 
     def worker_unblocked(self, worker_id: int) -> list[Instruction]:
         worker = self.workers.get(worker_id)
@@ -198,23 +237,30 @@ class Scheduler:
                 self.queue.append(task_id)
         return self._dispatch()
 
-    def task_done(self, worker_id: int, seq: int) -> list[Instruction]:
-        """The run ``seq`` finished (any outcome); the worker is free again."""
+    def task_done(self, worker_id: int, seq: int, duration: float | None = None
+                  ) -> list[Instruction]:
+        """The run ``seq`` finished (any outcome); the worker may take more work."""
         task_id = self._runs.pop(seq, None)
-        if task_id is not None:
-            self.tasks.pop(task_id, None)
+        task = self.tasks.pop(task_id, None) if task_id is not None else None
+        if task is not None and duration is not None:
+            previous = self._durations.get(task.spec.function_hash, duration)
+            self._durations[task.spec.function_hash] = 0.7 * previous + 0.3 * duration
         worker = self.workers.get(worker_id)
         out: list[Instruction] = []
-        if worker is not None and worker.running == seq:
-            worker.running = None
+        if worker is not None and seq in worker.assigned:
+            worker.assigned.remove(seq)
             if worker.state in ("busy", "blocked"):
-                worker.state = "idle"
-            if worker.extra and worker.state == "idle" and (
-                    not self.queue or self._active_count() > self.num_workers):
+                worker.state = "busy" if worker.assigned else "idle"
+            if worker.state == "idle" and self._should_retire(worker):
                 worker.state = "stopping"
                 out.append(StopWorker(worker_id))
         out.extend(self._dispatch())
         return out
+
+    def _should_retire(self, worker: WorkerState) -> bool:
+        if worker.extra:
+            return not self.queue or self._active_count() > self.num_workers
+        return self._live_regular_count() > self.num_workers
 
     def cancel(self, task_id: str, *, force: bool) -> list[Instruction]:
         """Cancel a queued task at once, or interrupt (``force``: kill) a running one."""
@@ -231,7 +277,8 @@ class Scheduler:
                     waiters.remove(task_id)
             return [FailTask(task.spec, "cancelled", "the task was cancelled before it ran")]
         task.cancel_requested = True
-        if force:
+        worker = self.workers.get(task.worker_id)  # type: ignore[arg-type]
+        if force and worker is not None and worker.running == task.seq:
             return [KillWorker(task.worker_id)]  # type: ignore[arg-type]
         return [InterruptWorker(task.worker_id, task.seq)]  # type: ignore[arg-type]
 
@@ -277,15 +324,31 @@ class Scheduler:
             return out
         for worker in self.workers.values():
             if not self.queue:
+                return out
+            if worker.state == "idle":
+                out.append(self._assign(worker))
+        for worker in self.workers.values():
+            if not self.queue:
                 break
-            if worker.state != "idle":
-                continue
-            task_id = self.queue.popleft()
-            task = self.tasks[task_id]
-            seq = self._next_seq
-            self._next_seq += 1
-            task.seq, task.worker_id = seq, worker.worker_id
-            worker.state, worker.running = "busy", seq
-            self._runs[seq] = task_id
-            out.append(Dispatch(worker.worker_id, seq, task.spec))
+            if worker.state == "busy" and len(worker.assigned) == 1 and self._short(
+                    self._runs.get(worker.assigned[0])) and self._short(self.queue[0]):
+                out.append(self._assign(worker))
         return out
+
+    def _short(self, task_id: str | None) -> bool:
+        task = self.tasks.get(task_id) if task_id else None
+        if task is None or task.spec.actor_id:
+            return False
+        typical = self._durations.get(task.spec.function_hash)
+        return typical is not None and typical < PREFETCH_BELOW
+
+    def _assign(self, worker: WorkerState) -> Dispatch:
+        task_id = self.queue.popleft()
+        task = self.tasks[task_id]
+        seq = self._next_seq
+        self._next_seq += 1
+        task.seq, task.worker_id = seq, worker.worker_id
+        worker.state = "busy"
+        worker.assigned.append(seq)
+        self._runs[seq] = task_id
+        return Dispatch(worker.worker_id, seq, task.spec)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from distkernel.exceptions import SerializationError
 from distkernel.protocol import FunctionPayload, TaskOptions, TaskSpec
 from distkernel.refs import ObjectRef, new_id
-from distkernel.exceptions import SerializationError
 from distkernel.serializability import explain_failure
 from distkernel.serialization import Serialized, serialize, try_dumps
 

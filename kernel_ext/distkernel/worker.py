@@ -45,6 +45,7 @@ from distkernel.protocol import (
     WorkerReady,
 )
 from distkernel.serialization import deserialize, dumps_exception, registry, serialize
+from distkernel.wire import FrameReader
 from distkernel.worker_client import WorkerClient
 
 
@@ -170,28 +171,42 @@ class Worker:
     # -- reader thread -----------------------------------------------------------------------
 
     def read_forever(self) -> None:
-        conn = self.link.conn
+        reader = FrameReader(self.link.conn.fileno())
         while True:
             try:
-                message = pickle.loads(conn.recv_bytes())
+                frames = reader.read()
             except (EOFError, OSError):
                 self.driver_gone()
                 return
-            if isinstance(message, Reply):
-                with self.replies_ready:
-                    self.replies[message.request_id] = message
-                    self.replies_ready.notify_all()
-            elif isinstance(message, tuple) and message[0] == "cancel":
-                self._interrupt(message[1])
-            else:
-                with self.inbox_ready:
-                    self.inbox.append(message)
-                    self.inbox_ready.notify()
+            for frame in frames:
+                self._route(pickle.loads(frame))
 
-    def _interrupt(self, seq: int) -> None:
-        if seq == self.current_seq:
-            self._cancel_seq = seq
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+    def _route(self, message: Any) -> None:
+        if isinstance(message, Reply):
+            with self.replies_ready:
+                self.replies[message.request_id] = message
+                self.replies_ready.notify_all()
+        elif isinstance(message, tuple):
+            self._control(*message)
+        else:
+            with self.inbox_ready:
+                self.inbox.append(message)
+                self.inbox_ready.notify()
+
+    def _control(self, what: str, seqs: tuple[int, ...]) -> None:
+        """``cancel``: interrupt the run, or drop it if not started; ``revoke``: drop them."""
+        with self.inbox_ready:  # the main thread takes runs and sets current_seq under it
+            for seq in seqs:
+                queued = [m for m in self.inbox if isinstance(m, RunTask) and m.seq == seq]
+                for run in queued:
+                    self.inbox.remove(run)
+                    if what == "cancel":
+                        self.link.send(TaskDone(seq, run.spec.task_id, (), time.time(),
+                                                time.time(), cancelled=True))
+                if not queued and what == "cancel" and seq == self.current_seq:
+                    self._cancel_seq = seq
+                    signal.pthread_kill(threading.main_thread().ident,  # type: ignore[arg-type]
+                                        signal.SIGINT)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         # SIGINT also reaches us when Jupyter interrupts the kernel's process group;
@@ -214,6 +229,8 @@ class Worker:
                 while not self.inbox:
                     self.inbox_ready.wait()
                 message = self.inbox.popleft()
+                if isinstance(message, RunTask):
+                    self.current_seq = message.seq
             if isinstance(message, RunTask):
                 self.run(message)
             elif isinstance(message, SetSerializers):

@@ -64,6 +64,7 @@ from distkernel.scheduler import (
     Instruction,
     InterruptWorker,
     KillWorker,
+    Revoke,
     Scheduler,
     StartWorker,
     StopWorker,
@@ -392,7 +393,9 @@ class LocalBackend:
             elif isinstance(step, StopWorker):
                 self.send(step.worker_id, Stop())
             elif isinstance(step, InterruptWorker):
-                self.send(step.worker_id, ("cancel", step.seq))
+                self.send(step.worker_id, ("cancel", (step.seq,)))
+            elif isinstance(step, Revoke):
+                self.send(step.worker_id, ("revoke", step.seqs))
             elif isinstance(step, KillWorker):
                 process = self.workers.get(step.worker_id)
                 if process is not None:
@@ -514,14 +517,16 @@ class LocalBackend:
         if process is None or process.closed:
             return
         try:
-            while process.conn.poll():
-                message = pickle.loads(process.conn.recv_bytes())
-                if isinstance(message, Output):
-                    outputs.append((worker_id, message))
-                else:
-                    self._handle(worker_id, message)
+            frames = process.reader.read()
         except (EOFError, OSError):
             self._on_exit(worker_id)
+            return
+        for frame in frames:
+            message = pickle.loads(frame)
+            if isinstance(message, Output):
+                outputs.append((worker_id, message))
+            else:
+                self._handle(worker_id, message)
 
     def _handle(self, worker_id: int, message: Any) -> None:
         if isinstance(message, TaskDone):
@@ -539,7 +544,7 @@ class LocalBackend:
 
     def _on_task_done(self, worker_id: int, done: TaskDone) -> None:
         spec = self.scheduler.task_of_run(done.seq)
-        out = self.scheduler.task_done(worker_id, done.seq)
+        out = self.scheduler.task_done(worker_id, done.seq, done.finished - done.started)
         if spec is not None:
             if done.cancelled:
                 error = TaskCancelledError(f"{spec.name} was cancelled while it ran")

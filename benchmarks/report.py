@@ -1,0 +1,167 @@
+"""Turn the children's JSON results into one Markdown table, with ratios and notes.
+
+The table is meant to be pasted into the README as is: one row per figure, one
+column per engine, then distkernel ÷ Ray and distkernel ÷ Pool. Missing
+figures show why (n/a, skipped, error) and the reasons are listed below it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+NAMES = {"distkernel": "distkernel", "ray": "Ray", "pool": "Pool"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row: where the number is in a child's result, and how to show it."""
+
+    section: str
+    key: str
+    label: str
+    unit: str  # "s", "ms", "us", "MB", "/s", "count" or "flag"
+    lower_is_better: bool = True
+
+
+def _object_rows(section: str, size: str) -> list[Metric]:
+    return [
+        Metric(section, "copyto_s", f"{size}: numpy np.empty + copyto (put baseline)", "ms"),
+        Metric(section, "copy_s", f"{size}: numpy arr.copy() (put baseline)", "ms"),
+        Metric(section, "put_s", f"{size}: put", "ms"),
+        Metric(section, "get_s", f"{size}: get in the driver", "ms"),
+        Metric(section, "get_writeable", f"{size}: get result writeable", "flag"),
+        Metric(section, "task_ref_s", f"{size}: task on a stored object (ref in, shape out)", "ms"),
+        Metric(section, "task_arg_s", f"{size}: task with the array as argument", "ms"),
+    ]
+
+
+METRICS: list[Metric] = [
+    Metric("startup", "total_s", "start-up to first result (import + init + 1 task)", "s"),
+    Metric("startup", "import_s", "  of which import", "s"),
+    Metric("startup", "init_s", "  of which init", "s"),
+    Metric("startup", "first_task_s", "  of which first task", "s"),
+    Metric("round_trip", "median_s", "tiny task round trip, median", "us"),
+    Metric("round_trip", "p99_s", "tiny task round trip, p99", "us"),
+    Metric("throughput", "tasks_per_s", "throughput: {n} tiny tasks, then one get", "/s", False),
+    Metric("throughput", "submit_per_s", "  submission alone", "/s", False),
+    Metric("batched_map", "tasks_per_s", "Pool.map_async of {n} (batched; reference)", "/s", False),
+    *_object_rows("object_100MB", "100 MB"),
+    *_object_rows("object_1GB", "1 GB"),
+    Metric("memory", "rss_bytes", "idle memory: RSS, sum over all processes", "MB"),
+    Metric("memory", "uss_bytes", "idle memory: USS, sum over all processes", "MB"),
+    Metric("memory", "driver_rss_bytes", "  driver RSS", "MB"),
+    Metric("memory", "worker_rss_bytes", "  workers RSS", "MB"),
+    Metric("memory", "service_rss_bytes", "  other engine processes RSS", "MB"),
+    Metric("memory", "processes", "  processes counted", "count"),
+    Metric("actor", "create_s", "actor creation to first result", "ms"),
+    Metric("actor", "median_s", "actor call round trip, median", "us"),
+    Metric("actor", "p99_s", "actor call round trip, p99", "us"),
+]
+
+SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "MB": 1 / (1 << 20), "/s": 1.0, "count": 1.0}
+
+
+def number(result: dict[str, Any], metric: Metric) -> float | None:
+    """The raw figure, or None when the engine has none."""
+    value = result.get(metric.section, {}).get(metric.key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def cell(result: dict[str, Any] | None, metric: Metric) -> str:
+    if result is None:
+        return "not run"
+    section = result.get(metric.section)
+    if section is None:
+        return "error" if "fatal" in result else "—"
+    if "skipped" in section:
+        return "n/a"
+    if "error" in section:
+        return "error"
+    if metric.unit == "flag":
+        flags = section.get(metric.key)
+        return "n/a" if flags is None else "/".join(str(f).lower() for f in flags)
+    value = number(result, metric)
+    return "n/a" if value is None else _format(value, metric.unit)
+
+
+def _format(value: float, unit: str) -> str:
+    scaled = value * SCALE[unit]
+    if unit == "count" or scaled == 0:
+        return f"{scaled:.0f}"
+    if unit == "s":
+        return f"{scaled:.2f} s" if scaled >= 1 else f"{scaled * 1e3:.0f} ms"
+    digits = 0 if scaled >= 100 else 1 if scaled >= 10 else 2
+    suffix = {"ms": " ms", "us": " µs", "MB": " MB", "/s": "/s"}[unit]
+    return f"{scaled:,.{digits}f}{suffix}"
+
+
+def ratio(ours: dict[str, Any] | None, other: dict[str, Any] | None, metric: Metric) -> str:
+    """distkernel ÷ other, for numbers only (flags and counts have no ratio)."""
+    if ours is None or other is None or metric.unit in ("flag", "count"):
+        return ""
+    a, b = number(ours, metric), number(other, metric)
+    if not a or not b:  # missing, or 0 (e.g. Pool has no service processes)
+        return ""
+    return f"{a / b:.2f}x"
+
+
+def label(metric: Metric, results: dict[str, dict[str, Any]]) -> str:
+    """The row label, with the task count filled in and the better direction marked."""
+    n = next((r.get(metric.section, {}).get("n") for r in results.values()
+              if isinstance(r.get(metric.section, {}).get("n"), int)), "N")
+    arrow = "" if metric.unit in ("flag", "count") else (" ↓" if metric.lower_is_better else " ↑")
+    return metric.label.format(n=n).replace("  ", "↳ ", 1) + arrow
+
+
+def table(results: dict[str, dict[str, Any]], engines: list[str]) -> str:
+    """The Markdown table; ratio columns appear for the engines that ran."""
+    others = [e for e in engines if e != "distkernel" and "distkernel" in engines]
+    head = ["workload", *(NAMES[e] for e in engines), *(f"dk ÷ {NAMES[e]}" for e in others)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ours = results.get("distkernel")
+    for metric in METRICS:
+        if all(metric.section not in (results.get(e) or {}) for e in engines):
+            continue  # e.g. the 1 GB rows in --quick mode
+        row = [label(metric, results), *(cell(results.get(e), metric) for e in engines),
+               *(ratio(ours, results.get(e), metric) for e in others)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: dict[str, dict[str, Any]], engines: list[str]) -> list[str]:
+    """Skips, errors, leaks and integrity failures, one bullet each."""
+    out = []
+    for engine in engines:
+        result = results.get(engine) or {}
+        name = NAMES[engine]
+        for key in ("fatal", "not_run"):
+            if key in result:
+                out.append(f"{name}: {result[key]}")
+        for section, value in result.items():
+            # batched_map is a Pool-only reference row: its skips elsewhere are expected
+            if isinstance(value, dict) and "skipped" in value and section != "batched_map":
+                out.append(f"{name} {section}: n/a — {value['skipped']}")
+            if isinstance(value, dict) and "error" in value:
+                out.append(f"{name} {section}: ERROR — {value['error']}")
+            if isinstance(value, dict) and value.get("intact") is False:
+                out.append(f"{name} {section}: get returned a wrong value")
+        out.extend(f"{name}: {leak}" for leak in result.get("leaks", []))
+    return out
+
+
+LEGEND = """\
+↓ lower is better, ↑ higher is better; a ratio is distkernel's figure ÷ the other
+engine's (below 1x is better for ↓ rows, above 1x for ↑ rows). Every figure comes from
+a fresh interpreter per engine. Start-up is timed from before the engine's `import`
+(only the standard library loaded) to the first tiny task's result; Pool = `Pool(n)` +
+`apply`. Round trip = submit + get of a no-op task, sequential, after warm-up
+(Pool: `apply`). Throughput = tasks submitted one by one (Pool: `apply_async`), then
+one get of all. put = store a float64 array; get = read it back in the driver
+(distkernel and Ray return read-only zero-copy views); task on a stored object = pass
+the ref, the task returns `arr.shape`; task with the array as argument = the array
+itself is the argument (distkernel and Ray store it implicitly; Pool pickles it through
+its pipe); the numpy copies are the same-size memcpy baselines for put. Medians over
+repeats, each repeat freeing its object. Idle memory = driver + every process the
+engine started, 2 s after start-up and one task; RSS double-counts shared pages
+(forked Pool workers, Ray's shared store), USS does not."""
