@@ -123,6 +123,8 @@ def table(results: dict[str, dict[str, Any]], engines: list[str]) -> str:
     for metric in METRICS:
         if all(metric.section not in (results.get(e) or {}) for e in engines):
             continue  # e.g. the 1 GB rows in --quick mode
+        if metric.section == "batched_map" and "pool" not in engines:
+            continue  # a Pool-only reference row
         row = [label(metric, results), *(cell(results.get(e), metric) for e in engines),
                *(ratio(ours, results.get(e), metric) for e in others)]
         lines.append("| " + " | ".join(row) + " |")

@@ -9,6 +9,7 @@
 """
 
 from distkernel import util
+from distkernel.actors import ActorClass, ActorHandle, get_actor, kill, method
 from distkernel.api import cancel, get, put, status, timeline, wait
 from distkernel.exceptions import (
     ActorDiedError,
@@ -31,7 +32,7 @@ from distkernel.util import deregister_serializer, register_serializer
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActorDiedError", "ClusterInfo", "DistkernelError", "GetTimeoutError", "ObjectLostError",
+    "ActorClass", "ActorDiedError", "ActorHandle", "get_actor", "kill", "method", "ClusterInfo", "DistkernelError", "GetTimeoutError", "ObjectLostError",
     "ObjectRef", "ObjectStoreFullError", "RemoteFunction", "SerializationError",
     "TaskCancelledError", "TaskError", "TaskRecord", "WorkerCrashedError", "cancel",
     "deregister_serializer", "get", "init", "inspect_serializability", "is_initialized", "put",

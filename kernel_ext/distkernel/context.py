@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from distkernel.protocol import FunctionPayload, TaskOptions
+from distkernel.protocol import ActorOptions, FunctionPayload, TaskOptions
 from distkernel.refs import ObjectRef
 
 
@@ -26,7 +26,13 @@ class Client(Protocol):
              timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]: ...
 
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
-               options: TaskOptions) -> list[ObjectRef]: ...
+               options: TaskOptions, *, actor_id: str = "",
+               method: str = "") -> list[ObjectRef]: ...
+
+    def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     options: ActorOptions) -> ObjectRef: ...
+
+    def kill_actor(self, actor_id: str, no_restart: bool) -> None: ...
 
     def cancel(self, ref: ObjectRef, force: bool) -> None: ...
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +133,39 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+class Reclaimer:
+    """Unlinks segments on a thread of its own.
+
+    Freeing a segment returns its pages to the kernel, about 120 ms per GiB
+    here: done under the engine's lock it would stall every other call.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="distkernel-reclaim",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put(name)
+
+    def _run(self) -> None:
+        while (name := self._queue.get()) is not None:
+            remove_segment(name)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish every pending unlink, then stop."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+
 @dataclass(slots=True)
 class Entry:
     """What the driver knows of one object."""
@@ -150,11 +185,13 @@ class ObjectStore:
     copies into segments happen outside that lock (``write_segment``).
     """
 
-    def __init__(self, capacity: int, driver_pid: int) -> None:
+    def __init__(self, capacity: int, driver_pid: int,
+                 unlink: Callable[[str], None] = remove_segment) -> None:
         self.capacity = capacity
         self.driver_pid = driver_pid
         self.used = 0
         self._entries: dict[str, Entry] = {}
+        self._unlink = unlink
 
     # -- capacity --------------------------------------------------------------------------
 
@@ -272,7 +309,7 @@ class ObjectStore:
     def _discard(self, value: Value, reserved: int) -> None:
         self.release(reserved)
         if isinstance(value, SharedValue):
-            remove_segment(value.segment)
+            self._unlink(value.segment)
 
     def stats(self) -> dict[str, int]:
         return {"capacity": self.capacity, "used_bytes": self.used,

@@ -42,6 +42,9 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    def send(self, message: object) -> None:
+        self.conn.send_bytes(pickle.dumps(message, protocol=5))
+
     def exit_code(self, timeout: float = 5.0) -> int | None:
         """Reap the process; its exit code (negative: the signal that killed it)."""
         try:

@@ -152,7 +152,7 @@ class Request:
     """A call into the driver from inside a task: get, wait, put, submit, cancel."""
 
     request_id: int
-    op: Literal["get", "wait", "put", "submit", "cancel"]
+    op: Literal["get", "wait", "put", "submit", "cancel", "create_actor", "kill_actor"]
     object_ids: tuple[str, ...] = ()
     value: Value | None = None
     spec: TaskSpec | None = None
@@ -161,6 +161,7 @@ class Request:
     timeout: float | None = None
     force: bool = False
     needs_reply: bool = True
+    actor: ActorOptions | None = None
 
 
 @message
@@ -169,6 +170,18 @@ class RefDelta:
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = field(default=())
+
+
+@message
+class ActorOptions:
+    """How to start an actor (Ray's names), and what its handles need to know."""
+
+    class_name: str
+    methods: tuple[tuple[str, int], ...]  # (method name, num_returns)
+    max_restarts: int = 0
+    max_task_retries: int = 0
+    name: str = ""
+    detached: bool = False  # lives until shutdown or kill(), even with no handle left
 
 
 @message

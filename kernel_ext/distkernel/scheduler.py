@@ -45,13 +45,14 @@ class Dispatch:
 @dataclass(frozen=True, slots=True)
 class FailTask:
     spec: TaskSpec
-    reason: Literal["crashed", "cancelled"]
+    reason: Literal["crashed", "cancelled", "actor_died"]
     message: str
 
 
 @dataclass(frozen=True, slots=True)
 class StartWorker:
     extra: bool = False
+    actor_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ class WorkerState:
     extra: bool = False
     assigned: deque[int] = field(default_factory=deque)  # seqs sent; the first one runs
     pid: int | None = None
+    actor_id: str = ""  # set for a worker that hosts one actor
 
     @property
     def running(self) -> int | None:
@@ -105,6 +107,29 @@ class TaskState:
     worker_id: int | None = None
     seq: int | None = None
     cancel_requested: bool = False
+    caller: str = "driver"  # actor calls keep submission order per caller
+    order: int = 0
+
+
+@dataclass(slots=True)
+class ActorState:
+    """One actor: its creation task, its worker, and its callers' queues of calls."""
+
+    create: TaskSpec
+    class_name: str
+    restarts_left: int
+    task_retries: int
+    worker_id: int | None = None
+    queues: dict[str, deque[str]] = field(default_factory=dict)
+    state: Literal["starting", "alive", "dead"] = "starting"
+    created: bool = False  # the creation task was sent to the current worker
+    releasing: bool = False  # no handle is left: stop once it has nothing to do
+    death: str = ""
+    restarts: int = 0
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
 
 
 class Scheduler:
@@ -123,14 +148,19 @@ class Scheduler:
         self._next_worker_id = 1
         self._next_seq = 1
         self._durations: dict[str, float] = {}  # function hash -> typical run time
+        self.actors: dict[str, ActorState] = {}
+        self._submitted = 0
 
     # -- workers -----------------------------------------------------------------------------
 
-    def add_worker(self, *, extra: bool = False) -> int:
+    def add_worker(self, *, extra: bool = False, actor_id: str = "") -> int:
         """Record a worker about to be started; returns its id."""
         worker_id = self._next_worker_id
         self._next_worker_id += 1
-        self.workers[worker_id] = WorkerState(worker_id, extra=extra)
+        self.workers[worker_id] = WorkerState(worker_id, extra=extra, actor_id=actor_id)
+        actor = self.actors.get(actor_id)
+        if actor is not None:
+            actor.worker_id = worker_id
         return worker_id
 
     def start(self) -> list[Instruction]:
@@ -143,6 +173,8 @@ class Scheduler:
         worker.pid = pid
         if worker.state == "starting":
             worker.state = "idle"
+        if worker.actor_id:
+            return self._dispatch_actor(self.actors[worker.actor_id])
         return self._dispatch()
 
     def worker_died(self, worker_id: int, describe: str) -> list[Instruction]:
@@ -150,6 +182,8 @@ class Scheduler:
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return []
+        if worker.actor_id:
+            return self._actor_died(self.actors[worker.actor_id], worker, describe)
         out: list[Instruction] = []
         for position, seq in enumerate(worker.assigned):
             task_id = self._runs.pop(seq, None)
@@ -212,30 +246,46 @@ class Scheduler:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    def submit(self, spec: TaskSpec) -> list[Instruction]:
-        task = TaskState(spec, retries_left=spec.max_retries)
-        self.tasks[spec.task_id] = task
-        for object_id in spec.top_level_refs:
-            if not self._is_ready(object_id):
-                task.waiting_on.add(object_id)
-                self._waiters.setdefault(object_id, []).append(spec.task_id)
+    def submit(self, spec: TaskSpec, caller: str = "driver") -> list[Instruction]:
+        if spec.actor_id:
+            return self._submit_actor_call(spec, caller)
+        task = self._track(spec, caller)
         if task.waiting_on:
             return []
         self.queue.append(spec.task_id)
         return self._dispatch()
 
+    def _track(self, spec: TaskSpec, caller: str) -> TaskState:
+        self._submitted += 1
+        task = TaskState(spec, retries_left=spec.max_retries, caller=caller,
+                         order=self._submitted)
+        self.tasks[spec.task_id] = task
+        for object_id in spec.top_level_refs:
+            if not self._is_ready(object_id):
+                task.waiting_on.add(object_id)
+                self._waiters.setdefault(object_id, []).append(spec.task_id)
+        return task
+
     def object_ready(self, object_id: str) -> list[Instruction]:
         waiting = self._waiters.pop(object_id, None)
         if not waiting:
             return []
+        actors_touched: set[str] = set()
         for task_id in waiting:
             task = self.tasks.get(task_id)
             if task is None:
                 continue
             task.waiting_on.discard(object_id)
-            if not task.waiting_on:
+            if task.waiting_on:
+                continue
+            if task.spec.actor_id:
+                actors_touched.add(task.spec.actor_id)
+            else:
                 self.queue.append(task_id)
-        return self._dispatch()
+        out = self._dispatch()
+        for actor_id in actors_touched:
+            out.extend(self._dispatch_actor(self.actors[actor_id]))
+        return out
 
     def task_done(self, worker_id: int, seq: int, duration: float | None = None
                   ) -> list[Instruction]:
@@ -251,6 +301,8 @@ class Scheduler:
             worker.assigned.remove(seq)
             if worker.state in ("busy", "blocked"):
                 worker.state = "busy" if worker.assigned else "idle"
+            if worker.actor_id:
+                return self._maybe_stop_actor(self.actors[worker.actor_id])
             if worker.state == "idle" and self._should_retire(worker):
                 worker.state = "stopping"
                 out.append(StopWorker(worker_id))
@@ -271,6 +323,9 @@ class Scheduler:
             del self.tasks[task_id]
             if task_id in self.queue:
                 self.queue.remove(task_id)
+            actor = self.actors.get(task.spec.actor_id)
+            if actor is not None and task_id in actor.queues.get(task.caller, ()):
+                actor.queues[task.caller].remove(task_id)
             for object_id in task.waiting_on:
                 waiters = self._waiters.get(object_id)
                 if waiters and task_id in waiters:
@@ -303,7 +358,7 @@ class Scheduler:
         for worker in sorted(self.workers.values(), key=lambda w: w.state != "idle"):
             if surplus <= 0:
                 break
-            if not worker.extra and worker.state in ("idle", "starting"):
+            if not worker.extra and not worker.actor_id and worker.state in ("idle", "starting"):
                 worker.state = "stopping"
                 out.append(StopWorker(worker.worker_id))
                 surplus -= 1
@@ -313,10 +368,11 @@ class Scheduler:
 
     def _live_regular_count(self) -> int:
         return sum(1 for w in self.workers.values()
-                   if not w.extra and w.state not in ("stopping", "dead"))
+                   if not w.extra and not w.actor_id and w.state not in ("stopping", "dead"))
 
     def _active_count(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state in ("idle", "busy", "starting"))
+        return sum(1 for w in self.workers.values()
+                   if not w.actor_id and w.state in ("idle", "busy", "starting"))
 
     def _dispatch(self) -> list[Instruction]:
         out: list[Instruction] = []
@@ -325,12 +381,13 @@ class Scheduler:
         for worker in self.workers.values():
             if not self.queue:
                 return out
-            if worker.state == "idle":
+            if worker.state == "idle" and not worker.actor_id:
                 out.append(self._assign(worker))
         for worker in self.workers.values():
             if not self.queue:
                 break
-            if worker.state == "busy" and len(worker.assigned) == 1 and self._short(
+            if worker.state == "busy" and not worker.actor_id and len(worker.assigned) == 1 \
+                    and self._short(
                     self._runs.get(worker.assigned[0])) and self._short(self.queue[0]):
                 out.append(self._assign(worker))
         return out
@@ -342,8 +399,9 @@ class Scheduler:
         typical = self._durations.get(task.spec.function_hash)
         return typical is not None and typical < PREFETCH_BELOW
 
-    def _assign(self, worker: WorkerState) -> Dispatch:
-        task_id = self.queue.popleft()
+    def _assign(self, worker: WorkerState, task_id: str | None = None) -> Dispatch:
+        if task_id is None:
+            task_id = self.queue.popleft()
         task = self.tasks[task_id]
         seq = self._next_seq
         self._next_seq += 1
@@ -352,3 +410,142 @@ class Scheduler:
         worker.assigned.append(seq)
         self._runs[seq] = task_id
         return Dispatch(worker.worker_id, seq, task.spec)
+
+    # -- actors --------------------------------------------------------------------------------
+
+    def create_actor(self, spec: TaskSpec, class_name: str, max_restarts: int,
+                     max_task_retries: int) -> list[Instruction]:
+        """Start a dedicated worker; the creation task runs there first, then the calls."""
+        self.actors[spec.actor_id] = ActorState(spec, class_name, max_restarts, max_task_retries)
+        self._track(spec, "driver")
+        return [StartWorker(actor_id=spec.actor_id)]
+
+    def _submit_actor_call(self, spec: TaskSpec, caller: str) -> list[Instruction]:
+        actor = self.actors.get(spec.actor_id)
+        if actor is None or actor.state == "dead":
+            reason = actor.death if actor is not None else "the actor does not exist (any more)"
+            return [FailTask(spec, "actor_died", reason)]
+        self._track(spec, caller)
+        actor.queues.setdefault(caller, deque()).append(spec.task_id)
+        return self._dispatch_actor(actor)
+
+    def _dispatch_actor(self, actor: ActorState) -> list[Instruction]:
+        """Send every call that is next in its caller's order and has its arguments ready."""
+        worker = self.workers.get(actor.worker_id) if actor.worker_id is not None else None
+        if worker is None or worker.state in ("starting", "stopping") or actor.state == "dead":
+            return []
+        out: list[Instruction] = []
+        if not actor.created:
+            creation = self.tasks.get(actor.create.task_id)
+            if creation is None or creation.waiting_on:
+                return out
+            actor.created = True
+            actor.state = "alive"
+            out.append(self._assign(worker, actor.create.task_id))
+        for queue in actor.queues.values():
+            while queue and not self.tasks[queue[0]].waiting_on:
+                out.append(self._assign(worker, queue.popleft()))
+        return out
+
+    def actor_creation_failed(self, actor_id: str, reason: str) -> list[Instruction]:
+        """The constructor raised: the actor is dead; queued calls fail with the reason."""
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return []
+        actor.restarts_left = 0
+        return self._mark_dead(actor, reason)
+
+    def kill_actor(self, actor_id: str, *, no_restart: bool = True) -> list[Instruction]:
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.state == "dead":
+            return []
+        if no_restart:
+            actor.restarts_left = 0
+            actor.death = f"the actor {actor.class_name} was killed with kill()"
+        if actor.worker_id is None:
+            return self._mark_dead(actor, actor.death)
+        return [KillWorker(actor.worker_id)]
+
+    def release_actor(self, actor_id: str) -> list[Instruction]:
+        """No handle to the actor is left: stop it once its queued calls are done."""
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.state == "dead":
+            self.actors.pop(actor_id, None)
+            return []
+        actor.releasing = True
+        return self._maybe_stop_actor(actor)
+
+    def _maybe_stop_actor(self, actor: ActorState) -> list[Instruction]:
+        worker = self.workers.get(actor.worker_id) if actor.worker_id is not None else None
+        if not actor.releasing or actor.queued or (worker is not None and worker.assigned):
+            return []
+        actor.state = "dead"
+        actor.death = f"the actor {actor.class_name} was stopped: no handle to it was left"
+        self.actors.pop(actor.create.actor_id, None)
+        if worker is None:
+            return []
+        worker.state = "stopping"
+        return [StopWorker(worker.worker_id)]
+
+    def _actor_died(self, actor: ActorState, worker: WorkerState,
+                    describe: str) -> list[Instruction]:
+        """Restart from the constructor while restarts are left; else fail every call."""
+        if actor.state == "dead" or worker.state == "stopping":
+            return self._mark_dead(actor, actor.death or describe, worker)
+        reason = actor.death or f"the actor {actor.class_name}'s {describe}"
+        if actor.restarts_left <= 0:
+            return self._mark_dead(actor, reason, worker)
+        actor.restarts_left -= 1
+        actor.restarts += 1
+        out: list[Instruction] = []
+        sent = [self.tasks[t] for seq in worker.assigned
+                if (t := self._runs.pop(seq, None)) and t in self.tasks]
+        for index, task in enumerate(sent):
+            task.worker_id = task.seq = None
+            if task.spec.kind == "actor_create":
+                continue  # tracked again below
+            if index == 0:  # it was running when the process died
+                if task.retries_left <= 0:
+                    del self.tasks[task.spec.task_id]
+                    out.append(FailTask(task.spec, "actor_died", reason))
+                    continue
+                task.retries_left -= 1
+            actor.queues.setdefault(task.caller, deque()).append(task.spec.task_id)
+        for caller, queue in actor.queues.items():  # back in submission order
+            actor.queues[caller] = deque(sorted(queue, key=self._order))
+        actor.created = False
+        actor.state = "starting"
+        if actor.create.task_id not in self.tasks:
+            self._track(actor.create, "driver")
+        out.append(StartWorker(actor_id=actor.create.actor_id))
+        return out
+
+    def _order(self, task_id: str) -> int:
+        task = self.tasks.get(task_id)
+        return task.order if task is not None else 0
+
+    def _mark_dead(self, actor: ActorState, reason: str,
+                   worker: WorkerState | None = None) -> list[Instruction]:
+        """Fail every call sent or queued; stop the worker if it still runs."""
+        actor.state = "dead"
+        actor.death = reason
+        out: list[Instruction] = []
+        if worker is None and actor.worker_id is not None:
+            worker = self.workers.get(actor.worker_id)
+        doomed: list[str] = []
+        if worker is not None:
+            doomed.extend(t for seq in list(worker.assigned) if (t := self._runs.pop(seq, None)))
+            worker.assigned.clear()
+            if worker.state != "stopping" and worker.worker_id in self.workers:
+                worker.state = "stopping"
+                out.append(StopWorker(worker.worker_id))
+        for queue in actor.queues.values():
+            doomed.extend(queue)
+            queue.clear()
+        if actor.create.task_id in self.tasks:
+            doomed.append(actor.create.task_id)
+        for task_id in dict.fromkeys(doomed):
+            task = self.tasks.pop(task_id, None)
+            if task is not None:
+                out.append(FailTask(task.spec, "actor_died", reason))
+        return out

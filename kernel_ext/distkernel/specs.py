@@ -48,8 +48,12 @@ def top_level_refs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, 
 def make_spec(function: FunctionPayload, options: TaskOptions, args_value: Any,
               top_level: tuple[str, ...], *, kind: str = "task", actor_id: str = "",
               method: str = "") -> TaskSpec:
-    count = options.num_returns
+    """A task, an actor method call (``method``) or an actor creation (returns ``actor_id``)."""
+    if kind == "actor_create":
+        return_ids: tuple[str, ...] = (actor_id,)
+    else:
+        return_ids = tuple(new_id() for _ in range(options.num_returns))
     return TaskSpec(task_id=new_id(), name=options.name or function.name, kind=kind,  # type: ignore[arg-type]
                     function_hash=function.function_hash, args=args_value,
-                    top_level_refs=top_level, return_ids=tuple(new_id() for _ in range(count)),
+                    top_level_refs=top_level, return_ids=return_ids,
                     max_retries=options.max_retries, actor_id=actor_id, method=method)

@@ -30,7 +30,7 @@ from typing import Any
 from multiprocess.connection import Connection
 
 from distkernel import context, object_store, reaper, refs
-from distkernel.exceptions import TaskError
+from distkernel.exceptions import ActorDiedError, TaskError
 from distkernel.protocol import (
     InlineValue,
     Output,
@@ -40,6 +40,7 @@ from distkernel.protocol import (
     SetSerializers,
     Stop,
     TaskDone,
+    TaskSpec,
     Value,
     WorkerMessage,
     WorkerReady,
@@ -167,6 +168,8 @@ class Worker:
         self.current_task = ""
         self._cancel_seq = -1
         self._stopping = False
+        self.actor: Any = None  # the instance, in a worker that hosts an actor
+        self.actor_error = ""
 
     # -- reader thread -----------------------------------------------------------------------
 
@@ -248,10 +251,12 @@ class Worker:
         failed = cancelled = False
         try:
             try:
-                function = self._function(spec.function_hash, message.function)
+                function = self._callable(spec, message.function)
                 args, kwargs = self._arguments(message)
                 value = function(*args, **kwargs)
                 del args, kwargs
+                if spec.kind == "actor_create":
+                    self.actor, value = value, None
                 results = self._store_results(spec, value)
             except Cancelled:
                 cancelled = True
@@ -262,6 +267,8 @@ class Worker:
             except BaseException as exc:
                 failed = True
                 results = (self._error_value(spec.name, exc),)
+                if spec.kind == "actor_create":
+                    self.actor_error = f"{type(exc).__name__}: {exc}"
         except Cancelled:  # the interrupt landed while we were already handling an error
             cancelled, failed, results = True, False, ()
         finally:
@@ -274,6 +281,16 @@ class Worker:
         self.current_task = ""
         del value
         self.link.flush_refs()
+
+    def _callable(self, spec: TaskSpec, payload: bytes | None) -> Any:
+        """The function of a task, the class of an actor creation, or the actor's method."""
+        if spec.kind != "actor_method":
+            return self._function(spec.function_hash, payload)
+        if self.actor is None:
+            msg = (f"the actor {spec.name.split('.')[0]} could not be created, so "
+                   f"{spec.name} cannot run: its constructor raised {self.actor_error}")
+            raise ActorDiedError(msg)
+        return getattr(self.actor, spec.method)
 
     def _function(self, function_hash: str, payload: bytes | None) -> Any:
         function = self.functions.get(function_hash)

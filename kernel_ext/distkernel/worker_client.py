@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from distkernel import object_store, specs
 from distkernel.exceptions import GetTimeoutError
-from distkernel.protocol import FunctionPayload, Reply, Request, TaskOptions
+from distkernel.protocol import (
+    ActorOptions,
+    FunctionPayload,
+    Reply,
+    Request,
+    TaskOptions,
+    TaskSpec,
+)
 from distkernel.refs import ObjectRef, new_id
 from distkernel.serialization import serialize
 
@@ -85,16 +92,38 @@ class WorkerClient:
         return ([r for r in refs if r.hex() in chosen], [r for r in refs if r.hex() not in chosen])
 
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
-               options: TaskOptions) -> list[ObjectRef]:
+               options: TaskOptions, *, actor_id: str = "", method: str = "") -> list[ObjectRef]:
+        kind = "actor_method" if actor_id else "task"
+        spec = self._spec(function, args, kwargs, options, kind, actor_id, method)
+        self._send_submit("submit", spec, function)
+        return [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
+
+    def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     options: ActorOptions) -> ObjectRef:
+        spec = self._spec(cls, args, kwargs, TaskOptions(max_retries=0, name=options.class_name),
+                          "actor_create", new_id(), "")
+        self._send_submit("create_actor", spec, cls, options)
+        return ObjectRef.counted(spec.actor_id, self.cluster_id)
+
+    def kill_actor(self, actor_id: str, no_restart: bool) -> None:
+        self._worker.link.send(Request(0, "kill_actor", object_ids=(actor_id,),
+                                       force=no_restart, needs_reply=False))
+
+    def _spec(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
+              options: TaskOptions, kind: str, actor_id: str, method: str) -> TaskSpec:
         serialized = specs.serialize_arguments(args, kwargs, f"{function.name}.remote(...)")
         args_value = object_store.pack(serialized, self._worker.driver_pid, new_id())
-        spec = specs.make_spec(function, options, args_value, specs.top_level_refs(args, kwargs))
-        first_time = function.function_hash not in self._functions_sent
+        return specs.make_spec(function, options, args_value, specs.top_level_refs(args, kwargs),
+                               kind=kind, actor_id=actor_id, method=method)
+
+    def _send_submit(self, op: str, spec: TaskSpec, function: FunctionPayload,
+                     actor: ActorOptions | None = None) -> None:
+        """Sent without waiting for an answer; the function travels the first time only."""
+        first_time = bool(function.data) and function.function_hash not in self._functions_sent
         self._functions_sent.add(function.function_hash)
-        self._worker.link.send(Request(0, "submit", spec=spec,
+        self._worker.link.send(Request(0, op, spec=spec,  # type: ignore[arg-type]
                                        function=function.data if first_time else None,
-                                       needs_reply=False))
-        return [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
+                                       needs_reply=False, actor=actor))
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         self._worker.link.send(Request(0, "cancel", object_ids=(ref.hex(),), force=force,

@@ -19,7 +19,7 @@ from distkernel.scheduler import Instruction
 from distkernel.serialization import dumps
 
 if TYPE_CHECKING:
-    from distkernel.backends.local import LocalBackend
+    from distkernel.backends.local_core import EngineCore
 
 
 @dataclass(slots=True)
@@ -29,7 +29,7 @@ class _Parked:
 
 
 class RequestHandler:
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend: EngineCore) -> None:
         self._backend = backend
         self._parked: list[_Parked] = []
 
@@ -39,8 +39,11 @@ class RequestHandler:
             return self._get_or_wait(worker_id, request)
         if op == "put":
             return self._put(worker_id, request)
-        if op == "submit":
-            return self._submit(request)
+        if op == "submit" or op == "create_actor":
+            return self._submit(worker_id, request)
+        if op == "kill_actor":
+            return self._backend.scheduler.kill_actor(request.object_ids[0],
+                                                      no_restart=request.force)
         if op == "cancel":
             return self._cancel(request)
         return []
@@ -65,7 +68,7 @@ class RequestHandler:
         if request.op == "get":
             lost = self._lost(request)
             if lost:
-                error = ObjectLostError(backend._lost_message(lost[0]))
+                error = ObjectLostError(backend.lost_message(lost[0]))
                 backend.send(worker_id, Reply(request.request_id, error=dumps(error)))
                 return True
             if len(self._ready(request)) < len(request.object_ids):
@@ -116,7 +119,7 @@ class RequestHandler:
         backend.send(worker_id, Reply(request.request_id))
         return []
 
-    def _submit(self, request: Request) -> list[Instruction]:
+    def _submit(self, worker_id: int, request: Request) -> list[Instruction]:
         backend = self._backend
         spec = request.spec
         assert spec is not None
@@ -131,7 +134,8 @@ class RequestHandler:
         for return_id in spec.return_ids:
             # Counted now, for the worker's ObjectRef.counted of each result.
             backend.store.expect(return_id).refs += 1
-        backend.register_task(spec, spec.args.contained, args_id, spec.args.nbytes)
+        backend.register_task(spec, spec.args.contained, args_id, spec.args.nbytes,
+                              caller=f"worker-{worker_id}", actor=request.actor)
         return []
 
     def _cancel(self, request: Request) -> list[Instruction]:

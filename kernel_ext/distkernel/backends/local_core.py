@@ -1,0 +1,391 @@
+"""The lock-held heart of the local engine: store + scheduler + worker table.
+
+Every method here runs with ``lock`` held, called by a caller thread (submit,
+put, get ...) or by the I/O thread (worker messages, exits). Scheduler
+instructions are carried out at once: sends go straight to a worker's socket
+(never blocking for long, since each worker drains its socket from a reader
+thread), processes are started or killed, results are sealed and waiters woken.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distkernel import config, object_store, pool, reaper
+from distkernel.backends.local_io import IOLoop
+from distkernel.backends.local_requests import RequestHandler
+from distkernel.exceptions import (
+    ActorDiedError,
+    ObjectStoreFullError,
+    TaskCancelledError,
+    WorkerCrashedError,
+    describe_exit,
+)
+from distkernel.object_store import ObjectStore, Reclaimer
+from distkernel.protocol import (
+    ActorOptions,
+    InlineValue,
+    RefDelta,
+    Request,
+    RunTask,
+    SetSerializers,
+    Stop,
+    TaskDone,
+    TaskSpec,
+    Value,
+    WorkerReady,
+)
+from distkernel.scheduler import (
+    Dispatch,
+    FailTask,
+    Instruction,
+    InterruptWorker,
+    KillWorker,
+    Revoke,
+    Scheduler,
+    StartWorker,
+    StopWorker,
+)
+from distkernel.serialization import registry, serialize
+from distkernel.timings import TaskRecord, Timeline
+
+OutputHandler = Callable[[int, str, str, str], None]  # worker id, task id, stream, text
+
+
+def error_value(error: BaseException) -> InlineValue:
+    """An exception stored as an object's value: ``get`` raises it."""
+    return object_store.to_inline(serialize(error, out_of_band=False), is_error=True)
+
+
+class DriverRefs:
+    """RefTracker of the driver: queue every change; the core applies them in order.
+
+    ObjectRefs die in any thread, even inside a GC pass of a thread that holds
+    the lock, so a death only queues; whoever next holds the lock applies it.
+    """
+
+    def __init__(self, core: EngineCore) -> None:
+        self.ops: deque[tuple[str, int]] = deque()
+        self._core = core
+
+    def add(self, object_id: str) -> None:
+        self.ops.append((object_id, 1))
+
+    def remove(self, object_id: str) -> None:
+        self.ops.append((object_id, -1))
+        self._core.try_drain()
+
+
+class EngineCore:
+    """State shared by the caller threads and the I/O thread, under one lock."""
+
+    def __init__(self, num_workers: int, store_memory: int,
+                 output_handler: OutputHandler) -> None:
+        self.cluster_id = secrets.token_hex(8)
+        self.driver_pid = os.getpid()
+        self.num_workers = num_workers
+        self.output_handler = output_handler
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.reclaimer = Reclaimer()
+        self.store = ObjectStore(store_memory, self.driver_pid, self.reclaimer.remove)
+        self.scheduler = Scheduler(num_workers, self.is_ready, config.MAX_EXTRA_WORKERS)
+        self.timeline = Timeline(config.TIMELINE_CAPACITY)
+        self.records: dict[str, TaskRecord] = {}
+        self.functions: dict[str, bytes] = {}  # function hash -> pickled function or class
+        self.workers: dict[int, pool.WorkerProcess] = {}
+        self.worker_prefixes: dict[int, str] = {}
+        self.producers: dict[str, str] = {}  # object id -> id of the task making it
+        self.task_pins: dict[str, list[str]] = {}
+        self.actor_meta: dict[str, ActorOptions] = {}
+        self.actor_pins: dict[str, list[str]] = {}  # constructor arguments, kept for restarts
+        self.named_actors: dict[str, str] = {}
+        self.requests = RequestHandler(self)
+        self.refs = DriverRefs(self)
+        self.io = IOLoop(self)
+        self.closing = False
+        self.closed = False
+        self._registry_version = registry.version
+
+    # -- references ------------------------------------------------------------------------
+
+    def try_drain(self) -> None:
+        if self.lock.acquire(blocking=False):
+            try:
+                self.drain()
+            finally:
+                self.lock.release()
+
+    def drain(self) -> None:
+        """Apply queued ObjectRef births and deaths."""
+        ops = self.refs.ops
+        while ops:
+            object_id, change = ops.popleft()
+            if change > 0:
+                self.store.add_refs(object_id, change)
+            else:
+                self.forget(self.store.remove_refs(object_id, -change))
+
+    def forget(self, freed: list[str]) -> None:
+        """Objects just freed; an actor whose last handle went is stopped."""
+        for object_id in freed:
+            self.producers.pop(object_id, None)
+            if object_id in self.actor_meta:
+                self._actor_released(object_id)
+
+    def _actor_released(self, actor_id: str) -> None:
+        options = self.actor_meta.pop(actor_id)
+        if self.named_actors.get(options.name) == actor_id:
+            del self.named_actors[options.name]
+        self.forget(self.store.unpin_all(self.actor_pins.pop(actor_id, ())))
+        self.execute(self.scheduler.release_actor(actor_id))
+
+    def is_ready(self, object_id: str) -> bool:
+        entry = self.store.entry(object_id)
+        return entry is not None and entry.value is not None
+
+    def lost_message(self, object_id: str) -> str:
+        if self.closed:
+            return (f"ObjectRef({object_id}) is gone: its cluster was shut down. "
+                    f"Call init() and run the cells that create it again.")
+        return (f"ObjectRef({object_id}) is gone: it was freed when no reference to it was "
+                f"left (a ref kept only in a pickled or copied form is not counted). "
+                f"Keep the ObjectRef in a variable while you need it, and create it again.")
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def register_task(self, spec: TaskSpec, contained: Sequence[str], args_id: str,
+                      bytes_in: int, *, caller: str = "driver",
+                      actor: ActorOptions | None = None) -> None:
+        """Pin what the task needs, record it and hand it to the scheduler."""
+        pins = list(contained)
+        for object_id in pins:
+            self.store.pin(object_id)
+        if args_id:
+            pins.append(args_id)  # pinned when it was stored
+        self.task_pins[spec.task_id] = pins
+        for return_id in spec.return_ids:
+            self.producers[return_id] = spec.task_id
+        record = TaskRecord(spec.task_id, spec.name, spec.kind, None, time.time(), None, None,
+                            "pending", bytes_in, 0, None)
+        self.records[spec.task_id] = record
+        self.timeline.add(record)
+        self._sync_registry()
+        if actor is not None:
+            self.actor_meta[spec.actor_id] = actor
+            if actor.name:
+                self.named_actors[actor.name] = spec.actor_id
+            self.execute(self.scheduler.create_actor(spec, actor.class_name, actor.max_restarts,
+                                                     actor.max_task_retries))
+        else:
+            self.execute(self.scheduler.submit(spec, caller))
+
+    def complete(self, spec: TaskSpec, values: Sequence[Value], *, status: str,
+                 error: str | None = None, started: float | None = None,
+                 finished: float | None = None) -> list[Instruction]:
+        """Store a task's results, release what it pinned, wake whoever waits."""
+        out: list[Instruction] = []
+        bytes_out = 0
+        for return_id, value in zip(spec.return_ids, values):
+            entry = self.store.entry(return_id)
+            if entry is not None and entry.value is not None:  # a restarted actor's creation
+                continue
+            value = self.adopt(value)
+            bytes_out += value.nbytes
+            self.forget(self.store.seal(return_id, value, value.nbytes))
+            self.producers.pop(return_id, None)
+            out.extend(self.scheduler.object_ready(return_id))
+        pins = self.task_pins.pop(spec.task_id, [])
+        if spec.kind == "actor_create" and spec.actor_id in self.actor_meta:
+            self.actor_pins.setdefault(spec.actor_id, []).extend(pins)  # for a restart
+        else:
+            self.forget(self.store.unpin_all(pins))
+        record = self.records.pop(spec.task_id, None)
+        if record is not None:
+            record.status = status  # type: ignore[assignment]
+            record.started = started if started is not None else record.started
+            record.finished = finished if finished is not None else time.time()
+            record.bytes_out = bytes_out
+            record.error = error
+        self.requests.objects_ready(spec.return_ids)
+        self.changed.notify_all()
+        return out
+
+    def adopt(self, value: Value) -> Value:
+        """Count a value a worker made against the capacity; replace it by an error if full."""
+        try:
+            self.store.reserve(value.nbytes)
+        except ObjectStoreFullError as exc:
+            if not isinstance(value, InlineValue):
+                object_store.remove_segment(value.segment)
+            value = error_value(exc)
+            self.store.reserve(value.nbytes)
+        return value
+
+    def _fail(self, step: FailTask) -> list[Instruction]:
+        spec = step.spec
+        if step.reason == "cancelled":
+            error: BaseException = TaskCancelledError(
+                f"{spec.name} was cancelled ({step.message}); its result will never exist")
+        elif step.reason == "actor_died":
+            error = ActorDiedError(f"{spec.name} cannot run: {step.message}. Start a new actor "
+                                   f"(or give it max_restarts) to go on.")
+        else:
+            retries = spec.max_retries
+            tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+            error = WorkerCrashedError(
+                f"{step.message}{tried}. The pool replaced the worker and keeps working; "
+                f"if the task itself crashes the process (a segfault, os._exit, running out of "
+                f"memory), fix it or give it more memory.")
+        value = error_value(error)
+        status = "cancelled" if step.reason == "cancelled" else "failed"
+        return self.complete(spec, [value] * len(spec.return_ids), status=status,
+                             error=str(error))
+
+    # -- instructions ------------------------------------------------------------------------
+
+    def execute(self, instructions: list[Instruction]) -> None:
+        """Carry out scheduler instructions; some produce more."""
+        work = deque(instructions)
+        while work:
+            step = work.popleft()
+            if isinstance(step, Dispatch):
+                self._dispatch(step)
+            elif isinstance(step, FailTask):
+                work.extend(self._fail(step))
+            elif isinstance(step, StartWorker):
+                self._start_worker(step.extra, step.actor_id)
+            elif isinstance(step, StopWorker):
+                self.send(step.worker_id, Stop())
+            elif isinstance(step, InterruptWorker):
+                self.send(step.worker_id, ("cancel", (step.seq,)))
+            elif isinstance(step, Revoke):
+                self.send(step.worker_id, ("revoke", step.seqs))
+            elif isinstance(step, KillWorker):
+                process = self.workers.get(step.worker_id)
+                if process is not None:
+                    pool.kill(process)
+
+    def send(self, worker_id: int, message: Any) -> None:
+        process = self.workers.get(worker_id)
+        if process is None or process.closed:
+            return
+        try:
+            process.send(message)
+        except OSError:
+            pass  # it died: the I/O thread sees the sentinel and handles it
+
+    def _start_worker(self, extra: bool, actor_id: str) -> None:
+        if self.closing:
+            return
+        worker_id = self.scheduler.add_worker(extra=extra, actor_id=actor_id)
+        process = pool.start_worker(worker_id, self.driver_pid, self.cluster_id, registry.dump())
+        self.workers[worker_id] = process
+        self.io.watch(process)
+
+    def _dispatch(self, step: Dispatch) -> None:
+        spec = step.spec
+        process = self.workers[step.worker_id]
+        resolved = tuple((i, self.store.value(i)) for i in spec.top_level_refs)
+        function = None
+        if spec.function_hash and spec.function_hash not in process.functions:
+            function = self.functions.get(spec.function_hash)
+            process.functions.add(spec.function_hash)
+        record = self.records.get(spec.task_id)
+        if record is not None:
+            record.worker_id = step.worker_id
+            record.status = "running"
+            record.bytes_in += sum(v.nbytes for _, v in resolved if v is not None)
+        self.send(step.worker_id, RunTask(step.seq, spec, resolved, function))  # type: ignore[arg-type]
+
+    def _sync_registry(self) -> None:
+        """Ship the serializer registry to every worker when it changed."""
+        if registry.version == self._registry_version:
+            return
+        self._registry_version = registry.version
+        message = SetSerializers(registry.dump())
+        for worker_id in list(self.workers):
+            self.send(worker_id, message)
+
+    # -- worker messages (I/O thread) ----------------------------------------------------------
+
+    def handle(self, worker_id: int, message: Any) -> None:
+        if isinstance(message, TaskDone):
+            self._on_task_done(worker_id, message)
+        elif isinstance(message, RefDelta):
+            for object_id in message.added:
+                self.store.add_refs(object_id)
+            for object_id in message.removed:
+                self.forget(self.store.remove_refs(object_id))
+        elif isinstance(message, Request):
+            self.execute(self.requests.handle(worker_id, message))
+        elif isinstance(message, WorkerReady):
+            self.worker_prefixes[worker_id] = message.id_prefix
+            self.execute(self.scheduler.worker_ready(worker_id, message.pid))
+
+    def _on_task_done(self, worker_id: int, done: TaskDone) -> None:
+        spec = self.scheduler.task_of_run(done.seq)
+        ran = done.finished - done.started if not (done.failed or done.cancelled) else None
+        out = self.scheduler.task_done(worker_id, done.seq, ran)
+        if spec is not None:
+            if done.cancelled:
+                error = TaskCancelledError(f"{spec.name} was cancelled while it ran")
+                values: Sequence[Value] = [error_value(error)] * len(spec.return_ids)
+                status, text = "cancelled", str(error)
+            elif done.failed:
+                values = list(done.results) * len(spec.return_ids)
+                status, text = "failed", _error_summary(done.results[0])
+                if spec.kind == "actor_create":
+                    out.extend(self.scheduler.actor_creation_failed(
+                        spec.actor_id, f"its constructor raised {text}"))
+            else:
+                values, status, text = done.results, "finished", None
+            out.extend(self.complete(spec, values, status=status, error=text,
+                                     started=done.started, finished=done.finished))
+        self.execute(out)
+
+    def on_exit(self, worker_id: int) -> None:
+        """A worker's process ended: expected (stopped) or not (crashed, killed)."""
+        process = self.workers.pop(worker_id, None)
+        if process is None:
+            return
+        self.io.unwatch(process)
+        code = process.exit_code(timeout=2.0)
+        state = self.scheduler.workers.get(worker_id)
+        spec = self.scheduler.running_task(worker_id)
+        process.close()
+        self._remove_partial_segments(worker_id, spec)
+        self.requests.worker_gone(worker_id)
+        if state is not None and state.state == "stopping" and not state.assigned:
+            self.scheduler.worker_stopped(worker_id)
+            self.execute(self.scheduler.start() if not self.closing else [])
+            return
+        what = f"while running {spec.name} (task {spec.task_id})" if spec else "while idle"
+        describe = (f"worker {worker_id} (pid {process.pid}) died with {describe_exit(code)} "
+                    f"{what}")
+        self.execute(self.scheduler.worker_died(worker_id, describe))
+
+    def _remove_partial_segments(self, worker_id: int, spec: TaskSpec | None) -> None:
+        """Segments a dead worker was writing: nobody will ever own them."""
+        prefix = self.worker_prefixes.pop(worker_id, None)
+        head = f"{config.SEGMENT_PREFIX}{self.driver_pid}-"
+        for name in reaper.segments_of(self.driver_pid):
+            object_id = name[len(head):]
+            mine = (prefix and object_id.startswith(prefix)) or (
+                spec is not None and object_id in spec.return_ids)
+            if mine and not self.is_ready(object_id):
+                object_store.remove_segment(name)
+
+
+def _error_summary(value: Value) -> str:
+    try:
+        error = object_store.load(value)
+        return f"{type(error.cause).__name__}: {error.cause}" if error.cause else str(error)
+    except Exception:  # a summary only; get() reports the full error
+        return "the task raised an error"
