@@ -21,6 +21,7 @@ import mmap
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,22 +103,39 @@ def pack(serialized: Serialized, driver_pid: int, object_id: str, *,
     return write_segment(segment_name(driver_pid, object_id), serialized, is_error=is_error)
 
 
-def map_readonly(value: SharedValue) -> memoryview:
-    """A read-only view of a segment; stays valid after the segment is unlinked."""
+def write_into(view: memoryview, serialized: Serialized) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """Copy a value into writable memory (an arena region): one memcpy per buffer."""
+    size, spans = layout(serialized)
+    header_len = len(serialized.header)
+    view[:header_len] = serialized.header
+    for (offset, length), buffer in zip(spans, serialized.buffers):
+        view[offset:offset + length] = buffer.raw()
+    return size, spans
+
+
+def map_readonly(value: SharedValue, on_close: Callable[[], None] | None = None) -> memoryview:
+    """A read-only view of a value's bytes; valid after the segment is unlinked.
+
+    ``on_close`` runs when the last view derived from it (a numpy array, ...) is gone.
+    """
     fd = os.open(segment_path(value.segment), os.O_RDONLY)
     try:
-        mapping = mmap.mmap(fd, value.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        mapping = mmap.mmap(fd, value.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ,
+                            offset=value.offset)
     finally:
         os.close(fd)
+    if on_close is not None:
+        weakref.finalize(mapping, on_close)
     return memoryview(mapping)
 
 
-def load(value: Value, view: memoryview | None = None) -> Any:
+def load(value: Value, view: memoryview | None = None,
+         on_close: Callable[[], None] | None = None) -> Any:
     """Unpickle a stored value; buffers of a shared value are zero-copy, read-only views."""
     if isinstance(value, InlineValue):
         return deserialize(value.header, [memoryview(b).toreadonly() for b in value.buffers])
     if view is None:
-        view = map_readonly(value)
+        view = map_readonly(value, on_close)
     buffers = [view[offset:offset + length] for offset, length in value.buffers]
     return deserialize(view[:value.header_len], buffers)
 
@@ -186,12 +204,14 @@ class ObjectStore:
     """
 
     def __init__(self, capacity: int, driver_pid: int,
-                 unlink: Callable[[str], None] = remove_segment) -> None:
+                 unlink: Callable[[str], None] = remove_segment,
+                 release_region: Callable[[str, int], None] | None = None) -> None:
         self.capacity = capacity
         self.driver_pid = driver_pid
         self.used = 0
         self._entries: dict[str, Entry] = {}
         self._unlink = unlink
+        self._release_region = release_region
 
     # -- capacity --------------------------------------------------------------------------
 
@@ -253,6 +273,8 @@ class ObjectStore:
     def view(self, object_id: str) -> memoryview | None:
         """The cached read-only mapping of a shared value (made on first use)."""
         entry = self._entries[object_id]
+        if isinstance(entry.value, SharedValue) and entry.value.arena:
+            return None  # mapped per get, so the arena knows when views are gone
         if isinstance(entry.value, SharedValue) and entry.view is None:
             entry.view = map_readonly(entry.value)
         return entry.view
@@ -309,7 +331,10 @@ class ObjectStore:
     def _discard(self, value: Value, reserved: int) -> None:
         self.release(reserved)
         if isinstance(value, SharedValue):
-            self._unlink(value.segment)
+            if value.arena and self._release_region is not None:
+                self._release_region(value.segment, value.offset)
+            else:
+                self._unlink(value.segment)
 
     def stats(self) -> dict[str, int]:
         return {"capacity": self.capacity, "used_bytes": self.used,

@@ -64,6 +64,8 @@ class SharedValue:
     buffers: tuple[tuple[int, int], ...]  # (offset, length) of each out-of-band buffer
     contained: tuple[str, ...] = ()
     is_error: bool = False
+    offset: int = 0  # where the value starts in the segment (page-aligned)
+    arena: bool = False  # a region of the driver's arena, reused once nobody views it
 
     @property
     def nbytes(self) -> int:
@@ -170,6 +172,8 @@ class RefDelta:
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = field(default=())
+    views_opened: tuple[tuple[str, int], ...] = ()  # arena regions (segment, offset)
+    views_closed: tuple[tuple[str, int], ...] = ()
 
 
 @message

@@ -462,7 +462,8 @@ class Scheduler:
         if no_restart:
             actor.restarts_left = 0
             actor.death = f"the actor {actor.class_name} was killed with kill()"
-        if actor.worker_id is None:
+            actor.state = "dead"  # at once: new calls fail now, sent ones when it exits
+        if actor.worker_id is None or actor.worker_id not in self.workers:
             return self._mark_dead(actor, actor.death)
         return [KillWorker(actor.worker_id)]
 

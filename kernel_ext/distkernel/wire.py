@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16  # below malloc's mmap threshold: a bigger read buffer costs an mmap per read
 
 
 class FrameReader:

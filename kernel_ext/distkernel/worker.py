@@ -18,6 +18,7 @@ A worker started for driver pid P writes large results into segments named
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -38,6 +39,7 @@ from distkernel.protocol import (
     Reply,
     RunTask,
     SetSerializers,
+    SharedValue,
     Stop,
     TaskDone,
     TaskSpec,
@@ -72,7 +74,11 @@ class Link:
         self._counts: dict[str, int] = {}
         self._added: list[str] = []
         self._removed: list[str] = []
-        self._delta_lock = threading.Lock()
+        self._views: dict[tuple[str, int], int] = {}
+        self._views_opened: list[tuple[str, int]] = []
+        self._views_closed: list[tuple[str, int]] = []
+        # Re-entrant: a ref can die (and call remove) inside a GC pass started while held.
+        self._delta_lock = threading.RLock()
 
     # RefTracker: only first-alive and last-gone transitions travel.
     def add(self, object_id: str) -> None:
@@ -91,12 +97,31 @@ class Link:
             else:
                 self._counts[object_id] = count
 
+    def view_opened(self, key: tuple[str, int]) -> None:
+        """An arena region is mapped here: the driver must not reuse it meanwhile."""
+        with self._delta_lock:
+            count = self._views.get(key, 0) + 1
+            self._views[key] = count
+            if count == 1:
+                self._views_opened.append(key)
+
+    def view_closed(self, key: tuple[str, int]) -> None:
+        with self._delta_lock:
+            count = self._views.get(key, 0) - 1
+            if count <= 0:
+                self._views.pop(key, None)
+                self._views_closed.append(key)
+            else:
+                self._views[key] = count
+
     def _take_delta(self) -> RefDelta | None:
         with self._delta_lock:
-            if not self._added and not self._removed:
+            if not (self._added or self._removed or self._views_opened or self._views_closed):
                 return None
-            delta = RefDelta(tuple(self._added), tuple(self._removed))
+            delta = RefDelta(tuple(self._added), tuple(self._removed),
+                             tuple(self._views_opened), tuple(self._views_closed))
             self._added, self._removed = [], []
+            self._views_opened, self._views_closed = [], []
             return delta
 
     def send(self, message: WorkerMessage) -> None:
@@ -302,7 +327,7 @@ class Worker:
         return function
 
     def _arguments(self, message: RunTask) -> tuple[list[Any], dict[str, Any]]:
-        args, kwargs = object_store.load(message.spec.args)
+        args, kwargs = self.open(message.spec.args)
         if message.resolved:
             for _, value in message.resolved:
                 if value.is_error:
@@ -314,8 +339,16 @@ class Worker:
                       for k, v in kwargs.items()}
         return list(args), kwargs
 
+    def open(self, value: Value) -> Any:
+        """Unpickle a value; an arena region stays reported as viewed while views live."""
+        if isinstance(value, SharedValue) and value.arena:
+            key = (value.segment, value.offset)
+            self.link.view_opened(key)
+            return object_store.load(value, None, functools.partial(self.link.view_closed, key))
+        return object_store.load(value)
+
     def load(self, value: Value) -> Any:
-        result = object_store.load(value)
+        result = self.open(value)
         if value.is_error:
             raise result
         return result

@@ -17,6 +17,7 @@ memory, unpickling) outside the lock and take it only to register or look up;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +28,14 @@ import psutil
 from distkernel import config, object_store, pool, reaper, refs, specs
 from distkernel.backends.local_core import EngineCore, OutputHandler
 from distkernel.exceptions import GetTimeoutError, ObjectLostError
-from distkernel.protocol import ActorOptions, FunctionPayload, Stop, TaskOptions, Value
+from distkernel.protocol import (
+    ActorOptions,
+    FunctionPayload,
+    SharedValue,
+    Stop,
+    TaskOptions,
+    Value,
+)
 from distkernel.refs import ObjectRef
 from distkernel.serialization import Serialized, serialize
 
@@ -56,17 +64,34 @@ class LocalBackend(EngineCore):
 
     def _store_new(self, serialized: Serialized, object_id: str, *, refs: int = 0,
                    pins: int = 0) -> str:
-        """Reserve, copy (outside the lock) and register a new object."""
+        """Reserve, copy (outside the lock) and register a new object.
+
+        Large values go into a reused arena region (a memcpy into mapped memory);
+        when the arena may not grow, into a one-off segment.
+        """
         size = _size_of(serialized)
+        region = None
         with self.lock:
             self.drain()
             self._check_alive(serialized.contained)
             self.store.reserve(size)
+            if size >= config.INLINE_THRESHOLD:
+                region = self.arena.allocate(size)
+                target = self.arena.view(region) if region is not None else None
         try:
-            value = object_store.pack(serialized, self.driver_pid, object_id)
+            if region is not None:
+                _, spans = object_store.write_into(target, serialized)  # type: ignore[arg-type]
+                target.release()  # type: ignore[union-attr]
+                value: Value = SharedValue(region.chunk, size, len(serialized.header), spans,
+                                           tuple(serialized.contained), False, region.offset,
+                                           True)
+            else:
+                value = object_store.pack(serialized, self.driver_pid, object_id)
         except BaseException:
             with self.lock:
                 self.store.release(size)
+                if region is not None:
+                    self.arena.release(region.chunk, region.offset)
             raise
         with self.lock:
             entry = self.store.expect(object_id)
@@ -90,9 +115,15 @@ class LocalBackend(EngineCore):
                 self.changed.wait(remaining)
                 self.drain()
             items = [(self.store.value(i), self.store.view(i)) for i in ids]
+            for value, _ in items:
+                if isinstance(value, SharedValue) and value.arena:
+                    self.arena.hold(value.segment, value.offset)  # released by the view's finalizer
         results = []
         for value, view in items:
-            result = object_store.load(value, view)  # type: ignore[arg-type]
+            on_close = None
+            if isinstance(value, SharedValue) and value.arena:
+                on_close = functools.partial(self.view_closed, value.segment, value.offset)
+            result = object_store.load(value, view, on_close)  # type: ignore[arg-type]
             if value.is_error:  # type: ignore[union-attr]
                 raise result
             results.append(result)
@@ -299,6 +330,7 @@ class LocalBackend(EngineCore):
         with self.lock:
             self.closed = True
             self.store.clear()
+            self.arena.close()
             self.records.clear()
             self.producers.clear()
             self.changed.notify_all()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distkernel import config, object_store, pool, reaper
+from distkernel.arena import Arena
 from distkernel.backends.local_io import IOLoop
 from distkernel.backends.local_requests import RequestHandler
 from distkernel.exceptions import (
@@ -94,7 +95,10 @@ class EngineCore:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.reclaimer = Reclaimer()
-        self.store = ObjectStore(store_memory, self.driver_pid, self.reclaimer.remove)
+        self.arena = Arena(self.driver_pid, store_memory)
+        self.store = ObjectStore(store_memory, self.driver_pid, self.reclaimer.remove,
+                                 self.arena.release)
+        self.views_closed: deque[tuple[str, int]] = deque()  # driver views gone (finalizers)
         self.scheduler = Scheduler(num_workers, self.is_ready, config.MAX_EXTRA_WORKERS)
         self.timeline = Timeline(config.TIMELINE_CAPACITY)
         self.records: dict[str, TaskRecord] = {}
@@ -123,7 +127,7 @@ class EngineCore:
                 self.lock.release()
 
     def drain(self) -> None:
-        """Apply queued ObjectRef births and deaths."""
+        """Apply queued ObjectRef births and deaths, and arena views the driver let go."""
         ops = self.refs.ops
         while ops:
             object_id, change = ops.popleft()
@@ -131,6 +135,14 @@ class EngineCore:
                 self.store.add_refs(object_id, change)
             else:
                 self.forget(self.store.remove_refs(object_id, -change))
+        closed = self.views_closed
+        while closed:
+            self.arena.release(*closed.popleft())
+
+    def view_closed(self, segment: str, offset: int) -> None:
+        """Finalizer of a driver-side arena view: any thread, maybe inside a GC pass."""
+        self.views_closed.append((segment, offset))
+        self.try_drain()
 
     def forget(self, freed: list[str]) -> None:
         """Objects just freed; an actor whose last handle went is stopped."""
@@ -319,10 +331,14 @@ class EngineCore:
         if isinstance(message, TaskDone):
             self._on_task_done(worker_id, message)
         elif isinstance(message, RefDelta):
+            for segment, offset in message.views_opened:
+                self.arena.hold(segment, offset)
             for object_id in message.added:
                 self.store.add_refs(object_id)
             for object_id in message.removed:
                 self.forget(self.store.remove_refs(object_id))
+            for segment, offset in message.views_closed:
+                self.arena.release(segment, offset)
         elif isinstance(message, Request):
             self.execute(self.requests.handle(worker_id, message))
         elif isinstance(message, WorkerReady):
