@@ -27,7 +27,7 @@ MAX_ROWS = 50
 """Rows shown in the full-mode table before a "… N more" row: a cell output is not a log."""
 
 MODES = ("summary", "full")
-PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#76b7b2", "#edc948", "#b07aa1", "#9c755f", "#5b9bd5")
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#76b7b2", "#edc948", "#b07aa1", "#9c755f", "#a0cbe8")
 """Mid-saturation colors that read on white and on JupyterLab's dark background; no red or grey,
 which mean failed and cancelled."""
 FAILED_COLOR = "#e15759"
@@ -127,10 +127,6 @@ def _lane_label(worker_id: int | None, lane_names: Mapping[int, str] | None) -> 
     if lane_names and worker_id in lane_names:
         return _clean(str(lane_names[worker_id]))
     return f"worker {worker_id}"
-
-
-def _where(record: TaskRecord, lane_names: Mapping[int, str] | None) -> str:
-    return DASH if record.worker_id is None else _lane_label(record.worker_id, lane_names)
 
 
 # ---------------------------------------------------------------- summary
@@ -236,26 +232,28 @@ def _tooltip(record: TaskRecord, lane: str, horizon: float) -> str:
     return "\n".join(lines)
 
 
-def _svg_task(record: TaskRecord, lane: str, y: float, x: _Scale, horizon: float) -> list[str]:
-    """The queue segment and the bar (or the pending marker) of one task, with its tooltip."""
+def _svg_queue(record: TaskRecord, y: float, x: _Scale) -> str | None:
+    """A faint segment from submitted to started; drawn under every bar, so it shows in gaps."""
+    if record.started is None or record.started <= record.submitted:
+        return None
+    q0, q1 = x(record.submitted), x(record.started)
+    return (f'<rect class="jp-Distkernel-queue" x="{q0:.1f}" y="{y + LANE_HEIGHT / 2 - 2:.1f}" '
+            f'width="{q1 - q0:.1f}" height="4" fill="#999" opacity="0.45"/>')
+
+
+def _svg_bar(record: TaskRecord, lane: str, y: float, x: _Scale, horizon: float) -> str:
+    """The bar of one task (a thin marker if it has not started), with its tooltip."""
     title = f"<title>{html.escape(_tooltip(record, lane, horizon))}</title>"
     mid = y + LANE_HEIGHT / 2
     if record.started is None:
-        x0, x1 = x(record.submitted), max(x(horizon), x(record.submitted) + MIN_BAR)
-        return [
-            f'<rect class="jp-Distkernel-pending" x="{x0:.1f}" y="{mid - 1:.1f}" '
-            f'width="{x1 - x0:.1f}" height="2" fill="#999" opacity="0.6">{title}</rect>'
-        ]
-    out = []
-    if record.started > record.submitted:
-        q0, q1 = x(record.submitted), x(record.started)
-        out.append(
-            f'<rect class="jp-Distkernel-queue" x="{q0:.1f}" y="{mid - 2:.1f}" '
-            f'width="{q1 - q0:.1f}" height="4" fill="#999" opacity="0.45"/>'
-        )
+        x0 = x(record.submitted)
+        width = max(x(horizon) - x0, MIN_BAR)
+        return (f'<rect class="jp-Distkernel-pending" x="{x0:.1f}" y="{mid - 1:.1f}" '
+                f'width="{width:.1f}" height="2" fill="#999" opacity="0.6">{title}</rect>')
     end = horizon if record.finished is None else record.finished
     b0 = x(record.started)
-    width = max(x(end) - b0, MIN_BAR)
+    # 1 px shorter so back-to-back tasks of one name stay two bars, not one.
+    width = max(x(end) - b0 - 1, MIN_BAR)
     color = _color(record)
     # An open bar (still running) is lighter with a dashed outline: it will grow.
     style = (
@@ -263,12 +261,20 @@ def _svg_task(record: TaskRecord, lane: str, y: float, x: _Scale, horizon: float
         if record.finished is None
         else ""
     )
-    out.append(
-        f'<rect class="jp-Distkernel-bar jp-Distkernel-{record.status}" x="{b0:.1f}" '
-        f'y="{mid - BAR_HEIGHT / 2:.1f}" width="{width:.1f}" height="{BAR_HEIGHT}" rx="2" '
-        f'fill="{color}"{style}>{title}</rect>'
-    )
-    return out
+    return (f'<rect class="jp-Distkernel-bar jp-Distkernel-{record.status}" x="{b0:.1f}" '
+            f'y="{mid - BAR_HEIGHT / 2:.1f}" width="{width:.1f}" height="{BAR_HEIGHT}" rx="2" '
+            f'fill="{color}"{style}>{title}</rect>')
+
+
+def _svg_lane(label: str, y: int, left: int, right: int) -> list[str]:
+    """A lane's label (cut to fit, whole in its tooltip) and the faint line under it."""
+    bottom = y + LANE_HEIGHT
+    return [
+        f'<line class="jp-Distkernel-grid" x1="{left}" y1="{bottom}" x2="{right}" '
+        f'y2="{bottom}" stroke="#ddd" stroke-width="0.5"/>',
+        f'<text class="jp-Distkernel-lane" x="{left - 6}" y="{y + 14}" text-anchor="end" '
+        f'fill="#888"><title>{html.escape(label)}</title>{html.escape(_clean(label, 24))}</text>',
+    ]
 
 
 def _svg_axis(t0: float, span: float, x: _Scale, top: int, left: int, right: int) -> list[str]:
@@ -310,16 +316,14 @@ def task_stream_svg(
     height = plot_bottom + AXIS_HEIGHT
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" font-size="11">']
+    queues, bars = [], []
     for i, lane in enumerate(lanes):
-        y = i * LANE_HEIGHT
-        label = labels[lane]
-        out.append(f'<line class="jp-Distkernel-grid" x1="{left}" y1="{y + LANE_HEIGHT}" '
-                   f'x2="{right}" y2="{y + LANE_HEIGHT}" stroke="#ddd" stroke-width="0.5"/>')
-        out.append(f'<text class="jp-Distkernel-lane" x="{left - 6}" y="{y + 14}" '
-                   f'text-anchor="end" fill="#888"><title>{html.escape(label)}</title>'
-                   f'{html.escape(_clean(label, 24))}</text>')
+        y, label = i * LANE_HEIGHT, labels[lane]
+        out += _svg_lane(label, y, left, right)
         for record in (r for r in records if r.worker_id == lane):
-            out += _svg_task(record, label, y, x, horizon)
+            queues.append(_svg_queue(record, y, x))
+            bars.append(_svg_bar(record, label, y, x, horizon))
+    out += [q for q in queues if q] + bars
     out += _svg_axis(t0, span, x, plot_bottom, left, right)
     out.append("</svg>")
     return "\n".join(out)
@@ -334,7 +338,7 @@ _NUMERIC = {"queue", "run", "in", "out"}
 def _row(record: TaskRecord, lane_names: Mapping[int, str] | None) -> dict[str, str]:
     return {
         "name": _clean(record.name, 60),
-        "where": _where(record, lane_names),
+        "where": DASH if record.worker_id is None else _lane_label(record.worker_id, lane_names),
         "status": record.status,
         "queue": format_duration(record.queue_time),
         "run": format_duration(record.run_time),
