@@ -31,6 +31,19 @@ from distkernel.util import deregister_serializer, register_serializer
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(shell: object) -> None:
+    """``%load_ext distkernel`` (IPython imports the front only when asked)."""
+    from distkernel import extension
+
+    extension.load(shell)
+
+
+def unload_ipython_extension(shell: object) -> None:
+    from distkernel import extension
+
+    extension.unload(shell)
+
 __all__ = [
     "ActorClass", "ActorDiedError", "ActorHandle", "get_actor", "kill", "method", "ClusterInfo", "DistkernelError", "GetTimeoutError", "ObjectLostError",
     "ObjectRef", "ObjectStoreFullError", "RemoteFunction", "SerializationError",

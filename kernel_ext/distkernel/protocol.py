@@ -91,6 +91,7 @@ class TaskSpec:
     max_retries: int = 0
     actor_id: str = ""  # set for actor methods: the method name is ``name``'s last part
     method: str = ""
+    pin_worker: int = 0  # run only on this worker (``%%remote --all``); 0: anywhere
 
 
 @message
@@ -219,3 +220,5 @@ class TaskOptions:
     max_retries: int = 3
     num_cpus: float = 1
     name: str = ""
+    kind: str = "task"  # "cell" for a %%remote cell body
+    pin_worker: int = 0

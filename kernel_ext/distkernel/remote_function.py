@@ -8,6 +8,7 @@ function in a cell makes a new RemoteFunction, hence new bytes and a new hash.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable
@@ -87,6 +88,12 @@ class RemoteFunction:
         """A copy with other options (``num_returns``, ``max_retries``, ``name``, ...)."""
         merged = {**self._options, **options}
         return RemoteFunction(self._function, merged, self._get_payload())
+
+    def with_task_options(self, **fields: Any) -> RemoteFunction:
+        """A copy with internal task fields set (``kind``, ``pin_worker``): for the front."""
+        copy = RemoteFunction(self._function, self._options, self._get_payload())
+        copy._task_options = dataclasses.replace(self._task_options, **fields)
+        return copy
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         msg = (f"remote function {self._name} cannot be called directly: use "

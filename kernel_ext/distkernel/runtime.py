@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import html
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from distkernel.exceptions import DistkernelError
 _lock = threading.RLock()
 _backend: Any = None
 _info: ClusterInfo | None = None
+_start_hooks: list[Callable[[Any], None]] = []
 
 LOCAL_ADDRESSES = (None, "local")
 
@@ -63,6 +65,8 @@ def init(num_workers: int | None = None, *, object_store_memory: int | str | Non
 
         _backend = LocalBackend(workers, memory)
         _info = ClusterInfo("local", workers, memory, "local", _backend.cluster_id)
+        for hook in list(_start_hooks):
+            hook(_backend)
         return _info
 
 
@@ -109,6 +113,22 @@ def backend() -> Any:
         init()
         current = _backend
     return current
+
+
+def current_backend() -> Any:
+    """The running engine, or None (never starts one)."""
+    return _backend
+
+
+def add_start_hook(hook: Callable[[Any], None]) -> None:
+    """Call ``hook(engine)`` for every cluster started from now on (the notebook front)."""
+    if hook not in _start_hooks:
+        _start_hooks.append(hook)
+
+
+def remove_start_hook(hook: Callable[[Any], None]) -> None:
+    if hook in _start_hooks:
+        _start_hooks.remove(hook)
 
 
 def client() -> Any:

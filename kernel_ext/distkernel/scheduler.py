@@ -149,6 +149,7 @@ class Scheduler:
         self._next_seq = 1
         self._durations: dict[str, float] = {}  # function hash -> typical run time
         self.actors: dict[str, ActorState] = {}
+        self.pinned: dict[int, deque[str]] = {}  # worker id -> tasks that must run there
         self._submitted = 0
 
     # -- workers -----------------------------------------------------------------------------
@@ -184,6 +185,7 @@ class Scheduler:
             return []
         if worker.actor_id:
             return self._actor_died(self.actors[worker.actor_id], worker, describe)
+        self.queue.extend(self.pinned.pop(worker_id, ()))  # its replacement has another id
         out: list[Instruction] = []
         for position, seq in enumerate(worker.assigned):
             task_id = self._runs.pop(seq, None)
@@ -252,8 +254,19 @@ class Scheduler:
         task = self._track(spec, caller)
         if task.waiting_on:
             return []
-        self.queue.append(spec.task_id)
+        self._enqueue(task)
         return self._dispatch()
+
+    def _enqueue(self, task: TaskState, *, front: bool = False) -> None:
+        pin = task.spec.pin_worker
+        if pin and pin in self.workers:
+            queue = self.pinned.setdefault(pin, deque())
+        else:
+            queue = self.queue
+        if front:
+            queue.appendleft(task.spec.task_id)
+        else:
+            queue.append(task.spec.task_id)
 
     def _track(self, spec: TaskSpec, caller: str) -> TaskState:
         self._submitted += 1
@@ -281,7 +294,7 @@ class Scheduler:
             if task.spec.actor_id:
                 actors_touched.add(task.spec.actor_id)
             else:
-                self.queue.append(task_id)
+                self._enqueue(task)
         out = self._dispatch()
         for actor_id in actors_touched:
             out.extend(self._dispatch_actor(self.actors[actor_id]))
@@ -323,6 +336,9 @@ class Scheduler:
             del self.tasks[task_id]
             if task_id in self.queue:
                 self.queue.remove(task_id)
+            pinned = self.pinned.get(task.spec.pin_worker)
+            if pinned is not None and task_id in pinned:
+                pinned.remove(task_id)
             actor = self.actors.get(task.spec.actor_id)
             if actor is not None and task_id in actor.queues.get(task.caller, ()):
                 actor.queues[task.caller].remove(task_id)
@@ -376,6 +392,10 @@ class Scheduler:
 
     def _dispatch(self) -> list[Instruction]:
         out: list[Instruction] = []
+        for worker_id, pinned in self.pinned.items():
+            worker = self.workers.get(worker_id)
+            if pinned and worker is not None and worker.state == "idle":
+                out.append(self._assign(worker, pinned.popleft()))
         if not self.queue:
             return out
         for worker in self.workers.values():
@@ -394,7 +414,7 @@ class Scheduler:
 
     def _short(self, task_id: str | None) -> bool:
         task = self.tasks.get(task_id) if task_id else None
-        if task is None or task.spec.actor_id:
+        if task is None or task.spec.actor_id or task.spec.kind == "cell":
             return False
         typical = self._durations.get(task.spec.function_hash)
         return typical is not None and typical < PREFETCH_BELOW

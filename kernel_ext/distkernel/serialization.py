@@ -10,6 +10,7 @@ by our own ``reducer_override``: no library table is patched (habit 6).
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import threading
 import traceback
@@ -160,7 +161,7 @@ def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
     from ``__new__``, ``args`` and ``__dict__``. One that still cannot travel is
     replaced by a RuntimeError carrying its type name and message.
     """
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
     exc.__traceback__ = None
     for reduce in (None, _rebuild_exception_reduce):
         try:
@@ -171,6 +172,17 @@ def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
             continue
     stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
     return dumps(stand_in), text
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_frames(tb: Any) -> Any:
+    """Skip the worker's own frames at the top: the traceback starts in the user's code."""
+    first = tb
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return tb if tb is not None else first
 
 
 class _ExceptionState:

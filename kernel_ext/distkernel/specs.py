@@ -53,7 +53,10 @@ def make_spec(function: FunctionPayload, options: TaskOptions, args_value: Any,
         return_ids: tuple[str, ...] = (actor_id,)
     else:
         return_ids = tuple(new_id() for _ in range(options.num_returns))
+    if kind == "task":
+        kind = options.kind
     return TaskSpec(task_id=new_id(), name=options.name or function.name, kind=kind,  # type: ignore[arg-type]
                     function_hash=function.function_hash, args=args_value,
                     top_level_refs=top_level, return_ids=return_ids,
-                    max_retries=options.max_retries, actor_id=actor_id, method=method)
+                    max_retries=options.max_retries, actor_id=actor_id, method=method,
+                    pin_worker=options.pin_worker)

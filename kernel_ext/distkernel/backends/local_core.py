@@ -13,7 +13,7 @@ import os
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,6 +57,7 @@ from distkernel.serialization import registry, serialize
 from distkernel.timings import TaskRecord, Timeline
 
 OutputHandler = Callable[[int, str, str, str], None]  # worker id, task id, stream, text
+_MAX_TAGS = 20_000
 
 
 def error_value(error: BaseException) -> InlineValue:
@@ -110,6 +111,10 @@ class EngineCore:
         self.actor_meta: dict[str, ActorOptions] = {}
         self.actor_pins: dict[str, list[str]] = {}  # constructor arguments, kept for restarts
         self.named_actors: dict[str, str] = {}
+        # Which notebook cell each task belongs to (output routing, timings, interrupts):
+        # ``tag_source`` names the current cell; tasks started by tasks inherit their tag.
+        self.tag_source: Callable[[], str | None] | None = None
+        self.task_tags: OrderedDict[str, str] = OrderedDict()
         self.requests = RequestHandler(self)
         self.refs = DriverRefs(self)
         self.io = IOLoop(self)
@@ -184,6 +189,7 @@ class EngineCore:
         self.task_pins[spec.task_id] = pins
         for return_id in spec.return_ids:
             self.producers[return_id] = spec.task_id
+        self._tag(spec.task_id, caller)
         record = TaskRecord(spec.task_id, spec.name, spec.kind, None, time.time(), None, None,
                             "pending", bytes_in, 0, None)
         self.records[spec.task_id] = record
@@ -197,6 +203,22 @@ class EngineCore:
                                                      actor.max_task_retries))
         else:
             self.execute(self.scheduler.submit(spec, caller))
+
+    def _tag(self, task_id: str, caller: str) -> None:
+        if caller.startswith("worker-"):
+            parent = self.scheduler.running_task(int(caller.split("-", 1)[1]))
+            tag = self.task_tags.get(parent.task_id) if parent is not None else None
+        else:
+            tag = self.tag_source() if self.tag_source is not None else None
+        if tag is not None:
+            self.task_tags[task_id] = tag
+            if len(self.task_tags) > _MAX_TAGS:
+                self.task_tags.popitem(last=False)
+
+    def tasks_tagged(self, tag: str) -> list[str]:
+        """Ids of the tasks of one cell that have not finished yet."""
+        return [t for t, cell in self.task_tags.items()
+                if cell == tag and t in self.scheduler.tasks]
 
     def complete(self, spec: TaskSpec, values: Sequence[Value], *, status: str,
                  error: str | None = None, started: float | None = None,
