@@ -29,6 +29,8 @@ from distkernel.protocol import TaskSpec
 
 #: Pipeline a second task onto a worker when both tasks' functions usually run faster than this.
 PREFETCH_BELOW = 0.002
+#: Calls sent ahead to an actor's worker; the rest wait here, so its socket never fills.
+ACTOR_IN_FLIGHT = 16
 
 WorkerStateName = Literal["starting", "idle", "busy", "blocked", "stopping", "dead"]
 
@@ -315,7 +317,10 @@ class Scheduler:
             if worker.state in ("busy", "blocked"):
                 worker.state = "busy" if worker.assigned else "idle"
             if worker.actor_id:
-                return self._maybe_stop_actor(self.actors[worker.actor_id])
+                actor = self.actors.get(worker.actor_id)
+                if actor is None:
+                    return []
+                return self._dispatch_actor(actor) + self._maybe_stop_actor(actor)
             if worker.state == "idle" and self._should_retire(worker):
                 worker.state = "stopping"
                 out.append(StopWorker(worker_id))
@@ -463,7 +468,8 @@ class Scheduler:
             actor.state = "alive"
             out.append(self._assign(worker, actor.create.task_id))
         for queue in actor.queues.values():
-            while queue and not self.tasks[queue[0]].waiting_on:
+            while queue and not self.tasks[queue[0]].waiting_on \
+                    and len(worker.assigned) < ACTOR_IN_FLIGHT:
                 out.append(self._assign(worker, queue.popleft()))
         return out
 
