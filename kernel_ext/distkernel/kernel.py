@@ -26,6 +26,13 @@ class DistkernelKernel(IPythonKernel):
         super().__init__(**kwargs)
         self.shell.extension_manager.load_extension("distkernel")
 
+    def do_shutdown(self, restart: bool) -> Any:
+        """Stop the pool first, so no worker is busy (or restarted) while the kernel exits."""
+        from distkernel import runtime
+
+        runtime.shutdown()
+        return super().do_shutdown(restart)
+
 
 def main() -> None:
     from ipykernel.kernelapp import IPKernelApp

@@ -118,8 +118,8 @@ class DistMagics(Magics):
         for name in pull:
             namespace[name] = [pulled.get(name) for _, pulled in results]
         values = [value for value, _ in results]
-        if all(_is_no_value(v) for v in values):
-            return None
+        if all(v is None or _is_no_value(v) for v in values):
+            return None  # as a local cell ending in print(): nothing to show
         return [None if _is_no_value(v) else v for v in values]
 
     # -- %dist -------------------------------------------------------------------------------
