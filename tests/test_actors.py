@@ -296,3 +296,12 @@ def _alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_new_actor_after_killing_and_dropping_one(cluster):
+    counter = Counter.remote()
+    dk.get(counter.pid.remote())
+    dk.kill(counter)
+    del counter  # the last handle goes before the killed worker's exit is seen
+    fresh = Counter.remote(1)
+    assert dk.get(fresh.add.remote(), timeout=15) == 2

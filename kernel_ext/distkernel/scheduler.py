@@ -177,7 +177,8 @@ class Scheduler:
         if worker.state == "starting":
             worker.state = "idle"
         if worker.actor_id:
-            return self._dispatch_actor(self.actors[worker.actor_id])
+            actor = self.actors.get(worker.actor_id)
+            return self._dispatch_actor(actor) if actor is not None else [StopWorker(worker_id)]
         return self._dispatch()
 
     def worker_died(self, worker_id: int, describe: str) -> list[Instruction]:
@@ -186,7 +187,8 @@ class Scheduler:
         if worker is None:
             return []
         if worker.actor_id:
-            return self._actor_died(self.actors[worker.actor_id], worker, describe)
+            actor = self.actors.get(worker.actor_id)  # gone already if it was released
+            return self._actor_died(actor, worker, describe) if actor is not None else []
         self.queue.extend(self.pinned.pop(worker_id, ()))  # its replacement has another id
         out: list[Instruction] = []
         for position, seq in enumerate(worker.assigned):
@@ -299,7 +301,9 @@ class Scheduler:
                 self._enqueue(task)
         out = self._dispatch()
         for actor_id in actors_touched:
-            out.extend(self._dispatch_actor(self.actors[actor_id]))
+            actor = self.actors.get(actor_id)
+            if actor is not None:
+                out.extend(self._dispatch_actor(actor))
         return out
 
     def task_done(self, worker_id: int, seq: int, duration: float | None = None

@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 import pickle
 import selectors
+import sys
 import threading
-from typing import TYPE_CHECKING
+import traceback
+from typing import TYPE_CHECKING, Any
 
 from distkernel.pool import WorkerProcess
 from distkernel.protocol import Output
@@ -80,15 +82,29 @@ class IOLoop:
                     return
                 core.drain()
                 for key, _ in events:
-                    kind, worker_id = key.data
-                    if kind == "wake":
-                        self._on_wake()
-                    elif kind == "conn":
-                        self._read(worker_id, outputs)
-                    else:
-                        core.on_exit(worker_id)
+                    self._guarded(self._on_event, key.data, outputs)
             for worker_id, output in outputs:
-                core.output_handler(worker_id, output.task_id, output.stream, output.text)
+                self._guarded(core.output_handler, worker_id, output.task_id, output.stream,
+                              output.text)
+
+    def _on_event(self, data: tuple[str, int], outputs: list[tuple[int, Output]]) -> None:
+        kind, worker_id = data
+        if kind == "wake":
+            self._on_wake()
+        elif kind == "conn":
+            self._read(worker_id, outputs)
+        else:
+            self._core.on_exit(worker_id)
+
+    @staticmethod
+    def _guarded(action: Any, *args: Any) -> None:
+        """A bug in handling one event must not end the thread every get() waits on."""
+        try:
+            action(*args)
+        except Exception:  # noqa: BLE001 - reported, then the loop goes on
+            print("distkernel: internal error in the I/O thread (please report it):",
+                  file=sys.__stderr__)
+            traceback.print_exc(file=sys.__stderr__)
 
     def _on_wake(self) -> None:
         try:
