@@ -48,7 +48,8 @@ class Engine:
         msg = f"{self.name} has no batched map"
         raise Unsupported(msg)
 
-    def create_actor(self, cls: type) -> Any:
+    def create_actor(self, cls: type, *args: Any) -> Any:
+        """Start an actor of ``cls``, its constructor called with ``args``; its handle."""
         msg = f"{self.name} has no actors"
         raise Unsupported(msg)
 
@@ -109,10 +110,8 @@ class DistkernelEngine(Engine):
     def put(self, value: Any) -> Any:
         return self.dk.put(value)
 
-    def create_actor(self, cls: type) -> Any:
-        # dk.remote on a class fails until distkernel has actors; the caller reports
-        # that as "skipped" with the error text.
-        return self._remote(cls).remote()
+    def create_actor(self, cls: type, *args: Any) -> Any:
+        return self._remote(cls).remote(*args)
 
     def kill_actor(self, actor: Any) -> None:
         self.dk.kill(actor)
@@ -157,8 +156,8 @@ class RayEngine(Engine):
     def put(self, value: Any) -> Any:
         return self.ray.put(value)
 
-    def create_actor(self, cls: type) -> Any:
-        return self._remote(cls).remote()
+    def create_actor(self, cls: type, *args: Any) -> Any:
+        return self._remote(cls).remote(*args)
 
     def kill_actor(self, actor: Any) -> None:
         self.ray.kill(actor)

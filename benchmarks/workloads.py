@@ -1,7 +1,7 @@
 """The workloads (SPEC §8), each a function of an engine adapter returning plain numbers.
 
 Every workload takes ``tasks``, the namespace that holds the task functions and
-the actor class. They are defined in the child's ``__main__`` so that every
+the actor classes. They are defined in the child's ``__main__`` so that every
 engine ships them by value (cloudpickle for distkernel and Ray, dill for the
 Pool) and no worker has to import this directory.
 
@@ -143,6 +143,36 @@ def actor(engine: Engine, tasks: Any, n: int, warmup: int) -> dict[str, Any]:
     finally:
         engine.kill_actor(handle)
     return {"create_s": created, **summarize(durations)}
+
+
+def leborn_round(engine: Engine, tasks: Any, rounds: int) -> dict[str, Any]:
+    """One ``Cup(3)`` actor; a round is three times (call with a Leborn, then get is_good).
+
+    A Leborn is not laable, so the cup keeps its capacity and every ``is_good``
+    must answer False; any other answer fails the workload. Creating the cup and
+    its first ``is_good`` (it is ready) are not timed; all rounds use that one cup.
+    """
+    cup = engine.create_actor(tasks.Cup, 3)
+    try:
+        _expect_not_good(engine.get(engine.call(cup, "is_good")), "on a new Cup(3)")
+        durations = []
+        for i in range(rounds):
+            t0 = time.perf_counter()
+            for j in range(3):
+                engine.call(cup, "la_with_laable_item", tasks.Leborn())
+                _expect_not_good(engine.get(engine.call(cup, "is_good")),
+                                 f"after Leborn {j + 1} of round {i + 1}")
+            durations.append(time.perf_counter() - t0)
+    finally:
+        engine.kill_actor(cup)
+    return summarize(durations)
+
+
+def _expect_not_good(answer: Any, when: str) -> None:
+    if answer is not False:
+        msg = (f"Cup.is_good() {when} returned {answer!r}, expected False: a Leborn "
+               "must leave the cup's capacity unchanged")
+        raise RuntimeError(msg)
 
 
 def memory(engine: Engine) -> dict[str, Any]:
