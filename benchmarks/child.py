@@ -153,7 +153,7 @@ def run_section(result: dict[str, Any], name: str, thunk: Any, engine: Any, out:
         result[name] = thunk(engine)
     except engines.Unsupported as exc:
         result[name] = {"skipped": str(exc)}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed workload is reported, the run goes on
         result[name] = {"error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc()}
     result.setdefault("section_s", {})[name] = time.perf_counter() - t0
@@ -181,7 +181,7 @@ def final_processes(engine: engines.Engine) -> list[tuple[int, float]]:
     for _, process in engine.processes()[1:]:
         try:
             rows.append((process.pid, process.create_time()))
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: a process that vanished is not listed
             continue
     return rows
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args, engine, result)
         return 0
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed workload is reported, the run goes on
         result["fatal"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()
         return 1

@@ -195,7 +195,7 @@ class RayEngine(Engine):
 def _ray_role(process: Any) -> str:
     try:
         head = (process.cmdline() or [""])[0]
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort clean-up
         return "service"
     return "worker" if head.startswith("ray::") and not head.endswith("Agent") else "service"
 

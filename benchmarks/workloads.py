@@ -187,7 +187,7 @@ def memory(engine: Engine) -> dict[str, Any]:
     for role, process in engine.processes():
         try:
             rows.append(_process_memory(role, process))
-        except Exception:  # it exited between listing and reading: not idle memory
+        except Exception:  # noqa: BLE001 - it exited between listing and reading: not idle memory
             continue
     totals: dict[str, Any] = {"processes": len(rows), "pids": [r["pid"] for r in rows]}
     for key in ("rss", "uss"):
@@ -204,7 +204,7 @@ def _process_memory(role: str, process: Any) -> dict[str, Any]:
     try:
         info = process.memory_full_info()
         uss = info.uss
-    except Exception:  # USS needs /proc/<pid>/smaps; fall back to RSS only
+    except Exception:  # noqa: BLE001 - USS needs /proc/<pid>/smaps; fall back to RSS only
         info, uss = process.memory_info(), None
     return {"role": role, "pid": process.pid, "create_time": process.create_time(),
             "name": process.name(), "rss": info.rss, "uss": uss}

@@ -94,7 +94,7 @@ def test_redefined_function_uses_new_code(cluster):
     assert dk.get(version.remote()) == 1
 
     @dk.remote
-    def version():  # noqa: F811 - redefined on purpose, as in a later cell
+    def version():
         return 2
 
     assert dk.get(version.remote()) == 2

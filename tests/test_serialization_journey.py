@@ -1,4 +1,4 @@
-"""The serialization journey of SPEC §4, through real workers: what travels, what fails, the fixes."""
+"""SPEC §4's serialization journey through real workers: what travels, what fails, the fixes."""
 
 from __future__ import annotations
 

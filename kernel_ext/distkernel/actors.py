@@ -172,7 +172,8 @@ class ActorMethod:
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Stop an actor now; its pending and later calls raise ActorDiedError."""
     if not isinstance(actor, ActorHandle):
-        msg = f"kill() takes an actor handle (what Class.remote() returns), got {type(actor).__name__}"
+        msg = (f"kill() takes an actor handle (what Class.remote() returns), got "
+               f"{type(actor).__name__}")
         raise TypeError(msg)
     runtime.client().kill_actor(actor.actor_id, no_restart)
 
@@ -181,7 +182,8 @@ def get_actor(name: str) -> ActorHandle:
     """The handle of the actor started with ``.options(name=name)``."""
     found = runtime.backend().named_actor(name)
     if found is None:
-        msg = f"no actor named {name!r} is alive; start one with Class.options(name={name!r}).remote()"
+        msg = (f"no actor named {name!r} is alive; start one with "
+               f"Class.options(name={name!r}).remote()")
         raise ValueError(msg)
     ref, options = found
     return ActorHandle(ref, options.class_name, options.methods)

@@ -35,9 +35,9 @@ def run_cell(source: str, filename: str, values: dict[str, Any], pull: list[str]
     last = None
     if show_last and tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)
-    exec(compile(tree, filename, "exec"), namespace)  # noqa: S102 - the user's own cell
+    exec(compile(tree, filename, "exec"), namespace)
     value: Any = NO_VALUE
     if last is not None:
-        value = eval(compile(last, filename, "eval"), namespace)  # noqa: S307 - the user's cell
+        value = eval(compile(last, filename, "eval"), namespace)
     pulled = {name: namespace[name] for name in pull if name in namespace}
     return value, pulled

@@ -32,7 +32,8 @@ _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 def parse_size(value: int | float | str, *, what: str = "object_store_memory") -> int:
     """Bytes from an int or a string like ``"2GB"``, ``"512 MiB"`` or ``"1e9"``."""
     if isinstance(value, bool):
-        raise TypeError(f"{what} must be a number of bytes or a string like '2GB', got {value!r}")
+        msg = f"{what} must be a number of bytes or a string like '2GB', got {value!r}"
+        raise TypeError(msg)
     if isinstance(value, (int, float)):
         size = int(value)
     elif isinstance(value, str):

@@ -116,7 +116,7 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
         # Attributes the original exception carries (errno, filename, ...) stay readable.
         for key, value in getattr(cause, "__dict__", {}).items():
             instance.__dict__.setdefault(key, value)
-    except Exception:  # a cause class with an exotic __new__: keep the plain error
+    except Exception:  # noqa: BLE001 - a cause class with an exotic __new__: keep the plain error
         return error
     instance.__cause__ = error.__cause__
     return instance

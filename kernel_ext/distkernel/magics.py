@@ -191,7 +191,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as IPython usage errors, never exits."""
 
     def error(self, message: str) -> Any:
-        raise UsageError(f"{message}\n\n{self.format_usage()}")
+        text = f"{message}\n\n{self.format_usage()}"
+        raise UsageError(text)
 
     def exit(self, status: int = 0, message: str | None = None) -> Any:
         raise UsageError(message or self.format_help())

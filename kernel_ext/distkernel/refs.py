@@ -76,7 +76,7 @@ class ObjectRef:
     def __del__(self) -> None:
         try:
             _tracker.remove(self._id)
-        except Exception:  # interpreter shutdown: nothing left to count
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to count
             pass
 
     @classmethod

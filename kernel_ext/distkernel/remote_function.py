@@ -33,7 +33,8 @@ def check_options(options: dict[str, Any], allowed: tuple[str, ...], what: str) 
     """Unknown names and bad values fail here, with the valid choices (habit 5)."""
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        msg = f"{what} got unknown option(s) {', '.join(unknown)}; valid options: {', '.join(allowed)}"
+        msg = (f"{what} got unknown option(s) {', '.join(unknown)}; "
+               f"valid options: {', '.join(allowed)}")
         raise TypeError(msg)
     for key in ("num_returns", "max_retries"):
         value = options.get(key)
@@ -68,7 +69,8 @@ class RemoteFunction:
                  payload: FunctionPayload | None = None) -> None:
         self._function = function
         self._options = dict(options or {})
-        self._name = getattr(function, "__qualname__", None) or getattr(function, "__name__", "task")
+        self._name = (getattr(function, "__qualname__", None)
+                      or getattr(function, "__name__", "task"))
         check_options(self._options, FUNCTION_OPTIONS, f"@remote function {self._name}")
         self._task_options = task_options(self._options, self._name)
         self._payload = payload
@@ -126,7 +128,7 @@ class _Lazy:
 
 
 def remote(*args: Any, **options: Any) -> Any:
-    """``@remote`` or ``@remote(num_returns=2, max_retries=3, num_cpus=1)`` on a function or class."""
+    """``@remote`` or ``@remote(num_returns=2, max_retries=3)`` on a function or a class."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make(args[0], {})
     if args:

@@ -203,7 +203,7 @@ def _search(obj: Any, label: str, error: BaseException,
 def _safe_members(obj: Any) -> list[tuple[str, str, Any]]:
     try:
         return list(_members(obj))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a member we cannot list is skipped
         return []
 
 
@@ -367,7 +367,7 @@ def explain_failure(obj: Any, error: BaseException) -> SerializationError:
     top = _label(obj)
     try:
         _, culprits = _search(obj, top, error)
-    except Exception:
+    except Exception:  # noqa: BLE001 - the search must not fail; name the top object
         culprits = [_Node(obj, top, top, error)]
     exc = SerializationError(_message(top, culprits))
     exc.path = culprits[0].path  # type: ignore[attr-defined]
@@ -405,7 +405,7 @@ def _display(obj: Any) -> str:
         return _label(obj)
     try:
         return _short(repr(obj))
-    except Exception:
+    except Exception:  # noqa: BLE001 - the report must not fail
         return _label(obj)
 
 

@@ -144,7 +144,7 @@ def try_dumps(obj: Any) -> BaseException | None:
     file = io.BytesIO()
     try:
         Pickler(file, None).dump(obj)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every pickling failure is explained
         return exc
     return None
 

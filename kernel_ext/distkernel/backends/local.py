@@ -289,7 +289,8 @@ class LocalBackend(EngineCore):
 
     def _own_id(self, ref: ObjectRef) -> str:
         if not isinstance(ref, ObjectRef):
-            msg = f"expected an ObjectRef (what .remote() and put() return), got {type(ref).__name__}"
+            msg = (f"expected an ObjectRef (what .remote() and put() return), got "
+                   f"{type(ref).__name__}")
             raise TypeError(msg)
         if ref.cluster_id != self.cluster_id:
             msg = (f"{ref!r} belongs to a cluster that was shut down or restarted, so its value "
@@ -352,7 +353,7 @@ def _process_stats(process: pool.WorkerProcess | None) -> tuple[float | None, in
             process.stats = psutil.Process(process.pid)
             process.stats.cpu_percent(None)
         return process.stats.cpu_percent(None), process.stats.memory_info().rss
-    except Exception:  # the process went away between the snapshot and now
+    except Exception:  # noqa: BLE001 - the process went away between the snapshot and now
         return None, None
 
 
