@@ -71,7 +71,8 @@ class Extension:
                    if backend.task_tags.get(r.task_id) == tag]
         if records:
             mode = "full" if self.timings == "full" else "summary"
-            display(timings_bundle(records, mode=mode), raw=True)
+            display(timings_bundle(records, mode=mode, lane_names=lane_names(backend)),
+                    raw=True)
 
     def cancel_cell(self, backend: Any, tag: str) -> None:
         """Interrupt the cell's tasks now; replace the workers of those that do not stop."""
@@ -103,6 +104,14 @@ class Extension:
             lines.append(headline)
         shell._showtraceback(type(cause) if cause is not None else etype, evalue, lines)
         return lines
+
+
+def lane_names(backend: Any) -> dict[int, str]:
+    """Chart lanes of actor workers are named after their actor's class."""
+    with backend.lock:
+        return {w.worker_id: f"{actor.class_name} actor"
+                for w in backend.scheduler.workers.values()
+                if w.actor_id and (actor := backend.scheduler.actors.get(w.actor_id))}
 
 
 _CODE_LINE = re.compile(r'^(\s*)File "([^"]+)", line (\d+)(, in .*)?$')

@@ -16,6 +16,7 @@ from distkernel import api, cellrun, runtime
 from distkernel.cellvars import analyze_cell, names_to_pull, names_to_send
 from distkernel.display import timeline_bundle
 from distkernel.exceptions import GetTimeoutError
+from distkernel.extension import lane_names
 from distkernel.remote_function import RemoteFunction
 from distkernel.status_view import Rendered, notice, status_view
 
@@ -170,7 +171,8 @@ class DistMagics(Magics):
             raise UsageError(msg)
         records = api.timeline(last=args.last)
         title = f"last {len(records)} tasks" if records else None
-        display(timeline_bundle(records, title=title), raw=True)
+        lanes = lane_names(runtime.backend())
+        display(timeline_bundle(records, title=title, lane_names=lanes), raw=True)
 
     def _dist_timings(self, args: argparse.Namespace) -> Rendered:
         self._extension.timings = "summary" if args.mode == "on" else args.mode
