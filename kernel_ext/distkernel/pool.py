@@ -2,11 +2,14 @@
 
 Each worker is ``python -m distkernel.worker`` started with fork+exec (never a
 bare fork: the driver is a threaded Jupyter kernel), connected to the driver by
-one ``multiprocess`` socketpair Connection. The driver watches two things per
-worker: the connection (messages, and EOF when the process is gone) and a
-pidfd, the process sentinel, which becomes readable the moment it exits.
-Workers do not import the notebook's ``__main__``; they get the driver's
-``sys.path`` so modules importable in the notebook import there too.
+one ``multiprocess`` socketpair Connection, and handed a control block (an
+inherited memfd, see ``control``) through which its runs are cancelled and
+revoked. The driver watches two things per worker: the connection (messages,
+and EOF when the process is gone) and a pidfd, the process sentinel, which
+becomes readable the moment it exits. Sends go through an ``Outbox``, which
+never blocks: a busy worker does not read until it needs a message. Workers do
+not import the notebook's ``__main__``; they get the driver's ``sys.path`` so
+modules importable in the notebook import there too.
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 
 import psutil
-from multiprocess import Pipe
 from multiprocess.connection import Connection
 
-from distkernel.wire import FrameReader
+from distkernel.control import ControlBlock
+from distkernel.wire import FrameReader, Outbox
+
+#: Socket buffers (capped by net.core.wmem_max / rmem_max): bursts of runs and replies fit
+#: without the Outbox's flusher thread.
+SOCKET_BUFFER = 4 << 20
 
 
 @dataclass(slots=True)
@@ -34,6 +42,8 @@ class WorkerProcess:
     conn: Connection
     sentinel: int | None
     reader: FrameReader
+    outbox: Outbox
+    control: ControlBlock
     functions: set[str] = field(default_factory=set)  # function hashes it already has
     stats: psutil.Process | None = None
     closed: bool = False
@@ -43,7 +53,20 @@ class WorkerProcess:
         return self.process.pid
 
     def send(self, message: object) -> None:
-        self.conn.send_bytes(pickle.dumps(message, protocol=5))
+        self.outbox.send(pickle.dumps(message, protocol=5))
+
+    def interrupt(self, seq: int) -> None:
+        """Cancel run ``seq``: marked first, so it is dropped if it has not started, and
+        interrupted by SIGINT if it runs (the worker ignores a SIGINT for another run)."""
+        self.control.cancel(seq)
+        try:
+            os.kill(self.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    def revoke(self, seqs: tuple[int, ...]) -> None:
+        """Runs sent but not started: the worker drops them when it comes to them."""
+        self.control.revoke(seqs)
 
     def exit_code(self, timeout: float = 5.0) -> int | None:
         """Reap the process; its exit code (negative: the signal that killed it)."""
@@ -56,28 +79,51 @@ class WorkerProcess:
         if self.closed:
             return
         self.closed = True
+        self.outbox.close()
         self.conn.close()
+        self.control.close()
         if self.sentinel is not None:
             os.close(self.sentinel)
 
 
-def start_worker(worker_id: int, driver_pid: int, cluster_id: str, registry: bytes) -> WorkerProcess:
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    parent, child = socket.socketpair()
+    for end in (parent, child):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    return parent, child
+
+
+def start_worker(worker_id: int, driver_pid: int, cluster_id: str,
+                 registry: bytes) -> WorkerProcess:
     """Fork+exec a worker and send it its set-up; returns before it is ready."""
-    parent_end, child_end = Pipe(duplex=True)
-    child_fd = child_end.fileno()
-    command = [sys.executable, "-m", "distkernel.worker", str(child_fd), str(worker_id),
-               str(driver_pid), cluster_id]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(command, pass_fds=(child_fd,), close_fds=True, env=env,
-                               stdin=subprocess.DEVNULL)
-    child_end.close()
+    control = ControlBlock(driver_pid)
+    parent, child = _socketpair()
+    try:
+        command = [sys.executable, "-m", "distkernel.worker", str(child.fileno()),
+                   str(worker_id), str(driver_pid), cluster_id, str(control.fd)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # A session of its own: Jupyter's interrupt and ipykernel's shutdown signal the
+        # kernel's process group; our workers hear only from us (and notice if we die).
+        process = subprocess.Popen(command, pass_fds=(child.fileno(), control.fd),
+                                   close_fds=True, env=env, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    except BaseException:
+        parent.close()
+        control.close()
+        raise
+    finally:
+        child.close()
+        control.close_fd()
     try:
         sentinel: int | None = os.pidfd_open(process.pid)
     except (AttributeError, OSError):  # no pidfd: EOF on the connection still tells
         sentinel = None
-    parent_end.send_bytes(pickle.dumps({"sys_path": list(sys.path), "registry": registry},
-                                       protocol=5))
-    return WorkerProcess(worker_id, process, parent_end, sentinel, FrameReader(parent_end.fileno()))
+    conn = Connection(os.dup(parent.fileno()))  # the I/O thread reads and selects on it
+    worker = WorkerProcess(worker_id, process, conn, sentinel, FrameReader(conn.fileno()),
+                           Outbox(parent), control)
+    worker.send({"sys_path": list(sys.path), "registry": registry})
+    return worker
 
 
 def kill(worker: WorkerProcess) -> None:

@@ -232,7 +232,12 @@ class Scheduler:
         return out + self._dispatch()
 
     def _take_back_prefetched(self, worker: WorkerState) -> list[Instruction]:
-        """Runs queued behind a blocked task could be the very children it waits for."""
+        """Runs queued behind a blocked task could be the very children it waits for.
+
+        Not for an actor: its calls must run there, in order, whatever they wait for.
+        """
+        if worker.actor_id:
+            return []
         revoked = []
         while len(worker.assigned) > 1:
             seq = worker.assigned.pop()

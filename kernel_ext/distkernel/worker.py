@@ -2,18 +2,22 @@
 
 ::
 
-    driver ══ socketpair ══╗
-                           ║ reader thread: recv every message at once, so the
-                           ║ driver's sends never block; RunTask -> inbox,
-                           ║ Reply -> the waiting request, Cancel -> SIGINT to
-                           ║ the main thread; EOF means the driver is gone.
-                           ▼
-                      main thread: inbox -> run the task -> TaskDone
-                      (prints go out as Output messages as they are written)
+    driver ══ socketpair ══╦═════════════════════════╗
+                           ║ (read only when needed)  ║ POLLRDHUP only, never reads
+                           ▼                          ▼
+       main thread: read -> RunTask -> run -> TaskDone    watchdog thread: the driver's
+       while a task waits in get/wait/put it reads too:   end closed -> remove its
+       Reply -> the waiting request, runs -> queued       segments, exit at once
+       (prints go out as Output messages as they are written)
 
-A worker started for driver pid P writes large results into segments named
+    driver ── control block (shared page, ``control``) ────▶ marks: runs revoked or
+              + SIGINT for a cancel                           cancelled; checked before a
+                                                              run starts and on SIGINT
+
+There is no reader thread: a thread hand-off cost a wake-up on every task. A
+worker started for driver pid P writes large results into segments named
 ``distkernel-P-<object id>`` and hands them to the driver. If the driver dies
-(even by SIGKILL) the reader sees EOF, removes P's segments and exits.
+(even by SIGKILL) the watchdog (or a read's EOF) removes P's segments and exits.
 """
 
 from __future__ import annotations
@@ -25,18 +29,16 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from multiprocess.connection import Connection
 
-from distkernel import context, object_store, reaper, refs
+from distkernel import context, control, object_store, reaper, refs
 from distkernel.exceptions import ActorDiedError, TaskError
 from distkernel.protocol import (
     InlineValue,
     Output,
     RefDelta,
-    Reply,
     RunTask,
     SetSerializers,
     SharedValue,
@@ -48,8 +50,8 @@ from distkernel.protocol import (
     WorkerReady,
 )
 from distkernel.serialization import deserialize, dumps_exception, registry, serialize
-from distkernel.wire import FrameReader
 from distkernel.worker_client import WorkerClient
+from distkernel.worker_io import Mailbox, watch_for_hang_up
 
 
 class Cancelled(BaseException):
@@ -65,11 +67,35 @@ class UpstreamFailed(Exception):
         self.value = value
 
 
+class CancelGuard:
+    """Held while the main thread reads or sends frames: a cancel's SIGINT landing meanwhile
+    is raised when the guard is left, so it never cuts a frame in half or drops one."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._main = threading.main_thread().ident
+        self.depth = 0  # only the main thread counts: only it runs signal handlers
+        self.pending = False
+
+    def __enter__(self) -> None:
+        if threading.get_ident() == self._main:
+            self.depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        if threading.get_ident() != self._main:
+            return
+        self.depth -= 1
+        if not self.depth and self.pending:
+            self.pending = False
+            self._worker.raise_if_cancelled()
+
+
 class Link:
     """The worker's side of the pipe: ordered sends and ref-count deltas."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, guard: CancelGuard) -> None:
         self.conn = conn
+        self._guard = guard
         self._send_lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._added: list[str] = []
@@ -126,14 +152,14 @@ class Link:
 
     def send(self, message: WorkerMessage) -> None:
         """Send, preceded by pending ref deltas so the driver sees them first."""
-        with self._send_lock:
+        with self._guard, self._send_lock:
             delta = self._take_delta()
             if delta is not None:
                 self.conn.send_bytes(pickle.dumps(delta, protocol=5))
             self.conn.send_bytes(pickle.dumps(message, protocol=5))
 
     def flush_refs(self) -> None:
-        with self._send_lock:
+        with self._guard, self._send_lock:
             delta = self._take_delta()
             if delta is not None:
                 self.conn.send_bytes(pickle.dumps(delta, protocol=5))
@@ -163,7 +189,7 @@ class DriverStream:
             try:
                 self._worker.link.send(Output(self._worker.current_task, self._name, text))  # type: ignore[arg-type]
             except OSError:
-                pass  # the driver is gone; the reader thread is ending this process
+                pass  # the driver is gone; the watchdog is ending this process
 
     def isatty(self) -> bool:
         return False
@@ -179,68 +205,36 @@ class DriverStream:
 class Worker:
     """State of this worker process: its link, function cache and current run."""
 
-    def __init__(self, conn: Connection, worker_id: int, driver_pid: int, cluster_id: str) -> None:
-        self.link = Link(conn)
+    def __init__(self, conn: Connection, worker_id: int, driver_pid: int, cluster_id: str,
+                 control_fd: int) -> None:
+        self.guard = CancelGuard(self)
+        self.link = Link(conn, self.guard)
+        self.mailbox = Mailbox(conn.fileno(), self.driver_gone, self.guard)
+        self.control = control.ControlView(control_fd)
         self.worker_id = worker_id
         self.driver_pid = driver_pid
         self.cluster_id = cluster_id
         self.functions: dict[str, Any] = {}
-        self.inbox: deque[RunTask | SetSerializers | Stop] = deque()
-        self.inbox_ready = threading.Condition()
-        self.replies: dict[int, Reply] = {}
-        self.replies_ready = threading.Condition()
         self.current_seq = 0
         self.current_task = ""
-        self._cancel_seq = -1
+        self._interrupted = 0  # the run a Cancelled was raised in (at most once per run)
         self._stopping = False
         self.actor: Any = None  # the instance, in a worker that hosts an actor
         self.actor_error = ""
 
-    # -- reader thread -----------------------------------------------------------------------
-
-    def read_forever(self) -> None:
-        reader = FrameReader(self.link.conn.fileno())
-        while True:
-            try:
-                frames = reader.read()
-            except (EOFError, OSError):
-                self.driver_gone()
-                return
-            for frame in frames:
-                self._route(pickle.loads(frame))
-
-    def _route(self, message: Any) -> None:
-        if isinstance(message, Reply):
-            with self.replies_ready:
-                self.replies[message.request_id] = message
-                self.replies_ready.notify_all()
-        elif isinstance(message, tuple):
-            self._control(*message)
-        else:
-            with self.inbox_ready:
-                self.inbox.append(message)
-                self.inbox_ready.notify()
-
-    def _control(self, what: str, seqs: tuple[int, ...]) -> None:
-        """``cancel``: interrupt the run, or drop it if not started; ``revoke``: drop them."""
-        with self.inbox_ready:  # the main thread takes runs and sets current_seq under it
-            for seq in seqs:
-                queued = [m for m in self.inbox if isinstance(m, RunTask) and m.seq == seq]
-                for run in queued:
-                    self.inbox.remove(run)
-                    if what == "cancel":
-                        self.link.send(TaskDone(seq, run.spec.task_id, (), time.time(),
-                                                time.time(), cancelled=True))
-                if not queued and what == "cancel" and seq == self.current_seq:
-                    self._cancel_seq = seq
-                    signal.pthread_kill(threading.main_thread().ident,  # type: ignore[arg-type]
-                                        signal.SIGINT)
-
     def on_sigint(self, signum: int, frame: Any) -> None:
-        # SIGINT also reaches us when Jupyter interrupts the kernel's process group;
-        # only a cancel aimed at the run in progress stops it.
-        if self._cancel_seq == self.current_seq and self.current_seq:
-            self._cancel_seq = -1
+        # SIGINT also reaches us when Jupyter interrupts the kernel's process group, and a
+        # late one may land in the next run; only a cancel marked for the run in progress
+        # stops it.
+        if self.guard.depth:
+            self.guard.pending = True
+            return
+        self.raise_if_cancelled()
+
+    def raise_if_cancelled(self) -> None:
+        seq = self.current_seq
+        if seq and seq != self._interrupted and self.control.cancelled(seq):
+            self._interrupted = seq
             raise Cancelled
 
     def driver_gone(self) -> None:
@@ -253,12 +247,7 @@ class Worker:
 
     def serve(self) -> None:
         while True:
-            with self.inbox_ready:
-                while not self.inbox:
-                    self.inbox_ready.wait()
-                message = self.inbox.popleft()
-                if isinstance(message, RunTask):
-                    self.current_seq = message.seq
+            message = self.mailbox.next_message()
             if isinstance(message, RunTask):
                 self.run(message)
             elif isinstance(message, SetSerializers):
@@ -269,13 +258,18 @@ class Worker:
 
     def run(self, message: RunTask) -> None:
         spec = message.spec
-        self.current_seq, self.current_task = message.seq, spec.task_id
         started = time.time()
         results: tuple[Value, ...]
         value: Any = None  # kept until TaskDone is sent: refs inside must outlive it
         failed = cancelled = False
+        mark = 0
         try:
             try:
+                # current_seq before the check: a cancel marked after it interrupts instead.
+                self.current_seq, self.current_task = message.seq, spec.task_id
+                mark = self.control.take(message.seq)
+                if mark:
+                    raise Cancelled
                 function = self._callable(spec, message.function)
                 args, kwargs = self._arguments(message)
                 value = function(*args, **kwargs)
@@ -289,7 +283,7 @@ class Worker:
             except UpstreamFailed as upstream:
                 failed = True
                 results = (upstream.value,)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - every task error goes to get()
                 failed = True
                 results = (self._error_value(spec.name, exc),)
                 if spec.kind == "actor_create":
@@ -298,6 +292,9 @@ class Worker:
             cancelled, failed, results = True, False, ()
         finally:
             self.current_seq = 0
+        if mark == control.REVOKED:  # the driver took it back and sent it elsewhere
+            self.current_task = ""
+            return
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, DriverStream):
                 stream.flush()
@@ -385,17 +382,18 @@ class Worker:
                           cause_bytes=exc_bytes)
         try:
             return object_store.to_inline(serialize(error, out_of_band=False), is_error=True)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the cause itself does not serialize: send the text alone
             plain = TaskError(message, remote_traceback=text, task_name=task_name)
             return object_store.to_inline(serialize(plain, out_of_band=False), is_error=True)
 
 
 def main(argv: list[str]) -> None:
-    """``python -m distkernel.worker FD WORKER_ID DRIVER_PID CLUSTER_ID``."""
+    """``python -m distkernel.worker FD WORKER_ID DRIVER_PID CLUSTER_ID CONTROL_FD``."""
     fd, worker_id, driver_pid, cluster_id = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
     conn = Connection(fd)
-    worker = Worker(conn, worker_id, driver_pid, cluster_id)
+    worker = Worker(conn, worker_id, driver_pid, cluster_id, int(argv[4]))
     try:
+        watch_for_hang_up(fd, worker.driver_gone)
         setup = pickle.loads(conn.recv_bytes())  # sys.path and the serializer registry
         sys.path[:0] = [p for p in setup["sys_path"] if p not in sys.path]
         if setup["registry"]:
@@ -405,11 +403,9 @@ def main(argv: list[str]) -> None:
         signal.signal(signal.SIGINT, worker.on_sigint)
         sys.stdout = DriverStream(worker, "stdout")  # type: ignore[assignment]
         sys.stderr = DriverStream(worker, "stderr")  # type: ignore[assignment]
-        threading.Thread(target=worker.read_forever, name="distkernel-reader",
-                         daemon=True).start()
         worker.link.send(WorkerReady(os.getpid(), refs.new_id.prefix))
         worker.serve()
-    except (EOFError, OSError):  # the driver went away: same clean-up as the reader's
+    except (EOFError, OSError):  # the driver went away: same clean-up as the watchdog's
         worker.driver_gone()
     os._exit(0)
 

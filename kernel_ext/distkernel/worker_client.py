@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import pickle
 import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,18 +40,17 @@ class WorkerClient:
         self._request_ids = itertools.count(1)
         self._functions_sent: set[str] = set()
         self._lock = threading.Lock()
+        self._main = threading.main_thread().ident
 
     def _call(self, request: Request, timeout: float | None = None) -> Reply | None:
+        """Send and wait for the reply, reading the socket meanwhile (see ``worker_io``)."""
         worker = self._worker
         worker.link.send(request)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with worker.replies_ready:
-            while request.request_id not in worker.replies:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                worker.replies_ready.wait(remaining)
-            reply = worker.replies.pop(request.request_id)
+        # Only the main thread runs the SIGINT handler: it may be cancelled while waiting.
+        interruptible = threading.get_ident() == self._main
+        reply = worker.mailbox.reply(request.request_id, timeout, interruptible)
+        if reply is None:
+            return None
         if reply.error is not None:
             raise pickle.loads(reply.error)
         return reply

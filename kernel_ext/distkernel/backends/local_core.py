@@ -2,9 +2,10 @@
 
 Every method here runs with ``lock`` held, called by a caller thread (submit,
 put, get ...) or by the I/O thread (worker messages, exits). Scheduler
-instructions are carried out at once: sends go straight to a worker's socket
-(never blocking for long, since each worker drains its socket from a reader
-thread), processes are started or killed, results are sealed and waiters woken.
+instructions are carried out at once: sends go to a worker's socket through the
+pool's ``Outbox``, which never blocks (what a busy worker's socket cannot take
+is queued and written by a helper thread), processes are started or killed,
+results are sealed and waiters woken.
 """
 
 from __future__ import annotations
@@ -297,13 +298,15 @@ class EngineCore:
                 self._start_worker(step.extra, step.actor_id)
             elif isinstance(step, StopWorker):
                 self.send(step.worker_id, Stop())
-            elif isinstance(step, InterruptWorker):
-                self.send(step.worker_id, ("cancel", (step.seq,)))
-            elif isinstance(step, Revoke):
-                self.send(step.worker_id, ("revoke", step.seqs))
-            elif isinstance(step, KillWorker):
+            elif isinstance(step, (InterruptWorker, Revoke, KillWorker)):
                 process = self.workers.get(step.worker_id)
-                if process is not None:
+                if process is None or process.closed:
+                    continue
+                if isinstance(step, InterruptWorker):  # no message: a busy worker reads none
+                    process.interrupt(step.seq)
+                elif isinstance(step, Revoke):
+                    process.revoke(step.seqs)
+                else:
                     pool.kill(process)
 
     def send(self, worker_id: int, message: Any) -> None:
@@ -425,5 +428,5 @@ def _error_summary(value: Value) -> str:
     try:
         error = object_store.load(value)
         return f"{type(error.cause).__name__}: {error.cause}" if error.cause else str(error)
-    except Exception:  # a summary only; get() reports the full error
+    except Exception:  # noqa: BLE001 - a summary only; get() reports the full error
         return "the task raised an error"

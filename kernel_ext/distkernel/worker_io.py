@@ -1,0 +1,150 @@
+"""The worker's end of its socket: read by whichever thread needs a message.
+
+There is no reader thread: handing each message from one to the main thread
+cost a thread wake-up per task. The main thread reads when it is idle (the next
+run) and while a task waits in ``get`` / ``wait`` / ``put`` (its reply). Runs
+that arrive meanwhile are queued and run later, in order. If a task calls
+``get`` from several threads, one reads at a time and routes replies to the
+others (``_reading`` under ``_cond``).
+
+Nobody reads while a task computes, so driver death is noticed by a watchdog
+thread that only polls for hang-up (``POLLRDHUP``): it never reads, so it can
+never take a message from the main thread.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import select
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
+
+from distkernel.protocol import Reply
+from distkernel.wire import FrameReader
+
+_T = TypeVar("_T")
+_HANG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+class Mailbox:
+    """Messages from the driver: replies by request id, everything else in arrival order."""
+
+    def __init__(self, fd: int, on_eof: Callable[[], None],
+                 guard: AbstractContextManager[Any] | None = None) -> None:
+        self._reader = FrameReader(fd)
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
+        self._on_eof = on_eof
+        # Held by the main thread while it reads and routes, so a cancel's SIGINT cannot
+        # raise in the middle and lose frames; it is raised when the guard is left.
+        self._guard = guard if guard is not None else nullcontext()
+        self._cond = threading.Condition(threading.Lock())
+        self._reading = False
+        self._replies: dict[int, Reply] = {}
+        self._abandoned: set[int] = set()  # requests whose waiter left (cancelled)
+        self.queued: deque[Any] = deque()  # RunTask / SetSerializers / Stop
+
+    def next_message(self) -> Any:
+        """The next run or control message; blocks. Idle main thread only."""
+        message = self._wait(self._take_queued, None, interruptible=False)
+        assert message is not None
+        return message
+
+    def reply(self, request_id: int, timeout: float | None, interruptible: bool) -> Reply | None:
+        """The reply to a request, or None after ``timeout`` seconds.
+
+        ``interruptible``: the caller is the main thread in a task, which a cancel may
+        interrupt while it waits (never while it reads).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reply = None
+        try:
+            reply = self._wait(lambda: self._replies.pop(request_id, None), deadline,
+                               interruptible)
+            return reply
+        finally:
+            if reply is None:  # timed out or cancelled: the reply may still come, drop it
+                with self._cond:
+                    if self._replies.pop(request_id, None) is None:
+                        self._abandoned.add(request_id)
+
+    def _take_queued(self) -> Any:
+        return self.queued.popleft() if self.queued else None
+
+    def _wait(self, take: Callable[[], _T | None], deadline: float | None,
+              interruptible: bool) -> _T | None:
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    found = take()
+                    if found is not None:
+                        return found
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    if not self._reading:
+                        self._reading = True
+                        break
+                    cond.wait(remaining)  # another thread reads; it routes ours to us
+            try:
+                self._read_once(remaining, interruptible)
+            finally:
+                with cond:
+                    self._reading = False
+                    cond.notify_all()
+
+    def _read_once(self, timeout: float | None, interruptible: bool) -> None:
+        """Wait for data (interruptible, bounded), then read and route it (guarded)."""
+        if timeout is not None or interruptible:
+            wait_ms = None if timeout is None else math.ceil(timeout * 1000)
+            if not self._poller.poll(wait_ms):
+                return
+        if interruptible:
+            with self._guard:
+                self._take_frames()
+        else:  # the idle main thread or another thread: no cancel can raise here
+            self._take_frames()
+
+    def _take_frames(self) -> None:
+        try:
+            frames = self._reader.read()
+        except (EOFError, OSError):
+            self._on_eof()
+            return
+        with self._cond:
+            for frame in frames:
+                self._route(pickle.loads(frame))
+
+    def _route(self, message: Any) -> None:
+        if type(message) is Reply:
+            if message.request_id in self._abandoned:
+                self._abandoned.discard(message.request_id)
+            else:
+                self._replies[message.request_id] = message
+        else:
+            self.queued.append(message)
+
+
+def watch_for_hang_up(fd: int, on_hang_up: Callable[[], None]) -> threading.Thread:
+    """Call ``on_hang_up`` the moment the driver's end of the socket closes."""
+
+    def watch() -> None:
+        # A cancel's SIGINT must interrupt the main thread, not this one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        poller = select.poll()
+        poller.register(fd, select.POLLRDHUP)  # POLLHUP / POLLERR are always reported
+        while True:
+            if any(mask & _HANG_UP for _, mask in poller.poll()):
+                on_hang_up()
+                return
+
+    thread = threading.Thread(target=watch, name="distkernel-watchdog", daemon=True)
+    thread.start()
+    return thread
