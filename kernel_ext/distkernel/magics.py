@@ -155,11 +155,13 @@ class DistMagics(Magics):
         return notice(f"scaling the pool to {args.workers} workers")
 
     def _dist_restart(self, args: argparse.Namespace) -> Any:
+        """Same size (as scaled) and store as before, fresh processes and memory."""
         info = runtime.cluster_info()
+        backend = runtime.current_backend()
         runtime.shutdown()
-        if info is None:
+        if info is None or backend is None:
             return runtime.init()
-        return runtime.init(info.num_workers, object_store_memory=info.object_store_memory)
+        return runtime.init(backend.num_workers, object_store_memory=info.object_store_memory)
 
     def _dist_shutdown(self, args: argparse.Namespace) -> Rendered:
         runtime.shutdown()

@@ -14,10 +14,12 @@ import os
 import pickle
 import threading
 import traceback
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
+from cloudpickle import cloudpickle as cloudpickle_internals
 
 from distkernel.exceptions import SerializationError
 from distkernel.refs import ObjectRef
@@ -99,7 +101,17 @@ class Pickler(cloudpickle.Pickler):
         if entry is not None:
             serializer, deserializer = entry
             return (_from_registered, (deserializer, serializer(obj)))
+        if cls is types.CodeType:
+            return _code_reduce_keeping_filename(obj)
         return super().reducer_override(obj)
+
+
+def _code_reduce_keeping_filename(code: types.CodeType) -> Any:
+    """cloudpickle's reduction, but with the real file name instead of ``<dynamic-code>``:
+    a remote traceback can then be mapped back to the notebook cell that defined it."""
+    rebuild, args = cloudpickle_internals._code_reduce(code)
+    return rebuild, tuple(code.co_filename if isinstance(a, str) and a == "<dynamic-code>"
+                          else a for a in args)
 
 
 class Serialized:

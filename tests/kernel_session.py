@@ -1,0 +1,110 @@
+"""A real Jupyter kernel driven through jupyter_client, as a notebook front end would."""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jupyter_client
+
+from distkernel import reaper
+
+
+@dataclass
+class CellRun:
+    """What one execute_request produced: its messages (by parent) and its reply."""
+
+    msg_id: str
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    reply: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, *types: str) -> list[dict[str, Any]]:
+        return [m for m in self.outputs if m["msg_type"] in types]
+
+    def text(self) -> str:
+        """Everything shown, as text: streams, text/plain of results and displays, errors."""
+        parts = []
+        for message in self.outputs:
+            content = message["content"]
+            if message["msg_type"] == "stream":
+                parts.append(content["text"])
+            elif "data" in content:
+                parts.append(content["data"].get("text/plain", ""))
+            elif message["msg_type"] == "error":
+                parts.extend(content["traceback"])
+        return "\n".join(parts)
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.get("status") == "ok"
+
+
+class KernelSession:
+    """Start a kernel, run cells, collect every IOPub message by its parent cell."""
+
+    def __init__(self, kernel_name: str = "python3", env: dict[str, str] | None = None) -> None:
+        self.manager, self.client = jupyter_client.manager.start_new_kernel(
+            kernel_name=kernel_name, env=env or dict(os.environ))
+        self.pid = self.manager.provisioner.process.pid  # type: ignore[union-attr]
+        self.stray: list[dict[str, Any]] = []  # messages of cells that already finished
+        self._runs: dict[str, CellRun] = {}
+
+    def run(self, code: str, timeout: float = 60, wait: bool = True) -> CellRun:
+        msg_id = self.client.execute(code)
+        run = self._runs[msg_id] = CellRun(msg_id)
+        if wait:
+            self.wait(run, timeout)
+        return run
+
+    def wait(self, run: CellRun, timeout: float = 60) -> CellRun:
+        """Collect messages until the cell's kernel goes idle, and its reply."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._next(deadline)
+            parent = message["parent_header"].get("msg_id")
+            if parent == run.msg_id and message["msg_type"] == "status" and \
+                    message["content"]["execution_state"] == "idle":
+                break
+            self._file(message)
+        run.reply = self.client.get_shell_msg(timeout=timeout)["content"]
+        return run
+
+    def collect(self, seconds: float) -> None:
+        """Keep reading IOPub for a while (late output of finished cells)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self._file(self._next(deadline))
+            except TimeoutError:
+                return
+
+    def _next(self, deadline: float) -> dict[str, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            return self.client.get_iopub_msg(timeout=remaining)
+        except queue.Empty:
+            raise TimeoutError from None
+
+    def _file(self, message: dict[str, Any]) -> None:
+        if message["msg_type"] in ("status", "execute_input"):
+            return
+        run = self._runs.get(message["parent_header"].get("msg_id"))
+        if run is not None:
+            run.outputs.append(message)
+        else:
+            self.stray.append(message)
+
+    def shutdown(self) -> None:
+        """Stop the kernel; its workers and segments must go with it."""
+        try:
+            self.client.stop_channels()
+            self.manager.shutdown_kernel(now=False)
+        except Exception:  # noqa: BLE001 - already dead (killed by the test)
+            self.manager.shutdown_kernel(now=True)
+        leftovers = reaper.segments_of(self.pid)
+        assert not leftovers, f"the kernel left segments behind: {leftovers}"
