@@ -304,3 +304,39 @@ def test_main_job_serves_notebooks_with_the_distkernel_kernel(tmp_path):
         server.terminate()
         server.wait(15)
         log.close()
+
+
+def test_remote_push_pull_and_no_pull(kernel):
+    kernel.run("hidden = 5\nname = 'hidden'")
+    pushed = kernel.run("%%remote --push hidden\nresult = globals()[name] * 2")
+    assert pushed.ok, pushed.text()
+    assert "10" in kernel.run("print(result)").text()
+    kernel.run("a = b = 0")
+    limited = kernel.run("%%remote --pull a\na = 1\nb = 2")
+    assert limited.ok and "1 0" in kernel.run("print(a, b)").text()
+    kept = kernel.run("%%remote --no-pull\na = 99")
+    assert kept.ok and "1" in kernel.run("print(a)").text()
+
+
+def test_remote_timeout_cancels_and_quiet_hides_output(kernel):
+    slow = kernel.run("%%remote --timeout 0.5\nimport time\ntime.sleep(30)")
+    assert "did not finish within 0.5 s" in slow.text()
+    idle = "print(all(w['current_task'] is None for w in dk.status()['workers']))"
+    kernel.run("import distkernel as dk")
+    assert wait_until(lambda: "True" in kernel.run(idle).text(), timeout=10)
+    quiet = kernel.run("%%remote --quiet\nprint('should not show')\nvalue = 3")
+    kernel.collect(0.5)
+    assert quiet.ok and "should not show" not in quiet.text()
+    assert not quiet.of_type("display_data")  # no output display, no timings
+    assert "3" in kernel.run("print(value)").text()
+
+
+def test_interrupting_a_remote_cell_cancels_it(kernel):
+    run = kernel.run("%%remote\nimport time\nwhile True:\n    time.sleep(0.05)", wait=False)
+    time.sleep(1.5)
+    kernel.manager.interrupt_kernel()
+    kernel.wait(run, timeout=30)
+    assert not run.ok
+    kernel.run("import distkernel as dk")
+    idle = "print(all(w['current_task'] is None for w in dk.status()['workers']))"
+    assert wait_until(lambda: "True" in kernel.run(idle).text(), timeout=5)
