@@ -43,6 +43,15 @@ def wait_until(condition, timeout: float = 10.0, interval: float = 0.02) -> bool
     return condition()
 
 
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     yield

@@ -10,7 +10,7 @@ import pytest
 
 import distkernel as dk
 
-from .conftest import our_workers, wait_until
+from .conftest import our_workers, process_alive, wait_until
 
 
 @dk.remote
@@ -117,7 +117,7 @@ def test_kill_fails_pending_and_later_calls(cluster):
         dk.get(pending, timeout=10)
     with pytest.raises(dk.ActorDiedError):
         dk.get(counter.add.remote(), timeout=10)
-    assert wait_until(lambda: not _alive(pid))
+    assert wait_until(lambda: not process_alive(pid))
 
 
 def test_crash_names_class_pid_and_exit(cluster):
@@ -159,7 +159,7 @@ def test_last_handle_gone_stops_actor(cluster):
     result = counter.nap.remote(0.3)
     del counter
     assert dk.get(result) == 0.3  # queued calls still finish
-    assert wait_until(lambda: not _alive(pid))
+    assert wait_until(lambda: not process_alive(pid))
     assert dk.status()["actors"] == []
 
 
@@ -211,7 +211,7 @@ def test_detached_actor_outlives_its_handles_until_killed(cluster):
     handle = dk.get_actor("keeper")
     pid = dk.get(handle.pid.remote())
     dk.kill(handle)
-    assert wait_until(lambda: not _alive(pid))
+    assert wait_until(lambda: not process_alive(pid))
     with pytest.raises(ValueError, match="no actor named"):
         dk.get_actor("keeper")
 
@@ -289,13 +289,6 @@ def test_seed_cup_with_spoon_ref_local_spoon_and_leborn(cluster):
     answers, took = _three_rounds(Leborn())
     assert answers == [False, False, False] and took < 3 * NAP
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_new_actor_after_killing_and_dropping_one(cluster):

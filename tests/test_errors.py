@@ -16,7 +16,7 @@ import pytest
 import distkernel as dk
 from distkernel import config
 
-from .conftest import wait_until
+from .conftest import process_alive, wait_until
 
 
 @dk.remote
@@ -224,19 +224,12 @@ def test_sigkilled_driver_leaves_no_workers_or_segments(tmp_path):
         driver.wait()
 
     def all_gone():
-        alive = [p for p in worker_pids if _alive(p)]
+        alive = [p for p in worker_pids if process_alive(p)]
         leftovers = [n for n in os.listdir(config.SHM_DIR) if n.startswith(prefix)]
         return not alive and not leftovers
 
     assert wait_until(all_gone, timeout=10)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_error_result_from_argument_propagates(cluster):

@@ -13,7 +13,7 @@ import pytest
 
 from distkernel import reaper
 
-from .conftest import wait_until
+from .conftest import process_alive, wait_until
 from .kernel_session import KernelSession
 
 TASKS = """
@@ -194,7 +194,7 @@ def test_interrupt_cancels_the_cells_tasks_and_pool_stays_healthy(kernel):
 def test_unload_shuts_the_cluster_down(kernel):
     pids = _worker_pids(kernel)
     assert kernel.run("%unload_ext distkernel").ok
-    assert wait_until(lambda: not any(_alive(p) for p in pids))
+    assert wait_until(lambda: not any(process_alive(p) for p in pids))
 
 
 def test_restart_and_sigkill_stop_every_worker():
@@ -204,7 +204,7 @@ def test_restart_and_sigkill_stop_every_worker():
         pids = _worker_pids(session)
         old_pid = session.pid
         session.manager.restart_kernel(now=False)
-        assert wait_until(lambda: not any(_alive(p) for p in pids), timeout=15)
+        assert wait_until(lambda: not any(process_alive(p) for p in pids), timeout=15)
         assert not reaper.segments_of(old_pid)
         session.pid = session.manager.provisioner.process.pid
         session.client.wait_for_ready(timeout=30)
@@ -213,7 +213,7 @@ def test_restart_and_sigkill_stop_every_worker():
         pids = _worker_pids(session)
         assert reaper.segments_of(session.pid)
         os.kill(session.pid, signal.SIGKILL)
-        assert wait_until(lambda: not any(_alive(p) for p in pids), timeout=15)
+        assert wait_until(lambda: not any(process_alive(p) for p in pids), timeout=15)
         assert wait_until(lambda: not reaper.segments_of(session.pid), timeout=15)
     finally:
         session.manager.shutdown_kernel(now=True)
@@ -251,13 +251,6 @@ def _worker_pids(session: KernelSession) -> list[int]:
                       "print(*[w['pid'] for w in dk.status()['workers']])")
     return [int(p) for p in run.text().split()]
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_main_job_serves_notebooks_with_the_distkernel_kernel(tmp_path):
