@@ -192,7 +192,7 @@ class Entry:
     refs: int = 0  # ObjectRefs alive in the driver plus workers borrowing it
     pins: int = 0  # tasks that need it, objects that contain a ref to it
     reserved: int = 0  # bytes counted against capacity
-    view: memoryview | None = None  # the driver's cached read-only mapping
+    view: memoryview | None = None  # the driver's read-only mapping (arena: made at put)
     contained: tuple[str, ...] = field(default=())
 
 
@@ -273,8 +273,6 @@ class ObjectStore:
     def view(self, object_id: str) -> memoryview | None:
         """The cached read-only mapping of a shared value (made on first use)."""
         entry = self._entries[object_id]
-        if isinstance(entry.value, SharedValue) and entry.value.arena:
-            return None  # mapped per get, so the arena knows when views are gone
         if isinstance(entry.value, SharedValue) and entry.view is None:
             entry.view = map_readonly(entry.value)
         return entry.view
@@ -337,8 +335,10 @@ class ObjectStore:
                 self._unlink(value.segment)
 
     def stats(self) -> dict[str, int]:
-        return {"capacity": self.capacity, "used_bytes": self.used,
-                "num_objects": sum(1 for e in self._entries.values() if e.value is not None)}
+        """Capacity, used bytes and object count (``object_count`` names it as the spec does)."""
+        count = sum(1 for e in self._entries.values() if e.value is not None)
+        return {"capacity": self.capacity, "used_bytes": self.used, "num_objects": count,
+                "object_count": count}
 
     def clear(self) -> None:
         """Free everything (shutdown)."""

@@ -93,12 +93,28 @@ class LocalBackend(EngineCore):
                 if region is not None:
                     self.arena.release(region.chunk, region.offset)
             raise
+        reader = self._reader_of(value)
         with self.lock:
             entry = self.store.expect(object_id)
             entry.refs += refs
             entry.pins += pins
             self.store.seal(object_id, value, size)
+            entry.view = reader
         return object_id
+
+    def _reader_of(self, value: Value) -> memoryview | None:
+        """The driver's read-only mapping of an arena value, made once, when it is stored.
+
+        Every get views through it; it holds the region (released by its finalizer once
+        the store has dropped it and no array made from it is left), so gets cost no
+        mapping of their own.
+        """
+        if not (isinstance(value, SharedValue) and value.arena):
+            return None
+        with self.lock:
+            self.arena.hold(value.segment, value.offset)
+        closed = functools.partial(self.view_closed, value.segment, value.offset)
+        return object_store.map_readonly(value, closed)
 
     def get(self, object_refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         ids = [self._own_id(r) for r in object_refs]
@@ -115,15 +131,9 @@ class LocalBackend(EngineCore):
                 self.changed.wait(remaining)
                 self.drain()
             items = [(self.store.value(i), self.store.view(i)) for i in ids]
-            for value, _ in items:
-                if isinstance(value, SharedValue) and value.arena:
-                    self.arena.hold(value.segment, value.offset)  # released by the view's finalizer
         results = []
         for value, view in items:
-            on_close = None
-            if isinstance(value, SharedValue) and value.arena:
-                on_close = functools.partial(self.view_closed, value.segment, value.offset)
-            result = object_store.load(value, view, on_close)  # type: ignore[arg-type]
+            result = object_store.load(value, view)  # type: ignore[arg-type]
             if value.is_error:  # type: ignore[union-attr]
                 raise result
             results.append(result)
