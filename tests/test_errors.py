@@ -222,6 +222,7 @@ def test_sigkilled_driver_leaves_no_workers_or_segments(tmp_path):
     finally:
         driver.kill()
         driver.wait()
+        driver.stdout.close()
 
     def all_gone():
         alive = [p for p in worker_pids if process_alive(p)]

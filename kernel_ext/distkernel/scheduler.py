@@ -29,6 +29,8 @@ from distkernel.protocol import TaskSpec
 
 #: Pipeline a second task onto a worker when both tasks' functions usually run faster than this.
 PREFETCH_BELOW = 0.002
+#: How many runs a worker may hold (one running, the rest waiting in its socket).
+PREFETCH_DEPTH = 6
 #: Calls sent ahead to an actor's worker; the rest wait here, so its socket never fills.
 ACTOR_IN_FLIGHT = 16
 
@@ -417,13 +419,15 @@ class Scheduler:
                 return out
             if worker.state == "idle" and not worker.actor_id:
                 out.append(self._assign(worker))
-        for worker in self.workers.values():
-            if not self.queue:
-                break
-            if worker.state == "busy" and not worker.actor_id and len(worker.assigned) == 1 \
-                    and self._short(
-                    self._runs.get(worker.assigned[0])) and self._short(self.queue[0]):
-                out.append(self._assign(worker))
+        for depth in range(1, PREFETCH_DEPTH):  # round-robin, one more each pass
+            for worker in self.workers.values():
+                if not self.queue:
+                    return out
+                if worker.state == "busy" and not worker.actor_id \
+                        and len(worker.assigned) == depth \
+                        and self._short(self._runs.get(worker.assigned[0])) \
+                        and self._short(self.queue[0]):
+                    out.append(self._assign(worker))
         return out
 
     def _short(self, task_id: str | None) -> bool:

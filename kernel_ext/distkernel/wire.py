@@ -118,6 +118,8 @@ class Outbox:
                     self._pending.clear()
                 return
             with self._cond:
+                if self._closed:  # close() emptied the queue while we were sending
+                    return
                 self._pending.popleft()
 
     def close(self) -> None:
