@@ -13,7 +13,7 @@ starve the pool: an extra worker starts while the others wait, and stops when
 it is idle again and the pool is back above its size.
 
 Short tasks are pipelined: a worker running a function known to take under
-``PREFETCH_BELOW`` seconds gets the next short task before it finishes, so it
+``PREFETCH_BELOW`` seconds is sent up to ``PREFETCH_DEPTH`` short tasks, so it
 never idles for a round trip. A prefetched task is taken back (``Revoke``) if
 its worker blocks in ``get``, and re-queued if the worker dies.
 """
@@ -22,10 +22,24 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, Union
 
 from distkernel.protocol import TaskSpec
+from distkernel.scheduler_types import (
+    ActorState,
+    Dispatch,
+    FailTask,
+    Instruction,
+    InterruptWorker,
+    KillWorker,
+    Revoke,
+    StartWorker,
+    StopWorker,
+    TaskState,
+    WorkerState,
+)
+
+__all__ = ["Dispatch", "FailTask", "Instruction", "InterruptWorker", "KillWorker", "Revoke",
+           "Scheduler", "StartWorker", "StopWorker"]
 
 #: Pipeline a second task onto a worker when both tasks' functions usually run faster than this.
 PREFETCH_BELOW = 0.002
@@ -34,106 +48,6 @@ PREFETCH_DEPTH = 6
 #: Calls sent ahead to an actor's worker; the rest wait here, so its socket never fills.
 ACTOR_IN_FLIGHT = 16
 
-WorkerStateName = Literal["starting", "idle", "busy", "blocked", "stopping", "dead"]
-
-
-# --- instructions --------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    worker_id: int
-    seq: int
-    spec: TaskSpec
-
-
-@dataclass(frozen=True, slots=True)
-class FailTask:
-    spec: TaskSpec
-    reason: Literal["crashed", "cancelled", "actor_died"]
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartWorker:
-    extra: bool = False
-    actor_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class StopWorker:
-    worker_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class InterruptWorker:
-    worker_id: int
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class KillWorker:
-    worker_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Revoke:
-    """Tell a worker to drop runs it was sent but has not started."""
-
-    worker_id: int
-    seqs: tuple[int, ...]
-
-
-Instruction = Union[Dispatch, FailTask, StartWorker, StopWorker, InterruptWorker, KillWorker,
-                    Revoke]
-
-
-# --- state ---------------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class WorkerState:
-    worker_id: int
-    state: WorkerStateName = "starting"
-    extra: bool = False
-    assigned: deque[int] = field(default_factory=deque)  # seqs sent; the first one runs
-    pid: int | None = None
-    actor_id: str = ""  # set for a worker that hosts one actor
-
-    @property
-    def running(self) -> int | None:
-        return self.assigned[0] if self.assigned else None
-
-
-@dataclass(slots=True)
-class TaskState:
-    spec: TaskSpec
-    waiting_on: set[str] = field(default_factory=set)
-    retries_left: int = 0
-    worker_id: int | None = None
-    seq: int | None = None
-    cancel_requested: bool = False
-    caller: str = "driver"  # actor calls keep submission order per caller
-    order: int = 0
-
-
-@dataclass(slots=True)
-class ActorState:
-    """One actor: its creation task, its worker, and its callers' queues of calls."""
-
-    create: TaskSpec
-    class_name: str
-    restarts_left: int
-    task_retries: int
-    worker_id: int | None = None
-    queues: dict[str, deque[str]] = field(default_factory=dict)
-    state: Literal["starting", "alive", "dead"] = "starting"
-    created: bool = False  # the creation task was sent to the current worker
-    releasing: bool = False  # no handle is left: stop once it has nothing to do
-    death: str = ""
-    restarts: int = 0
-
-    @property
-    def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
 
 
 class Scheduler:
