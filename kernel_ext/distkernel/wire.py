@@ -20,7 +20,7 @@ import socket
 import threading
 from collections import deque
 
-_CHUNK = 1 << 16  # below malloc's mmap threshold: a bigger read buffer costs an mmap per read
+_CHUNK = 1 << 16  # the read buffer's first size; it grows for larger frames
 
 
 def header(size: int) -> bytes:
@@ -31,39 +31,66 @@ def header(size: int) -> bytes:
 
 
 class FrameReader:
-    """Frames from one end of a socketpair whose other end is a Connection."""
+    """Frames from one end of a socketpair whose other end is a Connection.
 
-    def __init__(self, fd: int) -> None:
+    Reads go straight into one reused buffer (``readv``), so a small message
+    costs no allocation but its own bytes; a frame larger than the buffer
+    grows it.
+    """
+
+    def __init__(self, fd: int, size: int = _CHUNK) -> None:
         self._fd = fd
-        self._buffer = bytearray()
+        self._buffer = bytearray(size)
+        self._start = 0  # unparsed bytes are buffer[start:end]
+        self._end = 0
 
     def read(self) -> list[bytes]:
         """One read (blocking if nothing has arrived); the complete frames it finished.
 
         Raises EOFError when the other end is closed.
         """
-        data = os.read(self._fd, _CHUNK)
-        if not data:
+        self._make_room()
+        view = memoryview(self._buffer)
+        count = os.readv(self._fd, [view[self._end:]])
+        view.release()
+        if not count:
             raise EOFError
-        buffer = self._buffer
-        buffer += data
+        self._end += count
+        return self._cut_frames()
+
+    def _make_room(self) -> None:
+        """Move what is left to the front; grow when a frame will not fit."""
+        buffer, start, end = self._buffer, self._start, self._end
+        if start == end:
+            self._start = self._end = 0
+        elif start:
+            buffer[:end - start] = buffer[start:end]
+            self._start, self._end = 0, end - start
+        needed = self._frame_size()[1]
+        if needed > len(buffer) or self._end == len(buffer):
+            buffer.extend(bytes(max(needed, 2 * len(buffer)) - len(buffer)))
+
+    def _frame_size(self) -> tuple[int, int]:
+        """(header, total) size of the frame at the front once its header is in, else (0, 0)."""
+        available = self._end - self._start
+        if available < 4:
+            return 0, 0
+        size = int.from_bytes(self._buffer[self._start:self._start + 4], "big", signed=True)
+        if size != -1:
+            return 4, 4 + size
+        if available < 12:
+            return 0, 0
+        return 12, 12 + int.from_bytes(self._buffer[self._start + 4:self._start + 12], "big")
+
+    def _cut_frames(self) -> list[bytes]:
         frames = []
-        start = 0
-        end = len(buffer)
-        while end - start >= 4:
-            size = int.from_bytes(buffer[start:start + 4], "big", signed=True)
-            head = 4
-            if size == -1:
-                if end - start < 12:
-                    break
-                size = int.from_bytes(buffer[start + 4:start + 12], "big")
-                head = 12
-            if end - start < head + size:
+        buffer = self._buffer
+        while True:
+            head, total = self._frame_size()
+            if not total or self._end - self._start < total:
                 break
-            frames.append(bytes(buffer[start + head:start + head + size]))
-            start += head + size
-        if start:
-            del buffer[:start]
+            frames.append(bytes(buffer[self._start + head:self._start + total]))
+            self._start += total
         return frames
 
 
