@@ -107,6 +107,7 @@ class Scheduler:
             return self._actor_died(actor, worker, describe) if actor is not None else []
         self.queue.extend(self.pinned.pop(worker_id, ()))  # its replacement has another id
         out: list[Instruction] = []
+        again: list[str] = []  # back to the queue front, in the order they were sent
         for position, seq in enumerate(worker.assigned):
             task_id = self._runs.pop(seq, None)
             task = self.tasks.get(task_id) if task_id else None
@@ -117,20 +118,24 @@ class Scheduler:
                 del self.tasks[task.spec.task_id]
                 out.append(FailTask(task.spec, "cancelled", "the task was cancelled"))
             elif position > 0:  # never started: back to the queue, no retry used
-                self.queue.appendleft(task.spec.task_id)
+                again.append(task.spec.task_id)
             elif task.retries_left > 0:
                 task.retries_left -= 1
-                self.queue.appendleft(task.spec.task_id)
+                again.append(task.spec.task_id)
             else:
                 del self.tasks[task.spec.task_id]
                 out.append(FailTask(task.spec, "crashed", describe))
+        self.queue.extendleft(reversed(again))
         if worker.state != "stopping" and not worker.extra:
             out.append(StartWorker())
         out.extend(self._dispatch())
         return out
 
-    def worker_stopped(self, worker_id: int) -> None:
+    def worker_stopped(self, worker_id: int) -> list[Instruction]:
+        """A worker we stopped has exited; tasks pinned to it may run anywhere now."""
         self.workers.pop(worker_id, None)
+        self.queue.extend(self.pinned.pop(worker_id, ()))
+        return self.start() + self._dispatch()
 
     def worker_blocked(self, worker_id: int) -> list[Instruction]:
         """The worker waits in ``get``: let another worker take its place meanwhile."""
@@ -138,14 +143,19 @@ class Scheduler:
         if worker is None or worker.state != "busy":
             return []
         worker.state = "blocked"
-        out = self._take_back_prefetched(worker)
-        extras = sum(1 for w in self.workers.values() if w.extra)
-        active = self._active_count()
-        if self.queue and active < self.num_workers and extras < self.max_extra_workers:
-            idle = [w for w in self.workers.values() if w.state in ("idle", "starting")]
-            if not idle:
-                return [*out, StartWorker(extra=True)]
-        return out + self._dispatch()
+        return self._take_back_prefetched(worker) + self._dispatch()
+
+    def _extra_needed(self) -> list[Instruction]:
+        """Start an extra worker when tasks wait, none can take them, and blocked workers
+        leave the pool below its size (a parent waiting for its children)."""
+        if not self.queue or self._active_count() >= self.num_workers:
+            return []
+        regular = [w for w in self.workers.values() if not w.actor_id]
+        if not any(w.state == "blocked" for w in regular) or \
+                any(w.state in ("idle", "starting") for w in regular):
+            return []
+        extras = sum(1 for w in regular if w.extra and w.state != "stopping")
+        return [StartWorker(extra=True)] if extras < self.max_extra_workers else []
 
     def _take_back_prefetched(self, worker: WorkerState) -> list[Instruction]:
         """Runs queued behind a blocked task could be the very children it waits for.
@@ -154,22 +164,34 @@ class Scheduler:
         """
         if worker.actor_id:
             return []
-        revoked = []
+        revoked: list[int] = []
+        out: list[Instruction] = []
         while len(worker.assigned) > 1:
             seq = worker.assigned.pop()
             task_id = self._runs.pop(seq, None)
             task = self.tasks.get(task_id) if task_id else None
             if task is not None:
                 task.worker_id = task.seq = None
-                self.queue.appendleft(task.spec.task_id)
+                if task.cancel_requested:  # its cancel mark goes with the revoked run
+                    del self.tasks[task.spec.task_id]
+                    out.append(FailTask(task.spec, "cancelled", "the task was cancelled"))
+                else:
+                    self.queue.appendleft(task.spec.task_id)
             revoked.append(seq)
-        return [Revoke(worker.worker_id, tuple(revoked))] if revoked else []
+        if revoked:
+            out.insert(0, Revoke(worker.worker_id, tuple(reversed(revoked))))
+        return out
 
     def worker_unblocked(self, worker_id: int) -> list[Instruction]:
         worker = self.workers.get(worker_id)
         if worker is not None and worker.state == "blocked":
             worker.state = "busy"
-        return []
+        out: list[Instruction] = []
+        for extra in self.workers.values():
+            if extra.extra and extra.state == "idle" and self._should_retire(extra):
+                extra.state = "stopping"
+                out.append(StopWorker(extra.worker_id))
+        return out
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -253,8 +275,8 @@ class Scheduler:
         return out
 
     def _should_retire(self, worker: WorkerState) -> bool:
-        if worker.extra:
-            return not self.queue or self._active_count() > self.num_workers
+        if worker.extra:  # only once the workers it stood in for are back
+            return self._active_count() > self.num_workers
         return self._live_regular_count() > self.num_workers
 
     def cancel(self, task_id: str, *, force: bool) -> list[Instruction]:
@@ -270,13 +292,16 @@ class Scheduler:
             if pinned is not None and task_id in pinned:
                 pinned.remove(task_id)
             actor = self.actors.get(task.spec.actor_id)
+            after: list[Instruction] = []
             if actor is not None and task_id in actor.queues.get(task.caller, ()):
                 actor.queues[task.caller].remove(task_id)
+                after = self._dispatch_actor(actor)  # the caller's next calls may go now
             for object_id in task.waiting_on:
                 waiters = self._waiters.get(object_id)
                 if waiters and task_id in waiters:
                     waiters.remove(task_id)
-            return [FailTask(task.spec, "cancelled", "the task was cancelled before it ran")]
+            return [FailTask(task.spec, "cancelled", "the task was cancelled before it ran"),
+                    *after]
         task.cancel_requested = True
         worker = self.workers.get(task.worker_id)  # type: ignore[arg-type]
         if force and worker is not None and worker.running == task.seq:
@@ -342,7 +367,7 @@ class Scheduler:
                         and self._short(self._runs.get(worker.assigned[0])) \
                         and self._short(self.queue[0]):
                     out.append(self._assign(worker))
-        return out
+        return out + self._extra_needed()
 
     def _short(self, task_id: str | None) -> bool:
         task = self.tasks.get(task_id) if task_id else None
@@ -377,7 +402,8 @@ class Scheduler:
         if actor is None or actor.state == "dead":
             reason = actor.death if actor is not None else "the actor does not exist (any more)"
             return [FailTask(spec, "actor_died", reason)]
-        self._track(spec, caller)
+        task = self._track(spec, caller)
+        task.retries_left = actor.task_retries  # max_task_retries: reruns after a restart
         actor.queues.setdefault(caller, deque()).append(spec.task_id)
         return self._dispatch_actor(actor)
 
@@ -458,6 +484,10 @@ class Scheduler:
             task.worker_id = task.seq = None
             if task.spec.kind == "actor_create":
                 continue  # tracked again below
+            if task.cancel_requested:  # cancel(force=True) killed it: a cancel, not a death
+                del self.tasks[task.spec.task_id]
+                out.append(FailTask(task.spec, "cancelled", "the call was cancelled"))
+                continue
             if index == 0:  # it was running when the process died
                 if task.retries_left <= 0:
                     del self.tasks[task.spec.task_id]
@@ -500,6 +530,8 @@ class Scheduler:
             doomed.append(actor.create.task_id)
         for task_id in dict.fromkeys(doomed):
             task = self.tasks.pop(task_id, None)
-            if task is not None:
+            if task is not None and task.cancel_requested:
+                out.append(FailTask(task.spec, "cancelled", "the call was cancelled"))
+            elif task is not None:
                 out.append(FailTask(task.spec, "actor_died", reason))
         return out

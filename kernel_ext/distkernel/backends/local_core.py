@@ -404,8 +404,8 @@ class EngineCore:
         self._remove_partial_segments(worker_id, spec)
         self.requests.worker_gone(worker_id)
         if state is not None and state.state == "stopping" and not state.assigned:
-            self.scheduler.worker_stopped(worker_id)
-            self.execute(self.scheduler.start() if not self.closing else [])
+            stopped = self.scheduler.worker_stopped(worker_id)
+            self.execute(stopped if not self.closing else [])
             return
         what = f"while running {spec.name} (task {spec.task_id})" if spec else "while idle"
         describe = (f"worker {worker_id} (pid {process.pid}) died with {describe_exit(code)} "
