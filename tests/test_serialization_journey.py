@@ -167,3 +167,47 @@ def test_inspect_serializability_prints_tree():
     text = out.getvalue()
     assert "test" in text and "lock" in text and "FAIL" in text
     assert dk.util.inspect_serializability(lambda: 1, file=io.StringIO())[0] is True
+
+
+def test_notebook_class_travels_once_and_changes_still_arrive(cluster):
+    def define():
+        class Tag:
+            label = "first"
+
+        return Tag
+
+    Tag = define()
+
+    @dk.remote
+    class Keeper:
+        def __init__(self):
+            self.seen = []
+
+        def keep(self, item):
+            self.seen.append(item)
+            return type(item).label
+
+        def same_class(self):
+            return all(type(i) is type(self.seen[0]) for i in self.seen)
+
+    keeper = Keeper.remote()
+    assert dk.get([keeper.keep.remote(Tag()) for _ in range(3)]) == ["first"] * 3
+    assert dk.get(keeper.same_class.remote()) is True  # one class there, as locally
+    Tag.label = "second"  # an attribute assigned later is a new version of the class
+    assert dk.get(keeper.keep.remote(Tag())) == "second"
+
+
+def test_class_holding_a_ref_keeps_it_alive(cluster):
+    def define(ref):
+        class Holder:
+            payload = ref
+
+        return Holder
+
+    holder = define(dk.put(np.arange(300_000)))
+
+    @dk.remote
+    def read(cls):
+        return int(dk.get(cls.payload)[-1])
+
+    assert dk.get(read.remote(holder)) == 299_999

@@ -21,6 +21,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as cloudpickle_internals
 
+from distkernel import class_cache
 from distkernel.exceptions import SerializationError
 from distkernel.refs import ObjectRef
 
@@ -87,10 +88,12 @@ def _from_registered(deserializer: Callable[[Any], Any], data: Any) -> Any:
 class Pickler(cloudpickle.Pickler):
     """cloudpickle plus the registry and a record of the ObjectRefs it met."""
 
-    def __init__(self, file: io.BytesIO, buffers: list[pickle.PickleBuffer] | None) -> None:
+    def __init__(self, file: io.BytesIO, buffers: list[pickle.PickleBuffer] | None,
+                 fresh_class: type | None = None) -> None:
         callback = buffers.append if buffers is not None else None
         super().__init__(file, protocol=PROTOCOL, buffer_callback=callback)
         self.contained: list[str] = []
+        self._fresh_class = fresh_class  # the class being pickled for the cache itself
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
@@ -103,7 +106,20 @@ class Pickler(cloudpickle.Pickler):
             return (_from_registered, (deserializer, serializer(obj)))
         if cls is types.CodeType:
             return _code_reduce_keeping_filename(obj)
+        if isinstance(obj, type) and obj is not self._fresh_class and \
+                not cloudpickle_internals._should_pickle_by_reference(obj):
+            reduced = class_cache.reduce_class(obj, _pickle_class)
+            if reduced is not None:
+                return reduced
         return super().reducer_override(obj)
+
+
+def _pickle_class(cls: type) -> tuple[bytes, list[str]]:
+    """A notebook class by value (cloudpickle), for the class cache."""
+    file = io.BytesIO()
+    pickler = Pickler(file, None, fresh_class=cls)
+    pickler.dump(cls)
+    return file.getvalue(), pickler.contained
 
 
 def _code_reduce_keeping_filename(code: types.CodeType) -> Any:
