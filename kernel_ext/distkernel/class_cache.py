@@ -1,7 +1,7 @@
 """Notebook classes pickled once, not with every instance.
 
 cloudpickle sends a class defined in the notebook by value: its whole
-definition travels (and is rebuilt) with every instance, 30–60 µs a call for a
+definition travels (and is rebuilt) with every instance, 30 to 60 µs a call for a
 small class. Here the definition is pickled once per version of the class and
 travels as a short blob named by its hash; a receiving process rebuilds each
 blob once and reuses the class after that (so instances sent in separate calls
