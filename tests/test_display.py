@@ -1,12 +1,15 @@
 """Inline timings rendering (SPEC §6): numbers, the summary line, the table and the chart.
 
 Pure functions on synthetic ``TaskRecord`` lists: no cluster. The HTML is parsed as XML, so a
-test fails on markup that is not well formed as well as on a wrong number.
+test fails on markup that is not well formed as well as on a wrong number. Every inline style is
+checked against what JupyterLab's sanitizer keeps (``ALLOWED_STYLES``): the chart must survive
+an untrusted notebook, where ``<svg>``, ``<style>`` and ``var()`` are stripped.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -17,14 +20,46 @@ from distkernel.display import (
     MAX_ROWS,
     format_bytes,
     format_duration,
-    task_stream_svg,
+    task_stream_html,
     timeline_bundle,
     timings_bundle,
 )
 from distkernel.timings import TaskRecord
 
-SVG = "{http://www.w3.org/2000/svg}"
 T0 = 1_700_000_000.0  # realistic epoch seconds: float precision there is part of the test
+
+# The subset of JupyterLab's sanitizer allow-list (packages/apputils/src/sanitizer.ts) we use,
+# with value patterns no looser than its own: hex / rgba / a few names for colors, never var().
+_LEN = r"(0|-?\d+(\.\d+)?px)"
+_LEN_PCT = rf"({_LEN}|\d+(\.\d+)?%)"
+_COLOR = r"(#[0-9a-f]{3,8}|rgba?\([0-9.,\s]+\)|transparent)"
+_BORDER = rf"(({_LEN}|solid|dashed|dotted|{_COLOR})\s*){{1,3}}"
+ALLOWED_STYLES = {
+    **dict.fromkeys(
+        ("left", "right", "top", "bottom", "width", "height", "min-width", "max-width"), _LEN_PCT
+    ),
+    **dict.fromkeys(
+        ("border", "border-left", "border-right", "border-top", "border-bottom"), _BORDER
+    ),
+    **dict.fromkeys(("background-color", "color"), _COLOR),
+    **dict.fromkeys(("padding", "margin"), rf"({_LEN}\s*){{1,4}}"),
+    "position": "static|relative|absolute",
+    "display": "block|inline|inline-block|table-cell|none",
+    "overflow": "hidden|visible|auto",
+    "opacity": r"(0|1|0?\.\d+)",
+    "border-radius": _LEN,
+    "border-collapse": "collapse|separate",
+    "background-clip": "border-box|padding-box|content-box",
+    "box-sizing": "border-box|content-box",
+    "font-size": _LEN,
+    "font-weight": "normal|bold|[1-9]00",
+    "line-height": _LEN,
+    "white-space": "normal|nowrap|pre|pre-wrap|pre-line",
+    "text-align": "left|right|center|justify",
+    "text-overflow": "clip|ellipsis",
+    "vertical-align": "top|middle|bottom|baseline",
+    "z-index": r"\d+",
+}
 
 
 def rec(
@@ -60,18 +95,39 @@ def parse(markup: str) -> ET.Element:
     return ET.fromstring(markup)
 
 
-def by_class(root: ET.Element, tag: str, cls: str) -> list[ET.Element]:
-    return [e for e in root.iter(SVG + tag) if cls in e.get("class", "").split()]
+def by_class(root: ET.Element, cls: str) -> list[ET.Element]:
+    return [e for e in root.iter() if cls in e.get("class", "").split()]
 
 
-def bars(svg: ET.Element) -> list[ET.Element]:
-    return by_class(svg, "rect", "jp-Distkernel-bar")
+def style(element: ET.Element) -> dict[str, str]:
+    pairs = (d.split(":", 1) for d in element.get("style", "").split(";") if d.strip())
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def pct(element: ET.Element, prop: str) -> float:
+    value = style(element)[prop]
+    assert value.endswith("%"), f"{prop} should be a percentage of the time axis, got {value}"
+    return float(value[:-1])
+
+
+def bars(root: ET.Element) -> list[ET.Element]:
+    return by_class(root, "jp-Distkernel-bar")
 
 
 def title_of(element: ET.Element) -> str:
-    title = element.find(SVG + "title")
-    assert title is not None and title.text
-    return title.text
+    title = element.get("title")
+    assert title
+    return title
+
+
+def lanes(root: ET.Element) -> dict[str, ET.Element]:
+    """Lane label to the lane's track, in drawing order."""
+    out = {}
+    for lane in by_class(root, "jp-Distkernel-lane"):
+        (label,) = by_class(lane, "jp-Distkernel-label")
+        (track,) = by_class(lane, "jp-Distkernel-track")
+        out[label.text] = track
+    return out
 
 
 def table_rows(html_text: str) -> list[ET.Element]:
@@ -254,18 +310,19 @@ def sample() -> list[TaskRecord]:
     ]
 
 
-def test_svg_is_well_formed_with_one_lane_label_per_worker():
-    svg = parse(task_stream_svg(sample()))
-    labels = [t.itertext() for t in by_class(svg, "text", "jp-Distkernel-lane")]
-    shown = [list(parts)[-1] for parts in labels]  # after the label's own <title>
-    assert shown == ["worker 0", "worker 1", "worker 5", "queued"]
-    assert svg.get("width") == "640"
+def test_chart_is_well_formed_with_one_lane_row_per_distinct_lane():
+    chart = parse(task_stream_html(sample()))
+    assert "jp-Distkernel-stream" in chart.get("class").split()
+    assert list(lanes(chart)) == ["worker 0", "worker 1", "worker 5", "queued"]
+    assert style(chart)["max-width"] == "760px"
+    labels = by_class(chart, "jp-Distkernel-label")
+    assert len({style(label)["width"] for label in labels}) == 1  # one column: bars line up
 
 
-def test_one_bar_per_started_task_with_a_tooltip_of_name_and_times():
+def test_one_bar_per_started_task_with_a_tooltip_of_name_times_and_bytes():
     records = sample()
-    svg = parse(task_stream_svg(records))
-    drawn = bars(svg)
+    chart = parse(task_stream_html(records))
+    drawn = bars(chart)
     started = [r for r in records if r.started is not None]
     assert len(drawn) == len(started) == 6
     titles = [title_of(bar) for bar in drawn]
@@ -282,25 +339,30 @@ def test_one_bar_per_started_task_with_a_tooltip_of_name_and_times():
 
 
 def test_bars_sit_in_their_lane_and_in_time_order():
-    svg = parse(task_stream_svg(sample(), width=800))
-    lanes = by_class(svg, "text", "jp-Distkernel-lane")
-    lane_y = {list(t.itertext())[-1]: float(t.get("y")) for t in lanes}
-    by_name = {title_of(b).splitlines()[0]: b for b in bars(svg)}
-    assert float(by_name["<lambda>"].get("x")) > float(by_name["load"].get("x"))
-    # Bars of worker 1 lie one lane below worker 0's.
-    assert float(by_name["validate"].get("y")) - float(by_name["<lambda>"].get("y")) == (
-        lane_y["worker 1"] - lane_y["worker 0"]
-    )
+    tracks = lanes(parse(task_stream_html(sample())))
+    names = {
+        lane: [title_of(b).splitlines()[0] for b in bars(track)] for lane, track in tracks.items()
+    }
+    assert names == {
+        "worker 0": ["load", "<lambda>", "train"],
+        "worker 1": ["load", "validate"],
+        "worker 5": ["Counter.incr"],
+        "queued": [],
+    }
+    by_name = {title_of(b).splitlines()[0]: b for b in bars(tracks["worker 0"])}
+    assert pct(by_name["<lambda>"], "left") > pct(by_name["load"], "left")
+    assert pct(by_name["load"], "left") == pytest.approx(0.4)  # started 2 ms into 500 ms
 
 
 def test_lambda_and_quotes_are_escaped():
     records = [rec("<lambda>", 0), rec('say "hi" & <b>bye</b>', 1, 0.1, 0.2, 0.3)]
     names = {0: "<Actor 'x'>"}
-    markup = task_stream_svg(records, lane_names=names)
+    markup = task_stream_html(records, lane_names=names)
     assert "<lambda>" not in markup and "&lt;lambda&gt;" in markup
     assert "<b>" not in markup and "<Actor" not in markup
     titles = [title_of(b).splitlines()[0] for b in bars(parse(markup))]
     assert titles == ["<lambda>", 'say "hi" & <b>bye</b>']
+    assert list(lanes(parse(markup))) == ["<Actor 'x'>", "worker 1"]
     bundle = timings_bundle(records, mode="full", title="<i>cell</i>", lane_names=names)
     root = parse(bundle["text/html"])  # well formed with all of that inside
     assert [td.text for td in root.find(".//table/tbody")[0]][:2] == ["<lambda>", "<Actor 'x'>"]
@@ -309,40 +371,39 @@ def test_lambda_and_quotes_are_escaped():
 
 def test_running_task_is_drawn_to_the_latest_time_and_marked_open():
     records = [rec("done", 0, 0.0, 0.0, 1.0), rec("train", 1, 0.0, 0.5, None, status="running")]
-    svg = parse(task_stream_svg(records))
-    done, train = bars(svg)
+    done, train = bars(parse(task_stream_html(records)))
     assert "jp-Distkernel-running" in train.get("class")
-    assert train.get("stroke-dasharray") and float(train.get("fill-opacity")) < 1
-    assert done.get("stroke-dasharray") is None
-    end = float(train.get("x")) + float(train.get("width"))
-    assert end == pytest.approx(float(done.get("x")) + float(done.get("width")), abs=0.2)
-    assert float(train.get("x")) == pytest.approx(
-        (float(done.get("x")) + end + 1) / 2, abs=0.2
-    )  # started halfway through the chart
+    assert "dashed" in style(train)["border"]
+    assert len(style(train)["background-color"]) == 9  # #rrggbbaa: the lighter fill
+    assert "border" not in style(done) and len(style(done)["background-color"]) == 7
+    assert pct(train, "left") + pct(train, "width") == pytest.approx(100)
+    assert pct(done, "left") + pct(done, "width") == pytest.approx(100)
+    assert pct(train, "left") == pytest.approx(50)  # started halfway through the chart
     assert "500 ms so far" in title_of(train)
 
 
 def test_pending_task_is_a_thin_marker_not_a_bar():
     records = [rec("f", 0, 0.0, 0.0, 1.0), rec("g", None, 0.25, None, None, status="pending")]
-    svg = parse(task_stream_svg(records))
-    assert len(bars(svg)) == 1
-    (marker,) = by_class(svg, "rect", "jp-Distkernel-pending")
-    assert float(marker.get("height")) <= 2
+    chart = parse(task_stream_html(records))
+    assert len(bars(chart)) == 1
+    (marker,) = by_class(lanes(chart)["queued"], "jp-Distkernel-pending")
+    assert style(marker)["height"] == "2px"
+    assert pct(marker, "left") == pytest.approx(25)
     assert title_of(marker).startswith("g\nqueued")
 
 
-def test_queue_segment_before_each_bar_and_drawn_under_all_bars():
+def test_queue_segment_before_each_bar_and_drawn_under_the_lanes_bars():
     records = [rec("f", 0, 0.0, 0.2, 0.4), rec("g", 0, 0.1, 0.4, 0.5), rec("h", 1, 0.0, 0.0, 0.1)]
-    markup = task_stream_svg(records)
-    svg = parse(markup)
-    queues = by_class(svg, "rect", "jp-Distkernel-queue")
+    chart = parse(task_stream_html(records))
+    queues = by_class(chart, "jp-Distkernel-queue")
     assert len(queues) == 2  # h never waited
-    f_bar = bars(svg)[0]
-    assert float(queues[0].get("x")) + float(queues[0].get("width")) == pytest.approx(
-        float(f_bar.get("x")), abs=0.2
-    )
+    f_bar = bars(chart)[0]
+    assert pct(queues[0], "left") + pct(queues[0], "width") == pytest.approx(pct(f_bar, "left"))
+    assert pct(queues[1], "left") == pytest.approx(20) and style(queues[0])["height"] == "4px"
+    assert style(queues[0])["background-color"].startswith("#")  # faint: hex with alpha
     # Queue segments overlap earlier bars of the lane; under them they show only in gaps.
-    assert markup.index("jp-Distkernel-bar") > markup.rindex("jp-Distkernel-queue")
+    kinds = [e.get("class").split()[0] for e in lanes(chart)["worker 0"]]
+    assert kinds == ["jp-Distkernel-queue"] * 2 + ["jp-Distkernel-bar"] * 2
 
 
 def test_colors_stable_by_name_red_for_failed_grey_for_cancelled():
@@ -352,8 +413,8 @@ def test_colors_stable_by_name_red_for_failed_grey_for_cancelled():
         rec("f", 0, 0.2, 0.2, 0.3, status="failed", error="x"),
         rec("f", 1, 0.2, 0.2, 0.3, status="cancelled"),
     ]
-    drawn = bars(parse(task_stream_svg(records)))  # lane by lane
-    fills = {(b.get("class").split()[1], b.get("fill").lower()) for b in drawn}
+    drawn = bars(parse(task_stream_html(records)))  # lane by lane
+    fills = {(b.get("class").split()[1], style(b)["background-color"].lower()) for b in drawn}
     assert len(drawn) == 4 and len(fills) == 3  # both finished "f" bars share one color
     assert ("jp-Distkernel-failed", "#e15759") in fills
     assert ("jp-Distkernel-cancelled", "#9e9e9e") in fills
@@ -382,62 +443,96 @@ def test_output_is_the_same_in_another_process_with_another_hash_seed():
 
 def test_zero_length_task_keeps_a_minimum_width():
     records = [rec("long", 0, 0.0, 0.0, 100.0), rec("blink", 0, 50.0, 50.0, 50.0)]
-    blink = bars(parse(task_stream_svg(records)))[1]
-    assert float(blink.get("width")) >= 2
+    blink = bars(parse(task_stream_html(records)))[1]
+    assert pct(blink, "width") == 0 and style(blink)["min-width"] == "2px"
 
 
 @pytest.mark.parametrize("span", [2e-6, 0.001, 0.0123, 0.35, 1.0, 7.3, 59.0, 1000.0, 86400.0])
 def test_time_axis_has_three_to_six_ticks_within_the_chart(span):
-    svg = parse(task_stream_svg([rec("f", 0, 0.0, 0.0, span)]))
-    ticks = by_class(svg, "text", "jp-Distkernel-tick")
+    chart = parse(task_stream_html([rec("f", 0, 0.0, 0.0, span)]))
+    ticks = by_class(chart, "jp-Distkernel-tick")
     assert 3 <= len(ticks) <= 6
     assert ticks[0].text == "0 s"
-    xs = [float(t.get("x")) for t in ticks]
-    assert xs == sorted(xs) and xs[-1] <= 640
+    xs = [pct(t, "left") for t in ticks]
+    assert xs == sorted(xs) and xs[0] == 0 and xs[-1] <= 100
+    (grid,) = by_class(chart, "jp-Distkernel-grid")
+    assert [pct(line, "left") for line in grid] == xs  # a faint line behind each tick
+    assert all("1px solid #" in style(line)["border-left"] for line in grid)
 
 
 def test_lane_names_label_lanes_table_and_text():
     records = [rec("Counter.incr", 3, kind="actor_method"), rec("f", 4, 0.0, 0.0, 0.1)]
     bundle = timings_bundle(records, mode="full", lane_names={3: "Counter#1"})
-    svg = parse(bundle["text/html"]).find(f".//{SVG}svg")
-    assert svg is not None
-    shown = [list(t.itertext())[-1] for t in by_class(svg, "text", "jp-Distkernel-lane")]
-    assert shown == ["Counter#1", "worker 4"]
+    (chart,) = by_class(parse(bundle["text/html"]), "jp-Distkernel-stream")
+    assert list(lanes(chart)) == ["Counter#1", "worker 4"]
     assert [row[1].text for row in table_rows(bundle["text/html"])] == ["Counter#1", "worker 4"]
     assert "Counter#1: 1 task" in bundle["text/plain"]
     assert "worker 3" not in bundle["text/plain"]
 
 
+def test_long_lane_label_is_cut_and_whole_in_its_tooltip():
+    name = "a-very-long-actor-name-that-goes-on"
+    (label,) = by_class(
+        parse(task_stream_html([rec(worker=1)], lane_names={1: name})), "jp-Distkernel-label"
+    )
+    assert len(label.text) == 24 and label.text.endswith("\u2026")
+    assert label.get("title") == name
+
+
 def test_narrow_width_is_rejected():
     with pytest.raises(ValueError, match="got 50"):
-        task_stream_svg(sample(), width=50)
+        task_stream_html(sample(), width=50)
 
 
 # ---------------------------------------------------------------- bundles
 
 
-def test_bundle_is_one_scoped_div_with_theme_variables_and_no_script():
+def all_bundles() -> list[dict[str, str]]:
     hostile = [rec("</style><script>alert(1)</script>", 0), *sample()]
-    for bundle in (
+    cancelled = rec("c", 1, 0.1, 0.1, 0.2, status="cancelled")
+    many = [rec(f"t{i}", i % 3, i * 0.01, i * 0.01, i * 0.01 + 0.005) for i in range(60)]
+    return [
         timings_bundle(hostile, mode="full", title="<script>x</script>"),
+        timings_bundle([*hostile, cancelled], mode="full", lane_names={5: "Counter"}),
+        timings_bundle(many, mode="full"),
         timings_bundle(hostile),
         timeline_bundle(hostile, title="<script>x</script>"),
-    ):
-        markup = bundle["text/html"]
-        root = parse(markup)
-        assert root.tag == "div" and root.get("class") == "jp-Distkernel-timings"
-        assert "<script" not in markup.lower()
-        style = root.find("style")
-        assert style is not None and "var(--jp-ui-font-color1" in style.text
-        selectors = [line.split("{")[0] for line in style.text.splitlines() if "{" in line]
-        assert all(".jp-Distkernel-" in s for s in selectors)  # scoped: no bare `svg {`
-        assert set(bundle) == {"text/html", "text/plain"}
+        timings_bundle([], title="t"),
+    ]
+
+
+@pytest.mark.parametrize("bundle", all_bundles())
+def test_bundle_is_one_div_of_html_a_sanitizer_keeps(bundle):
+    markup = bundle["text/html"]
+    root = parse(markup)
+    assert root.tag == "div" and root.get("class") == "jp-Distkernel-timings"
+    assert set(bundle) == {"text/html", "text/plain"}
+    lowered = markup.lower()
+    for banned in ("<script", "<svg", "<style", "var(", "calc(", "url("):
+        assert banned not in lowered
+    tags = {e.tag for e in root.iter()}
+    assert tags <= {"div", "table", "thead", "tbody", "tr", "th", "td"}
+    for element in root.iter():
+        assert set(element.attrib) <= {"class", "style", "title", "colspan"}
+        for prop, value in style(element).items():
+            assert prop in ALLOWED_STYLES, f"{prop} would be stripped"
+            assert re.fullmatch(ALLOWED_STYLES[prop], value, re.IGNORECASE), f"{prop}:{value}"
+
+
+def test_text_inherits_the_theme_color_except_status_colors():
+    root = parse(all_bundles()[1]["text/html"])
+    colored = [e for e in root.iter() if "color" in style(e)]
+    assert colored and all(e.get("class") == "jp-Distkernel-status-failed" for e in colored)
+    (cancelled,) = by_class(root, "jp-Distkernel-status-cancelled")
+    assert style(cancelled)["opacity"] == "0.7"  # muted, in the theme's own color
+    for element in by_class(root, "jp-Distkernel-label") + by_class(root, "jp-Distkernel-tick"):
+        assert style(element)["opacity"] == "0.7"
 
 
 def test_timeline_bundle_is_the_chart_with_a_short_text_fallback():
     bundle = timeline_bundle(sample(), title="last 7 tasks", lane_names={5: "Counter"})
     root = parse(bundle["text/html"])
-    assert root.find(f".//{SVG}svg") is not None and root.find(".//table") is None
+    assert by_class(root, "jp-Distkernel-stream") and root.find(".//table") is None
     assert len(bars(root)) == 6
     lines = bundle["text/plain"].splitlines()
     assert lines[0] == "last 7 tasks" and lines[1].startswith("7 tasks")
@@ -456,7 +551,7 @@ def test_empty_records():
         assert "no tasks" in "".join(root.itertext())
         assert root.find(".//table") is None
     assert timings_bundle([], title="cell 3")["text/plain"] == "cell 3\nno tasks"
-    assert "no tasks" in "".join(parse(task_stream_svg([])).itertext())
+    assert "no tasks" in "".join(parse(task_stream_html([])).itertext())
 
 
 def test_unknown_mode_lists_the_choices():

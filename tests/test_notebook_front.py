@@ -142,7 +142,7 @@ def test_inline_timings_after_cells_with_tasks(kernel):
     timings = [m["content"]["data"] for m in run.of_type("display_data")
                if "jp-Distkernel-timings" in m["content"]["data"].get("text/html", "")]
     assert timings and "4 tasks" in timings[0]["text/plain"]
-    assert "<svg" in timings[0]["text/html"]
+    assert "jp-Distkernel-stream" in timings[0]["text/html"]
     plain = kernel.run("x = 1")
     assert not plain.of_type("display_data")  # no tasks, no timings
     kernel.run("%dist timings full")
@@ -167,7 +167,7 @@ def test_dist_magic_subcommands(kernel):
     assert kernel.run("%dist restart").ok
     assert "3" in kernel.run("print(dk.status()['num_workers'])").text()
     timeline = kernel.run("dk.get(dk.remote(lambda: 1).remote())\n%dist timeline --last 5")
-    assert any("<svg" in m["content"]["data"].get("text/html", "")
+    assert any("jp-Distkernel-stream" in m["content"]["data"].get("text/html", "")
                for m in timeline.of_type("display_data"))
     assert kernel.run("%dist shutdown").ok
     assert "False" in kernel.run("print(dk.is_initialized())").text()

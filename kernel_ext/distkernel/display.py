@@ -4,11 +4,11 @@ Pure rendering (SPEC §6): ``TaskRecord`` lists in, Jupyter mime bundles out. No
 engine imports, so the magics, the kernel and ``%dist timeline`` share it and tests need no
 cluster.
 
-Notebook outputs are shown in JupyterLab (light and dark themes), in exported HTML and through
-sanitizers that drop scripts, so the HTML is one self-contained ``<div>`` with a scoped
-``<style>``: colors come from JupyterLab's CSS variables with light-theme fallbacks, presentation
-attributes keep the chart legible where the ``<style>`` is stripped, and there is no script.
-Every user string goes through ``html.escape`` (task names like ``<lambda>``).
+Notebook outputs are shown in JupyterLab (light and dark themes, trusted or not), in exported
+HTML and through sanitizers that drop scripts, ``<style>`` and ``<svg>``. So the HTML is one
+``<div>`` of plain elements styled inline with what JupyterLab's sanitizer keeps (see the chart
+section), with no script, and text inherits the theme's color. Every user string goes through
+``html.escape`` (task names like ``<lambda>``).
 """
 
 from __future__ import annotations
@@ -36,29 +36,15 @@ DASH = "\u2014"  # shown for "no value": an em dash reads as absent, "0" or "-" 
 ELLIPSIS = "\u2026"
 SEP = " \u00b7 "  # middle dot between summary parts
 
-LANE_HEIGHT, BAR_HEIGHT, AXIS_HEIGHT, MIN_BAR = 20, 12, 22, 2.0
+LANE_HEIGHT, BAR_HEIGHT, AXIS_HEIGHT, MIN_BAR = 18, 12, 18, 2
+GUTTER, RIGHT_ROOM = 8, 44  # px between labels and bars; room for the last tick's label
+# Grey with alpha reads as faint on white and on JupyterLab's dark background alike.
+GRID, FAINT, MUTED, AXIS = "#80808066", "#80808073", "#808080a6", "#808080"
+TEXT_SMALL = "font-size:11px;opacity:0.7"  # muted text: the theme's color, faded
+CELL = f"padding:1px 8px;white-space:nowrap;border-bottom:1px solid {GRID}"
 
-_Scale = Callable[[float], float]  # time (epoch seconds) to x pixels
+_Scale = Callable[[float], float]  # time (epoch seconds) to percent of the time axis
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
-
-_CSS = """
-.jp-Distkernel-timings { font-family: var(--jp-ui-font-family, sans-serif);
-  font-size: var(--jp-ui-font-size1, 13px); color: var(--jp-ui-font-color1, #333); }
-.jp-Distkernel-title { font-weight: 600; margin-bottom: 2px; }
-.jp-Distkernel-summary { margin: 2px 0 4px 0; }
-.jp-Distkernel-timings svg { display: block; max-width: 100%; height: auto; }
-.jp-Distkernel-timings svg text { fill: var(--jp-ui-font-color1, #333); font-size: 11px; }
-.jp-Distkernel-timings svg .jp-Distkernel-tick { fill: var(--jp-ui-font-color2, #666); }
-.jp-Distkernel-axis { stroke: var(--jp-ui-font-color2, #666); }
-.jp-Distkernel-grid { stroke: var(--jp-border-color2, #ddd); }
-.jp-Distkernel-queue, .jp-Distkernel-pending { fill: var(--jp-ui-font-color3, #999); }
-.jp-Distkernel-table { border-collapse: collapse; margin-top: 6px; font-size: 12px; }
-.jp-Distkernel-table th, .jp-Distkernel-table td { padding: 1px 8px; text-align: left;
-  border-bottom: 1px solid var(--jp-border-color2, #e0e0e0); white-space: nowrap; }
-.jp-Distkernel-table .jp-Distkernel-num { text-align: right; font-variant-numeric: tabular-nums; }
-.jp-Distkernel-status-failed { color: var(--jp-error-color1, #d32f2f); }
-.jp-Distkernel-status-cancelled, .jp-Distkernel-more { color: var(--jp-ui-font-color2, #777); }
-"""
 
 
 # ---------------------------------------------------------------- numbers
@@ -188,6 +174,13 @@ def _lane_lines(records: Sequence[TaskRecord], lane_names: Mapping[int, str] | N
 
 
 # ---------------------------------------------------------------- chart
+#
+# Why plain positioned <div>s: JupyterLab sanitizes outputs it does not trust (a notebook run by
+# nbclient, a shared one). Its sanitizer (apputils/src/sanitizer.ts) drops <svg> and <style> but
+# keeps their text, and keeps inline `style` declarations whose values match its allow-list:
+# hex or rgba colors but no var() or calc(), lengths and percentages for left / width. So every
+# element is styled inline within that subset, colors are fixed hex that read on white and on
+# the dark theme, and text inherits the theme's color (muted with opacity, never a fixed color).
 
 
 def _lanes(records: Sequence[TaskRecord]) -> list[int | None]:
@@ -217,6 +210,11 @@ def _ticks(span: float) -> list[float]:
         exponent += 1
 
 
+def _attr(text: str) -> str:
+    """An attribute value; newlines as ``&#10;`` so tooltips keep their lines (XML would not)."""
+    return html.escape(text, quote=True).replace("\n", "&#10;")
+
+
 def _tooltip(record: TaskRecord, lane: str, horizon: float) -> str:
     run = format_duration(record.run_time)
     if record.started is not None and record.finished is None:
@@ -232,101 +230,117 @@ def _tooltip(record: TaskRecord, lane: str, horizon: float) -> str:
     return "\n".join(lines)
 
 
-def _svg_queue(record: TaskRecord, y: float, x: _Scale) -> str | None:
-    """A faint segment from submitted to started; drawn under every bar, so it shows in gaps."""
+def _span_style(x0: float, x1: float, top: float, height: float) -> str:
+    """Where a segment sits in its lane: left and width in % of the time axis, so it scales."""
+    return (f"position:absolute;left:{x0:.2f}%;width:{max(x1 - x0, 0.0):.2f}%;"
+            f"min-width:{MIN_BAR}px;top:{top:g}px;height:{height:g}px")
+
+
+def _queue_div(record: TaskRecord, x: _Scale) -> str | None:
+    """A faint segment from submitted to started, drawn before (under) the lane's bars."""
     if record.started is None or record.started <= record.submitted:
         return None
-    q0, q1 = x(record.submitted), x(record.started)
-    return (f'<rect class="jp-Distkernel-queue" x="{q0:.1f}" y="{y + LANE_HEIGHT / 2 - 2:.1f}" '
-            f'width="{q1 - q0:.1f}" height="4" fill="#999" opacity="0.45"/>')
+    style = _span_style(x(record.submitted), x(record.started), LANE_HEIGHT / 2 - 2, 4)
+    return f'<div class="jp-Distkernel-queue" style="{style};background-color:{FAINT}"></div>'
 
 
-def _svg_bar(record: TaskRecord, lane: str, y: float, x: _Scale, horizon: float) -> str:
+def _bar_div(record: TaskRecord, lane: str, x: _Scale, horizon: float) -> str:
     """The bar of one task (a thin marker if it has not started), with its tooltip."""
-    title = f"<title>{html.escape(_tooltip(record, lane, horizon))}</title>"
-    mid = y + LANE_HEIGHT / 2
+    title = _attr(_tooltip(record, lane, horizon))
     if record.started is None:
-        x0 = x(record.submitted)
-        width = max(x(horizon) - x0, MIN_BAR)
-        return (f'<rect class="jp-Distkernel-pending" x="{x0:.1f}" y="{mid - 1:.1f}" '
-                f'width="{width:.1f}" height="2" fill="#999" opacity="0.6">{title}</rect>')
+        style = _span_style(x(record.submitted), x(horizon), LANE_HEIGHT / 2 - 1, 2)
+        return (f'<div class="jp-Distkernel-pending" title="{title}" '
+                f'style="{style};background-color:{MUTED}"></div>')
     end = horizon if record.finished is None else record.finished
-    b0 = x(record.started)
-    # 1 px shorter so back-to-back tasks of one name stay two bars, not one.
-    width = max(x(end) - b0 - 1, MIN_BAR)
+    top = (LANE_HEIGHT - BAR_HEIGHT) / 2
+    style = _span_style(x(record.started), x(end), top, BAR_HEIGHT) + ";box-sizing:border-box"
     color = _color(record)
-    # An open bar (still running) is lighter with a dashed outline: it will grow.
-    style = (
-        f' fill-opacity="0.45" stroke="{color}" stroke-dasharray="3 2"'
-        if record.finished is None
-        else ""
+    if record.finished is None:  # still running: lighter with a dashed outline, it will grow
+        style += f";background-color:{color}73;border:1px dashed {color}"
+    else:  # a transparent right edge keeps back-to-back tasks of one name two bars, not one
+        style += (f";background-color:{color};border-right:1px solid transparent;"
+                  "background-clip:padding-box;border-radius:2px")
+    return (f'<div class="jp-Distkernel-bar jp-Distkernel-{record.status}" title="{title}" '
+            f'style="{style}"></div>')
+
+
+def _track(label_width: int) -> str:
+    """Where the time axis sits: right of the labels, with room for the last tick's label."""
+    return f"position:absolute;left:{label_width + GUTTER}px;right:{RIGHT_ROOM}px;top:0"
+
+
+def _lane_div(label: str, items: list[str], label_width: int) -> str:
+    """One lane: its label (cut to fit, whole in its tooltip) and a track holding its bars."""
+    label_style = (f"position:absolute;left:0;top:0;width:{label_width}px;height:{LANE_HEIGHT}px;"
+                   f"line-height:{LANE_HEIGHT}px;{TEXT_SMALL};text-align:right;white-space:nowrap;"
+                   "overflow:hidden;text-overflow:ellipsis")
+    track_style = f"{_track(label_width)};height:{LANE_HEIGHT}px;border-bottom:1px solid {GRID}"
+    return (f'<div class="jp-Distkernel-lane" style="position:relative;height:{LANE_HEIGHT}px">'
+            f'<div class="jp-Distkernel-label" title="{_attr(label)}" style="{label_style}">'
+            f"{html.escape(_clean(label, 24))}</div>"
+            f'<div class="jp-Distkernel-track" style="{track_style}">{"".join(items)}</div></div>')
+
+
+def _grid_div(ticks: list[float], x: _Scale, t0: float, label_width: int) -> str:
+    """Faint vertical lines at the ticks, behind every lane (first in the markup)."""
+    lines = "".join(
+        f'<div style="position:absolute;left:{x(t0 + tick):.2f}%;top:0;width:0;height:100%;'
+        f'border-left:1px solid {GRID}"></div>'
+        for tick in ticks
     )
-    return (f'<rect class="jp-Distkernel-bar jp-Distkernel-{record.status}" x="{b0:.1f}" '
-            f'y="{mid - BAR_HEIGHT / 2:.1f}" width="{width:.1f}" height="{BAR_HEIGHT}" rx="2" '
-            f'fill="{color}"{style}>{title}</rect>')
+    style = f"{_track(label_width)};bottom:{AXIS_HEIGHT}px"
+    return f'<div class="jp-Distkernel-grid" style="{style}">{lines}</div>'
 
 
-def _svg_lane(label: str, y: int, left: int, right: int) -> list[str]:
-    """A lane's label (cut to fit, whole in its tooltip) and the faint line under it."""
-    bottom = y + LANE_HEIGHT
-    return [
-        f'<line class="jp-Distkernel-grid" x1="{left}" y1="{bottom}" x2="{right}" '
-        f'y2="{bottom}" stroke="#ddd" stroke-width="0.5"/>',
-        f'<text class="jp-Distkernel-lane" x="{left - 6}" y="{y + 14}" text-anchor="end" '
-        f'fill="#888"><title>{html.escape(label)}</title>{html.escape(_clean(label, 24))}</text>',
-    ]
+def _axis_div(ticks: list[float], x: _Scale, t0: float, label_width: int) -> str:
+    """Tick labels left-aligned on their tick mark: no centering, which would need transform."""
+    labels = "".join(
+        f'<div class="jp-Distkernel-tick" style="position:absolute;left:{x(t0 + tick):.2f}%;'
+        f"top:0;height:{AXIS_HEIGHT - 4}px;padding:2px 0 0 3px;border-left:1px solid {AXIS};"
+        f'{TEXT_SMALL};white-space:nowrap">{html.escape(format_duration(tick))}</div>'
+        for tick in ticks
+    )
+    style = f"{_track(label_width)};height:{AXIS_HEIGHT}px;border-top:1px solid {AXIS}"
+    return (f'<div style="position:relative;height:{AXIS_HEIGHT}px">'
+            f'<div class="jp-Distkernel-axis" style="{style}">{labels}</div></div>')
 
 
-def _svg_axis(t0: float, span: float, x: _Scale, top: int, left: int, right: int) -> list[str]:
-    out = [f'<line class="jp-Distkernel-axis" x1="{left}" y1="{top}" x2="{right}" y2="{top}" '
-           'stroke="#888"/>']
-    for tick in _ticks(span):
-        tx = x(t0 + tick)
-        out.append(f'<line class="jp-Distkernel-axis" x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" '
-                   f'y2="{top + 4}" stroke="#888"/>')
-        out.append(f'<text class="jp-Distkernel-tick" x="{tx:.1f}" y="{top + 15}" '
-                   f'text-anchor="middle" fill="#888">{html.escape(format_duration(tick))}</text>')
-    return out
-
-
-def task_stream_svg(
+def task_stream_html(
     records: Sequence[TaskRecord],
     *,
-    width: int = 640,
+    width: int = 760,
     lane_names: Mapping[int, str] | None = None,
 ) -> str:
-    """A task-stream (Gantt) chart: one lane per worker, one bar per task, queue time before it."""
+    """A task-stream (Gantt) chart: one lane per worker, one bar per task, queue time before it.
+
+    ``width`` is the most pixels it takes; it shrinks with the output area, bars being placed in
+    percent of the time axis.
+    """
     if width < 200:
         msg = f"the chart needs width >= 200 pixels to fit labels and bars, got {width!r}"
         raise ValueError(msg)
     if not records:
-        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="24">'
-                '<text x="4" y="16" fill="#888">no tasks</text></svg>')
+        return f'<div class="jp-Distkernel-stream" style="{TEXT_SMALL}">no tasks</div>'
     lanes = _lanes(records)
     labels = {lane: _lane_label(lane, lane_names) for lane in lanes}
-    left = min(12 + 7 * max(len(_clean(label, 24)) for label in labels.values()), width // 3)
-    right = width - 24  # room for the last tick label
+    longest = max(len(_clean(label, 24)) for label in labels.values())
+    label_width = min(max(7 * longest, 40), width // 3)
     t0, horizon = min(r.submitted for r in records), _horizon(records)
     span = max(horizon - t0, 1e-6)
 
     def x(t: float) -> float:
-        return left + (t - t0) / span * (right - left)
+        return (t - t0) / span * 100.0
 
-    plot_bottom = len(lanes) * LANE_HEIGHT
-    height = plot_bottom + AXIS_HEIGHT
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" font-size="11">']
-    queues, bars = [], []
-    for i, lane in enumerate(lanes):
-        y, label = i * LANE_HEIGHT, labels[lane]
-        out += _svg_lane(label, y, left, right)
-        for record in (r for r in records if r.worker_id == lane):
-            queues.append(_svg_queue(record, y, x))
-            bars.append(_svg_bar(record, label, y, x, horizon))
-    out += [q for q in queues if q] + bars
-    out += _svg_axis(t0, span, x, plot_bottom, left, right)
-    out.append("</svg>")
-    return "\n".join(out)
+    ticks = _ticks(span)
+    out = [_grid_div(ticks, x, t0, label_width)]
+    for lane in lanes:
+        mine = [r for r in records if r.worker_id == lane]
+        queues = [q for q in (_queue_div(r, x) for r in mine) if q]
+        bars = [_bar_div(r, labels[lane], x, horizon) for r in mine]
+        out.append(_lane_div(labels[lane], queues + bars, label_width))
+    out.append(_axis_div(ticks, x, t0, label_width))
+    style = f"position:relative;max-width:{width}px;margin:2px 0 0 0"
+    return f'<div class="jp-Distkernel-stream" style="{style}">{"".join(out)}</div>'
 
 
 # ---------------------------------------------------------------- table
@@ -348,28 +362,36 @@ def _row(record: TaskRecord, lane_names: Mapping[int, str] | None) -> dict[str, 
     }
 
 
+def _cell_style(column: str, status: str = "") -> str:
+    """Inline, not a stylesheet: JupyterLab's own table rules (right-aligned, padded) apply."""
+    style = f"{CELL};text-align:{'right' if column in _NUMERIC else 'left'}"
+    if column == "status" and status == "failed":
+        style += f";color:{FAILED_COLOR}"
+    elif column == "status" and status == "cancelled":
+        style += ";opacity:0.7"
+    return style
+
+
 def _html_table(records: Sequence[TaskRecord], lane_names: Mapping[int, str] | None) -> str:
-    head = "".join(
-        f'<th class="jp-Distkernel-num">{c}</th>' if c in _NUMERIC else f"<th>{c}</th>"
-        for c in _COLUMNS
-    )
+    head = "".join(f'<th style="{_cell_style(c)}">{c}</th>' for c in _COLUMNS)
     rows = []
     for record in records[:MAX_ROWS]:
         row = _row(record, lane_names)
         cells = []
         for column in _COLUMNS:
-            cls = "jp-Distkernel-num" if column in _NUMERIC else ""
+            attrs = f' style="{_cell_style(column, record.status)}"'
             if column == "status":
-                cls = f"jp-Distkernel-status-{record.status}"
-            attrs = f' class="{cls}"' if cls else ""
+                attrs = f' class="jp-Distkernel-status-{record.status}"{attrs}'
             if column == "error" and record.error:
-                attrs += f' title="{html.escape(_clean(record.error, 2000))}"'
+                attrs += f' title="{_attr(_clean(record.error, 2000))}"'
             cells.append(f"<td{attrs}>{html.escape(row[column])}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     if len(records) > MAX_ROWS:
-        rows.append(f'<tr class="jp-Distkernel-more"><td colspan="{len(_COLUMNS)}">'
+        rows.append(f'<tr class="jp-Distkernel-more"><td colspan="{len(_COLUMNS)}" '
+                    f'style="{CELL};text-align:left;opacity:0.7">'
                     f"{ELLIPSIS} {len(records) - MAX_ROWS} more</td></tr>")
-    return (f'<table class="jp-Distkernel-table"><thead><tr>{head}</tr></thead>'
+    style = "border-collapse:collapse;margin:6px 0 0 0;font-size:12px"
+    return (f'<table class="jp-Distkernel-table" style="{style}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
@@ -395,8 +417,9 @@ def _text_table(records: Sequence[TaskRecord], lane_names: Mapping[int, str] | N
 
 
 def _html(parts: list[str], title: str | None) -> str:
-    head = f'<div class="jp-Distkernel-title">{html.escape(_clean(title))}</div>' if title else ""
-    return (f'<div class="jp-Distkernel-timings"><style>{_CSS}</style>{head}'
+    head = (f'<div class="jp-Distkernel-title" style="font-weight:600;margin:0 0 2px 0">'
+            f"{html.escape(_clean(title))}</div>" if title else "")
+    return (f'<div class="jp-Distkernel-timings" style="font-size:13px">{head}'
             f"{''.join(parts)}</div>")
 
 
@@ -429,8 +452,9 @@ def timings_bundle(
     if not records:
         return _empty_bundle(title)
     summary = _summary_line(records)
-    html_parts = [f'<div class="jp-Distkernel-summary">{html.escape(summary)}</div>',
-                  task_stream_svg(records, lane_names=lane_names)]
+    html_parts = [f'<div class="jp-Distkernel-summary" style="margin:2px 0 4px 0">'
+                  f"{html.escape(summary)}</div>",
+                  task_stream_html(records, lane_names=lane_names)]
     text_lines = [summary, *_lane_lines(records, lane_names)]
     if mode == "full":
         html_parts.append(_html_table(records, lane_names))
@@ -449,6 +473,6 @@ def timeline_bundle(
         return _empty_bundle(title)
     text_lines = [_summary_line(records), *_lane_lines(records, lane_names)]
     return {
-        "text/html": _html([task_stream_svg(records, lane_names=lane_names)], title),
+        "text/html": _html([task_stream_html(records, lane_names=lane_names)], title),
         "text/plain": _text(text_lines, title),
     }
