@@ -33,8 +33,10 @@ def run_cell(source: str, filename: str, values: dict[str, Any], pull: list[str]
                                  "WORKER_INDEX": worker_index, "NUM_WORKERS": num_workers}
     tree = ast.parse(source, filename=filename)
     last = None
-    if show_last and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+    final = tree.body[-1] if tree.body else None
+    if show_last and isinstance(final, ast.Expr):
+        tree.body.pop()
+        last = ast.Expression(final.value)
     exec(compile(tree, filename, "exec"), namespace)
     value: Any = NO_VALUE
     if last is not None:

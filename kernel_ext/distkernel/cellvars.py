@@ -81,7 +81,7 @@ class _Refs:
         elif isinstance(node, (ast.BoolOp, ast.IfExp)):
             # Only the first operand (the test) surely runs: a later walrus may bind nothing.
             ifexp = [node.test, node.body, node.orelse] if isinstance(node, ast.IfExp) else []
-            for i, part in enumerate(ifexp or node.values):  # type: ignore[attr-defined]
+            for i, part in enumerate(ifexp or node.values):  # type: ignore[union-attr]
                 self.visit(part, cond or i > 0)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.asname or a.name.split(".")[0] for a in node.names if a.name != "*"]
@@ -124,8 +124,8 @@ class _Refs:
 
     def function(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> None:
         args = node.args
-        params = [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]
-        params = [p for p in params if p is not None]
+        maybe = [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]
+        params = [p for p in maybe if p is not None]
         header = [*getattr(node, "decorator_list", ()), *args.defaults, *args.kw_defaults,
                   *(p.annotation for p in params), getattr(node, "returns", None)]
         for part in header:

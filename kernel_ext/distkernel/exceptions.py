@@ -84,7 +84,7 @@ class RemoteTraceback(Exception):
         return "\n" + self.text
 
 
-_derived_classes: dict[type, type] = {}
+_derived_classes: dict[type, type[TaskError]] = {}
 
 
 def as_instance_of_cause(error: TaskError) -> TaskError:
@@ -97,10 +97,10 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
     if cause is None or isinstance(cause, TaskError) or not isinstance(cause, Exception):
         return error
     cause_cls = type(cause)
-    derived = _derived_classes.get(cause_cls)
+    derived: type[TaskError] | None = _derived_classes.get(cause_cls)
     if derived is None:
         try:
-            derived = type(f"TaskError({cause_cls.__name__})", (TaskError, cause_cls),
+            derived = type(f"TaskError({cause_cls.__name__})", (TaskError, cause_cls),  # type: ignore[assignment]
                            {"__module__": "distkernel.exceptions",
                             "__init__": TaskError.__init__,
                             "__str__": TaskError.__str__,
@@ -109,7 +109,7 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
             return error
         _derived_classes[cause_cls] = derived
     try:
-        instance = derived.__new__(derived)
+        instance: TaskError = derived.__new__(derived)
         TaskError.__init__(instance, str(error), cause=cause,
                            remote_traceback=error.remote_traceback, task_name=error.task_name,
                            cause_bytes=error.cause_bytes)
@@ -125,13 +125,16 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
 def _rebuild_task_error(message: str, cause: BaseException | bytes | None,
                         remote_traceback: str, task_name: str) -> TaskError:
     cause_bytes = None
+    original: BaseException | None = None
     if isinstance(cause, bytes):
         cause_bytes = cause
         try:
-            cause = pickle.loads(cause)
+            original = pickle.loads(cause)
         except Exception:  # noqa: BLE001 - e.g. the class is not importable here
-            cause = None
-    error = TaskError(message, cause=cause, remote_traceback=remote_traceback,
+            original = None
+    else:
+        original = cause
+    error = TaskError(message, cause=original, remote_traceback=remote_traceback,
                       task_name=task_name, cause_bytes=cause_bytes)
     if remote_traceback:
         error.__cause__ = RemoteTraceback(remote_traceback)

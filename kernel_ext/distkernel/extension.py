@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from IPython.display import display
 
@@ -70,7 +70,7 @@ class Extension:
         records = [r for r in backend.timeline.last()
                    if backend.task_tags.get(r.task_id) == tag]
         if records:
-            mode = "full" if self.timings == "full" else "summary"
+            mode: Literal["summary", "full"] = "full" if self.timings == "full" else "summary"
             display(timings_bundle(records, mode=mode, lane_names=lane_names(backend)),
                     raw=True)
 

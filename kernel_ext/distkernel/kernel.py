@@ -24,6 +24,7 @@ class DistkernelKernel(IPythonKernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        assert self.shell is not None  # made by IPythonKernel.__init__
         self.shell.extension_manager.load_extension("distkernel")
 
     def do_shutdown(self, restart: bool) -> Any:

@@ -64,7 +64,7 @@ class DistMagics(Magics):
         args = parse_argstring(self.remote, line)
         placements = self._placements(args)
         names = analyze_cell(cell)
-        namespace = self.shell.user_ns
+        namespace = self._namespace()
         try:
             send = names_to_send(names, namespace, _names(args.push))
             pull = names_to_pull(names, _names(args.pull) if args.pull is not None else None,
@@ -90,6 +90,10 @@ class DistMagics(Magics):
             raise UsageError(msg) from None
         return self._bring_back(results, pull, len(placements) > 1 or args.all)
 
+    def _namespace(self) -> dict[str, Any]:
+        assert self.shell is not None  # magics are registered on a shell
+        return self.shell.user_ns
+
     def _placements(self, args: argparse.Namespace) -> list[int]:
         """Worker ids to pin the cell to (0: any worker)."""
         if args.all and args.num is not None:
@@ -111,7 +115,7 @@ class DistMagics(Magics):
 
     def _bring_back(self, results: list[tuple[Any, dict[str, Any]]], pull: list[str],
                     gathered: bool) -> Any:
-        namespace = self.shell.user_ns
+        namespace = self._namespace()
         if not gathered:
             value, pulled = results[0]
             namespace.update(pulled)

@@ -69,8 +69,8 @@ class RemoteFunction:
                  payload: FunctionPayload | None = None) -> None:
         self._function = function
         self._options = dict(options or {})
-        self._name = (getattr(function, "__qualname__", None)
-                      or getattr(function, "__name__", "task"))
+        self._name: str = (getattr(function, "__qualname__", None)
+                           or getattr(function, "__name__", None) or "task")
         check_options(self._options, FUNCTION_OPTIONS, f"@remote function {self._name}")
         self._task_options = task_options(self._options, self._name)
         self._payload = payload

@@ -65,7 +65,7 @@ class _Node:
     children: list[_Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.path = (self.parent.path if self.parent else "") + self.label
+        self.path: str = (self.parent.path if self.parent else "") + self.label
 
 
 # --- members: what pickling a value would pickle too ----------------------------------------

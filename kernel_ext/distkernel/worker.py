@@ -352,6 +352,7 @@ class Worker:
 
     def _store_results(self, spec: Any, value: Any) -> tuple[Value, ...]:
         count = len(spec.return_ids)
+        values: tuple[Any, ...]
         if count == 1:
             values = (value,)
         else:
