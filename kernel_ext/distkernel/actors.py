@@ -10,6 +10,7 @@ last handle anywhere is gone the actor stops after its queued calls.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -147,9 +148,8 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Queue the call on the actor; an ObjectRef (a tuple when ``num_returns > 1``)."""
         handle = self._handle
-        label = f"{handle._class_name}.{self._name}"
-        options = TaskOptions(num_returns=self._num_returns, max_retries=0, name=label)
-        refs = runtime.client().submit(FunctionPayload("", b"", label), args, kwargs, options,
+        payload, options = _call_descriptors(handle._class_name, self._name, self._num_returns)
+        refs = runtime.client().submit(payload, args, kwargs, options,
                                        actor_id=handle.actor_id, method=self._name)
         return refs[0] if len(refs) == 1 else tuple(refs)
 
@@ -167,6 +167,15 @@ class ActorMethod:
         msg = (f"actor method {label} cannot be called directly: use {label}.remote(...) "
                f"(then get() the result)")
         raise TypeError(msg)
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_descriptors(class_name: str, method: str,
+                      num_returns: int) -> tuple[FunctionPayload, TaskOptions]:
+    """What every call of one method carries: made once, not per call (a hot path)."""
+    label = f"{class_name}.{method}"
+    return (FunctionPayload("", b"", label),
+            TaskOptions(num_returns=num_returns, max_retries=0, name=label))
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

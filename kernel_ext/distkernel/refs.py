@@ -42,21 +42,18 @@ class _IdMaker:
 
     def __init__(self) -> None:
         self._reset()
+        # A forked child must not repeat its parent's ids (checked here, not per id).
+        os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
         self._prefix = secrets.token_hex(6)
         self._counter = itertools.count(1)
 
     @property
     def prefix(self) -> str:
-        if os.getpid() != self._pid:
-            self._reset()
         return self._prefix
 
     def __call__(self) -> str:
-        if os.getpid() != self._pid:  # a forked child must not repeat its parent's ids
-            self._reset()
         return f"{self._prefix}{next(self._counter):x}"
 
 
