@@ -333,3 +333,20 @@ def test_interrupting_a_remote_cell_cancels_it(kernel):
     kernel.run("import distkernel as dk")
     idle = "print(all(w['current_task'] is None for w in dk.status()['workers']))"
     assert wait_until(lambda: "True" in kernel.run(idle).text(), timeout=5)
+
+
+def test_interrupt_replaces_a_worker_whose_task_ignores_it(kernel):
+    kernel.run("import distkernel as dk, time\n@dk.remote\ndef stubborn():\n"
+               "    while True:\n        try:\n            time.sleep(0.05)\n"
+               "        except BaseException:\n            pass")
+    before = set(_worker_pids(kernel))
+    run = kernel.run("dk.get(stubborn.remote())", wait=False)
+    time.sleep(1.5)
+    started = time.monotonic()
+    kernel.manager.interrupt_kernel()
+    kernel.wait(run, timeout=30)
+    idle = "print(all(w['current_task'] is None for w in dk.status()['workers']))"
+    assert wait_until(lambda: "True" in kernel.run(idle).text(), timeout=10)
+    assert time.monotonic() - started < 8  # the 2 s grace, then a new worker
+    assert set(_worker_pids(kernel)) != before
+    assert "[1]" in kernel.run("print(dk.get([dk.remote(lambda: 1).remote()]))").text()
