@@ -274,3 +274,12 @@ def test_function_is_shipped_and_unpickled_once_per_worker(cluster, tmp_path):
     loads = log.read_text().split()
     assert 1 <= len(loads) <= 2  # once per worker that ran it, not once per call
     assert len(set(loads)) == len(loads)
+
+
+def test_init_after_scaling_describes_the_pool_as_it_is():
+    dk.init(2)
+    dk.runtime.backend().resize(3)
+    assert dk.init(3).num_workers == 3
+    assert dk.status()["num_workers"] == 3
+    with pytest.raises(dk.DistkernelError, match="already running with 3 workers"):
+        dk.init(2)

@@ -191,7 +191,6 @@ class Entry:
     value: Value | None = None  # None while the task that makes it is still running
     refs: int = 0  # ObjectRefs alive in the driver plus workers borrowing it
     pins: int = 0  # tasks that need it, objects that contain a ref to it
-    reserved: int = 0  # bytes counted against capacity
     view: memoryview | None = None  # the driver's read-only mapping (arena: made at put)
     contained: tuple[str, ...] = field(default=())
 
@@ -248,17 +247,16 @@ class ObjectStore:
             entry = self._entries[object_id] = Entry()
         return entry
 
-    def seal(self, object_id: str, value: Value, reserved: int) -> list[str]:
-        """Store ``value`` (already counted as ``reserved`` bytes); returns ids freed meanwhile.
+    def seal(self, object_id: str, value: Value) -> list[str]:
+        """Store ``value`` (its ``nbytes`` already reserved); returns ids freed meanwhile.
 
         A value for an object nobody references any more is dropped at once.
         """
         entry = self._entries.get(object_id)
         if entry is None:
-            self._discard(value, reserved)
+            self._discard(value)
             return []
         entry.value = value
-        entry.reserved = reserved
         entry.contained = value.contained
         for inner in value.contained:
             self.pin(inner)
@@ -319,15 +317,15 @@ class ObjectStore:
     def _free(self, object_id: str) -> list[str]:
         entry = self._entries.pop(object_id)
         if entry.value is not None:
-            self._discard(entry.value, entry.reserved)
+            self._discard(entry.value)
         entry.view = None
         freed = [object_id]
         for inner in entry.contained:
             freed.extend(self.unpin(inner))
         return freed
 
-    def _discard(self, value: Value, reserved: int) -> None:
-        self.release(reserved)
+    def _discard(self, value: Value) -> None:
+        self.release(value.nbytes)
         if isinstance(value, SharedValue):
             if value.arena and self._release_region is not None:
                 self._release_region(value.segment, value.offset)
@@ -344,7 +342,7 @@ class ObjectStore:
         """Free everything (shutdown)."""
         for entry in self._entries.values():
             if entry.value is not None:
-                self._discard(entry.value, entry.reserved)
+                self._discard(entry.value)
             entry.view = None
         self._entries.clear()
         self.used = 0

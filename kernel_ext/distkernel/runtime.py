@@ -7,6 +7,7 @@ the driver; in the driver it is the running engine, started on first use.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import html
 import threading
 from collections.abc import Callable
@@ -81,7 +82,10 @@ def _reject_address(address: Any) -> None:
 
 
 def _check_compatible(num_workers: int | None, memory: int | str | None) -> ClusterInfo:
+    global _info
     assert _info is not None
+    if _backend.num_workers != _info.num_workers:  # scaled since: describe the pool as it is
+        _info = dataclasses.replace(_info, num_workers=_backend.num_workers)
     wanted_workers = None if num_workers is None else config.resolve_num_workers(num_workers)
     wanted_memory = None if memory is None else config.parse_size(memory)
     if wanted_workers not in (None, _info.num_workers) or \

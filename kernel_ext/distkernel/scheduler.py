@@ -20,6 +20,7 @@ its worker blocks in ``get``, and re-queued if the worker dies.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable
 
@@ -500,7 +501,8 @@ class Scheduler:
         actor.created = False
         actor.state = "starting"
         if actor.create.task_id not in self.tasks:
-            self._track(actor.create, "driver")
+            # Run the constructor again; the actor's id already has its value, so no result.
+            self._track(dataclasses.replace(actor.create, return_ids=()), "driver")
         out.append(StartWorker(actor_id=actor.create.actor_id))
         return out
 

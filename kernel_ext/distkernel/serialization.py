@@ -133,17 +133,15 @@ def _code_reduce_keeping_filename(code: types.CodeType) -> Any:
 class Serialized:
     """A pickled value: header bytes, out-of-band buffers, and the refs found inside."""
 
-    __slots__ = ("buffers", "contained", "header")
+    __slots__ = ("buffers", "contained", "header", "nbytes")
 
     def __init__(self, header: bytes, buffers: list[pickle.PickleBuffer],
                  contained: list[str]) -> None:
         self.header = header
         self.buffers = buffers
         self.contained = contained
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.header) + sum(b.raw().nbytes for b in self.buffers)
+        # Asked several times per submission (inline or shared, capacity, records).
+        self.nbytes = len(header) + sum(b.raw().nbytes for b in buffers)
 
 
 def serialize(obj: Any, *, out_of_band: bool = True) -> Serialized:

@@ -84,13 +84,13 @@ class FrameReader:
 
     def _cut_frames(self) -> list[bytes]:
         frames = []
-        buffer = self._buffer
-        while True:
-            head, total = self._frame_size()
-            if not total or self._end - self._start < total:
-                break
-            frames.append(bytes(buffer[self._start + head:self._start + total]))
-            self._start += total
+        with memoryview(self._buffer) as view:  # slicing a bytearray would copy twice
+            while True:
+                head, total = self._frame_size()
+                if not total or self._end - self._start < total:
+                    break
+                frames.append(bytes(view[self._start + head:self._start + total]))
+                self._start += total
         return frames
 
 

@@ -98,7 +98,7 @@ class LocalBackend(EngineCore):
             entry = self.store.expect(object_id)
             entry.refs += refs
             entry.pins += pins
-            self.store.seal(object_id, value, size)
+            self.store.seal(object_id, value)  # value.nbytes == size, reserved above
             entry.view = reader
         return object_id
 
@@ -248,7 +248,6 @@ class LocalBackend(EngineCore):
 
     def resize(self, num_workers: int) -> None:
         with self.lock:
-            self.num_workers = num_workers
             self.execute(self.scheduler.resize(num_workers))
 
     # -- inspection ---------------------------------------------------------------------------

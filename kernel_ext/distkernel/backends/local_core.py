@@ -92,7 +92,6 @@ class EngineCore:
                  output_handler: OutputHandler) -> None:
         self.cluster_id = secrets.token_hex(8)
         self.driver_pid = os.getpid()
-        self.num_workers = num_workers
         self.output_handler = output_handler
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
@@ -122,6 +121,11 @@ class EngineCore:
         self.closing = False
         self.closed = False
         self._registry_version = registry.version
+
+    @property
+    def num_workers(self) -> int:
+        """The pool's size (the scheduler's, so scaling has one source of truth)."""
+        return self.scheduler.num_workers
 
     # -- references ------------------------------------------------------------------------
 
@@ -228,12 +232,9 @@ class EngineCore:
         out: list[Instruction] = []
         bytes_out = 0
         for return_id, value in zip(spec.return_ids, values):
-            entry = self.store.entry(return_id)
-            if entry is not None and entry.value is not None:  # a restarted actor's creation
-                continue
             value = self.adopt(value)
             bytes_out += value.nbytes
-            self.forget(self.store.seal(return_id, value, value.nbytes))
+            self.forget(self.store.seal(return_id, value))
             self.producers.pop(return_id, None)
             out.extend(self.scheduler.object_ready(return_id))
         pins = self.task_pins.pop(spec.task_id, [])

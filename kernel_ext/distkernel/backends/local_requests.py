@@ -115,7 +115,7 @@ class RequestHandler:
             return []
         # Counted now, for the ObjectRef the worker makes from this reply (ObjectRef.counted).
         backend.store.expect(object_id).refs += 1
-        backend.forget(backend.store.seal(object_id, value, value.nbytes))  # type: ignore[arg-type,union-attr]
+        backend.forget(backend.store.seal(object_id, value))  # type: ignore[arg-type,union-attr]
         backend.send(worker_id, Reply(request.request_id))
         return []
 
@@ -130,7 +130,7 @@ class RequestHandler:
             args_id = object_id_of_segment(spec.args.segment)
             value = backend.adopt(spec.args)
             backend.store.expect(args_id).pins += 1
-            backend.store.seal(args_id, value, value.nbytes)
+            backend.store.seal(args_id, value)
         for return_id in spec.return_ids:
             # Counted now, for the worker's ObjectRef.counted of each result.
             backend.store.expect(return_id).refs += 1
