@@ -8,6 +8,8 @@ fails the test otherwise.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import psutil
@@ -50,6 +52,27 @@ def process_alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def kill_driver_after_first_line(tmp_path, source: str) -> tuple[int, str]:
+    """Run ``source`` as a driver script, read its first printed line, then SIGKILL it."""
+    script = tmp_path / "driver.py"
+    script.write_text(source)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = driver.stdout.readline()
+        prefix = f"{config.SEGMENT_PREFIX}{driver.pid}-"
+        assert any(n.startswith(prefix) for n in os.listdir(config.SHM_DIR)), line
+    finally:
+        driver.kill()
+        driver.wait()
+        driver.stdout.close()
+    return driver.pid, line
+
+
+def segments_left_by(pid: int) -> list[str]:
+    prefix = f"{config.SEGMENT_PREFIX}{pid}-"
+    return [n for n in os.listdir(config.SHM_DIR) if n.startswith(prefix)]
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -14,9 +12,13 @@ import numpy as np
 import pytest
 
 import distkernel as dk
-from distkernel import config
 
-from .conftest import process_alive, wait_until
+from .conftest import (
+    kill_driver_after_first_line,
+    process_alive,
+    segments_left_by,
+    wait_until,
+)
 
 
 @dk.remote
@@ -210,24 +212,13 @@ DRIVER = textwrap.dedent("""
 
 
 def test_sigkilled_driver_leaves_no_workers_or_segments(tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        line = driver.stdout.readline()
-        worker_pids = [int(p) for p in line.split()]
-        assert len(worker_pids) == 2
-        prefix = f"distkernel-{driver.pid}-"
-        assert any(n.startswith(prefix) for n in os.listdir(config.SHM_DIR))
-    finally:
-        driver.kill()
-        driver.wait()
-        driver.stdout.close()
+    driver_pid, line = kill_driver_after_first_line(tmp_path, DRIVER)
+    worker_pids = [int(p) for p in line.split()]
+    assert len(worker_pids) == 2
 
     def all_gone():
         alive = [p for p in worker_pids if process_alive(p)]
-        leftovers = [n for n in os.listdir(config.SHM_DIR) if n.startswith(prefix)]
-        return not alive and not leftovers
+        return not alive and not segments_left_by(driver_pid)
 
     assert wait_until(all_gone, timeout=10)
 

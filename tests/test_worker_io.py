@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -26,7 +24,7 @@ import pytest
 import distkernel as dk
 from distkernel import config, control, runtime, wire
 
-from .conftest import wait_until
+from .conftest import kill_driver_after_first_line, segments_left_by, wait_until
 
 
 def work(path: str, tag: int, delay: float = 0.0, child_delay: float | None = None) -> int:
@@ -213,21 +211,11 @@ DRIVER = textwrap.dedent("""
 
 
 def test_driver_death_during_a_long_task_removes_worker_and_segments(tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    prefix = f"{config.SEGMENT_PREFIX}{driver.pid}-"
-    try:
-        worker_pid = int(driver.stdout.readline())
-        assert any(n.startswith(prefix) for n in os.listdir(config.SHM_DIR))
-    finally:
-        driver.kill()
-        driver.wait()
-        driver.stdout.close()
+    driver_pid, line = kill_driver_after_first_line(tmp_path, DRIVER)
+    worker_pid = int(line)
 
     def all_gone():
-        leftovers = [n for n in os.listdir(config.SHM_DIR) if n.startswith(prefix)]
-        return not psutil.pid_exists(worker_pid) and not leftovers
+        return not psutil.pid_exists(worker_pid) and not segments_left_by(driver_pid)
 
     assert wait_until(all_gone, timeout=5)
 
