@@ -7,6 +7,17 @@ import re
 
 import psutil
 
+
+def _microseconds(variable: str, default: int) -> float:
+    """Seconds from an environment variable given in microseconds, else the default."""
+    text = os.environ.get(variable, "")
+    try:
+        return max(0, int(text)) * 1e-6 if text else default * 1e-6
+    except ValueError:
+        msg = f"{variable}={text!r} must be a whole number of microseconds, like 250 (0: off)"
+        raise ValueError(msg) from None
+
+
 #: Serialized values below this size travel inline in messages; larger ones go to shared memory.
 INLINE_THRESHOLD = 100 * 1024
 #: Where shared-memory segments live (tmpfs on Linux).
@@ -19,6 +30,15 @@ TIMELINE_CAPACITY = 10_000
 DEFAULT_MAX_RETRIES = 3
 #: How many extra workers may be started while workers are blocked in ``get`` on child tasks.
 MAX_EXTRA_WORKERS = 32
+#: How long an idle worker polls its socket before it sleeps (seconds): the next task of a
+#: tight loop arrives within this, and is then read without a process wake-up. 0 turns
+#: polling off (for machines where every CPU cycle is shared).
+WORKER_SPIN = _microseconds("DISTKERNEL_WORKER_SPIN_US", 300)
+#: How long a caller waiting in ``get`` / ``wait`` reads the workers' sockets itself, polling,
+#: before it sleeps and leaves them to the I/O thread (seconds).
+DRIVER_SPIN = _microseconds("DISTKERNEL_DRIVER_SPIN_US", 250)
+#: How long the I/O thread leaves the sockets to callers after one got its result there (seconds).
+READER_GRACE = 2e-3
 #: Share of total RAM and of free ``/dev/shm`` the store takes by default.
 RAM_SHARE = 0.3
 SHM_SHARE = 0.8

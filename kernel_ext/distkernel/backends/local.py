@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
@@ -28,6 +28,7 @@ import psutil
 from distkernel import config, object_store, pool, reaper, refs, specs
 from distkernel.backends.local_core import EngineCore, OutputHandler
 from distkernel.exceptions import GetTimeoutError, ObjectLostError
+from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.protocol import (
     ActorOptions,
     FunctionPayload,
@@ -51,7 +52,7 @@ class LocalBackend(EngineCore):
         self.started_at = time.time()
         reaper.sweep_dead_drivers()
         refs.set_tracker(self.refs)
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.execute(self.scheduler.start())
         self.io.start()
 
@@ -71,7 +72,7 @@ class LocalBackend(EngineCore):
         """
         size = _size_of(serialized)
         region = None
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.drain()
             self._check_alive(serialized.contained)
             self.store.reserve(size)
@@ -88,13 +89,13 @@ class LocalBackend(EngineCore):
             else:
                 value = object_store.pack(serialized, self.driver_pid, object_id)
         except BaseException:
-            with self.lock:
+            with DEFERRED_SIGINT, self.lock:
                 self.store.release(size)
                 if region is not None:
                     self.arena.release(region.chunk, region.offset)
             raise
         reader = self._reader_of(value)
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             entry = self.store.expect(object_id)
             entry.refs += refs
             entry.pins += pins
@@ -111,7 +112,7 @@ class LocalBackend(EngineCore):
         """
         if not (isinstance(value, SharedValue) and value.arena):
             return None
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.arena.hold(value.segment, value.offset)
         closed = functools.partial(self.view_closed, value.segment, value.offset)
         return object_store.map_readonly(value, closed)
@@ -119,17 +120,11 @@ class LocalBackend(EngineCore):
     def get(self, object_refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         ids = [self._own_id(r) for r in object_refs]
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.changed:
+        with DEFERRED_SIGINT, self.lock:
             self.drain()
-            while True:
+            if not self._wait_until(lambda: not self._pending_ids(ids), deadline):
                 pending = self._pending_ids(ids)
-                if not pending:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise GetTimeoutError(self._timeout_message(pending, len(ids), timeout))
-                self.changed.wait(remaining)
-                self.drain()
+                raise GetTimeoutError(self._timeout_message(pending, len(ids), timeout))
             items = [(self.store.value(i), self.store.view(i)) for i in ids]
         results = []
         for value, view in items:
@@ -143,18 +138,34 @@ class LocalBackend(EngineCore):
              timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
         ids = [self._own_id(r) for r in object_refs]
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.changed:
+        def ready() -> list[str]:
+            return [i for i in ids if self.is_ready(i) or i not in self.store]
+
+        with DEFERRED_SIGINT, self.lock:
             self.drain()
-            while True:
-                ready = [i for i in ids if self.is_ready(i) or i not in self.store]
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if len(ready) >= num_returns or (remaining is not None and remaining <= 0):
-                    break
-                self.changed.wait(remaining)
-                self.drain()
-        chosen = set(ready[:num_returns])
+            self._wait_until(lambda: len(ready()) >= num_returns, deadline)
+            chosen = set(ready()[:num_returns])
         return ([r for r in object_refs if r.hex() in chosen],
                 [r for r in object_refs if r.hex() not in chosen])
+
+    def _wait_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
+        """Wait (lock held, SIGINT deferred) until ``done()``; False if the deadline came first.
+
+        The caller first reads the workers' sockets itself for a moment (a small
+        task's result comes within it), then sleeps until the I/O thread wakes it.
+        """
+        if done():
+            return True
+        self.io.lead(done, deadline)
+        while not done():
+            if DEFERRED_SIGINT.pending:  # Ctrl-C: raised here, where nothing is half done
+                DEFERRED_SIGINT.deliver()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self.sleepers.sleep(remaining)
+            self.drain()
+        return True
 
     # -- tasks and actors --------------------------------------------------------------------
 
@@ -163,7 +174,7 @@ class LocalBackend(EngineCore):
         kind = "actor_method" if actor_id else "task"
         spec, serialized, args_id = self._prepare(function, args, kwargs, options, kind,
                                                   actor_id, method)
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.drain()
             self._check_alive(serialized.contained, args_id)
             if function.data:
@@ -179,7 +190,7 @@ class LocalBackend(EngineCore):
         task_options = TaskOptions(max_retries=0, name=options.class_name)
         spec, serialized, args_id = self._prepare(cls, args, kwargs, task_options,
                                                   "actor_create", refs.new_id(), "")
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.drain()
             self._check_alive(serialized.contained, args_id)
             if options.name and options.name in self.named_actors:
@@ -211,12 +222,12 @@ class LocalBackend(EngineCore):
             return object_store.to_inline(serialized), ""
         args_id = refs.new_id()
         self._store_new(serialized, args_id, pins=1)
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             value = self.store.value(args_id)
         return value, args_id  # type: ignore[return-value]
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.execute(self.scheduler.kill_actor(actor_id, no_restart=no_restart))
             options = self.actor_meta.get(actor_id)
             if no_restart and options is not None and options.detached:
@@ -225,7 +236,7 @@ class LocalBackend(EngineCore):
                 self.forget(self.store.remove_refs(actor_id))
 
     def named_actor(self, name: str) -> tuple[ObjectRef, ActorOptions] | None:
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             actor_id = self.named_actors.get(name)
             actor = self.scheduler.actors.get(actor_id) if actor_id else None
             if actor is None or actor.state == "dead" or actor_id not in self.actor_meta:
@@ -235,25 +246,25 @@ class LocalBackend(EngineCore):
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         object_id = self._own_id(ref)
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.drain()
             task_id = self.producers.get(object_id)
             if task_id is not None:
                 self.execute(self.scheduler.cancel(task_id, force=force))
 
     def cancel_tasks(self, task_ids: Sequence[str], force: bool = False) -> None:
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             for task_id in task_ids:
                 self.execute(self.scheduler.cancel(task_id, force=force))
 
     def resize(self, num_workers: int) -> None:
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.execute(self.scheduler.resize(num_workers))
 
     # -- inspection ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        with self.lock:
+        with DEFERRED_SIGINT, self.lock:
             self.drain()
             rows = [self._worker_row(worker_id, state)
                     for worker_id, state in sorted(self.scheduler.workers.items())]
@@ -327,25 +338,26 @@ class LocalBackend(EngineCore):
 
     def shutdown(self, timeout: float = 3.0) -> None:
         """Stop every worker, free every segment; safe to call twice."""
-        with self.lock:
-            if self.closing:
-                return
-            self.closing = True
-            for worker_id in list(self.workers):
-                self.send(worker_id, Stop())
-            processes = list(self.workers.values())
-            self.workers.clear()
-        self.io.stop(timeout)
-        pool.stop_all(processes, timeout)
-        with self.lock:
-            self.closed = True
-            self.store.clear()
-            self.arena.close()
-            self.records.clear()
-            self.producers.clear()
-            self.changed.notify_all()
-        self.reclaimer.close()
-        reaper.remove_segments_of(self.driver_pid)
+        with DEFERRED_SIGINT:  # a Ctrl-C meanwhile must not leave workers or segments behind
+            with self.lock:
+                if self.closing:
+                    return
+                self.closing = True
+                for worker_id in list(self.workers):
+                    self.send(worker_id, Stop())
+                processes = list(self.workers.values())
+                self.workers.clear()
+            self.io.stop(timeout)
+            pool.stop_all(processes, timeout)
+            with self.lock:
+                self.closed = True
+                self.store.clear()
+                self.arena.close()
+                self.records.clear()
+                self.producers.clear()
+                self.sleepers.wake_all()
+            self.reclaimer.close()
+            reaper.remove_segments_of(self.driver_pid)
 
 
 def _size_of(serialized: Serialized) -> int:

@@ -29,6 +29,7 @@ from distkernel.exceptions import (
     WorkerCrashedError,
     describe_exit,
 )
+from distkernel.interrupts import DEFERRED_SIGINT, Sleepers
 from distkernel.object_store import ObjectStore, Reclaimer
 from distkernel.protocol import (
     ActorOptions,
@@ -94,7 +95,7 @@ class EngineCore:
         self.driver_pid = os.getpid()
         self.output_handler = output_handler
         self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
+        self.sleepers = Sleepers(self.lock)  # callers waiting in get() / wait()
         self.reclaimer = Reclaimer()
         self.arena = Arena(self.driver_pid, store_memory)
         self.store = ObjectStore(store_memory, self.driver_pid, self.reclaimer.remove,
@@ -138,16 +139,18 @@ class EngineCore:
 
     def drain(self) -> None:
         """Apply queued ObjectRef births and deaths, and arena views the driver let go."""
-        ops = self.refs.ops
-        while ops:
-            object_id, change = ops.popleft()
-            if change > 0:
-                self.store.add_refs(object_id, change)
-            else:
-                self.forget(self.store.remove_refs(object_id, -change))
-        closed = self.views_closed
-        while closed:
-            self.arena.release(*closed.popleft())
+        ops, closed = self.refs.ops, self.views_closed
+        if not (ops or closed):
+            return
+        with DEFERRED_SIGINT:  # a change taken off the queue is applied, even on Ctrl-C
+            while ops:
+                object_id, change = ops.popleft()
+                if change > 0:
+                    self.store.add_refs(object_id, change)
+                else:
+                    self.forget(self.store.remove_refs(object_id, -change))
+            while closed:
+                self.arena.release(*closed.popleft())
 
     def view_closed(self, segment: str, offset: int) -> None:
         """Finalizer of a driver-side arena view: any thread, maybe inside a GC pass."""
@@ -250,7 +253,7 @@ class EngineCore:
             record.bytes_out = bytes_out
             record.error = error
         self.requests.objects_ready(spec.return_ids)
-        self.changed.notify_all()
+        self.sleepers.wake_all()
         return out
 
     def adopt(self, value: Value) -> Value:

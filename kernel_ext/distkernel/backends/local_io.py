@@ -1,4 +1,4 @@
-"""The local engine's I/O thread: one blocking ``select`` over every worker.
+"""Reading the workers: one blocking ``select`` over every worker's socket and pidfd.
 
 ::
 
@@ -6,9 +6,19 @@
              ├─ worker socketpair ... frames -> EngineCore.handle (lock held)
              └─ worker pidfd ........ the process exited -> EngineCore.on_exit
 
-It never sleeps in a loop: it blocks until a worker writes, exits, or another
-thread wakes it. Task output is handed to the output handler after the lock
-is released, so printing never holds up scheduling.
+Whoever holds the reader role selects and reads: usually the I/O thread, which
+blocks until a worker writes, exits, or another thread wakes it. A caller that
+waits in ``get`` / ``wait`` takes the role for a moment instead (``lead``) and
+reads itself, polling without sleeping. A small task's result then arrives in
+the thread that wants it, with no wake-up of the I/O thread and then of the
+caller (each costs tens of microseconds). After that moment, or once its result
+is in, the caller hands the role back::
+
+    I/O thread:  select ─ handle ─ select ─ ...      (turn) ... select ─ handle
+    caller:                  get: lead: poll, handle, done ─┘ or spin over ─┘
+
+Task output is handed to the output handler after the lock is released, so
+printing never holds up scheduling.
 """
 
 from __future__ import annotations
@@ -18,14 +28,20 @@ import pickle
 import selectors
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from distkernel import config
+from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.pool import WorkerProcess
 from distkernel.protocol import Output
 
 if TYPE_CHECKING:
     from distkernel.backends.local_core import EngineCore
+
+Outputs = list[tuple[int, Output]]
 
 
 class IOLoop:
@@ -37,6 +53,12 @@ class IOLoop:
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", 0))
         self._to_watch: list[WorkerProcess] = []
         self._quit = False
+        # The reader role (all under core.lock): who reads now ("thread", "caller" or
+        # None), when a caller last gave it up, and whether one asked for it.
+        self._reader: str | None = None
+        self._released_at = 0.0
+        self._caller_wants_turn = False
+        self._turn = threading.Condition(core.lock)  # the I/O thread waits here for the role
         self._thread = threading.Thread(target=self._run, name="distkernel-io", daemon=True)
 
     def start(self) -> None:
@@ -48,7 +70,7 @@ class IOLoop:
         self._wake()
 
     def unwatch(self, process: WorkerProcess) -> None:
-        """Stop watching (I/O thread, lock held)."""
+        """Stop watching (the reader, lock held)."""
         for fd in (process.conn.fileno(), process.sentinel):
             if fd is None:
                 continue
@@ -58,7 +80,9 @@ class IOLoop:
                 pass
 
     def stop(self, timeout: float) -> None:
-        self._quit = True
+        with self._core.lock:
+            self._quit = True
+            self._turn.notify()
         self._wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -72,20 +96,102 @@ class IOLoop:
         except BlockingIOError:  # the pipe is full of wake-ups already
             pass
 
+    # -- a waiting caller reads (lock held) ----------------------------------------------------
+
+    def lead(self, done: Callable[[], bool], deadline: float | None) -> None:
+        """Read in this thread, without sleeping, until ``done()``, the spin is over,
+        a Ctrl-C came, or the ``deadline`` (``time.monotonic()``) has passed.
+
+        Called by a caller about to wait, with the lock held and SIGINT deferred;
+        returns at once if another thread reads now. The lock stays held (the spin
+        is a fraction of a millisecond) except while task output is printed.
+        """
+        if self._reader is not None or self._quit:
+            self._caller_wants_turn = True  # the I/O thread steps aside after its round
+            return
+        self._reader = "caller"
+        finished = False
+        try:
+            end = time.monotonic() + config.DRIVER_SPIN
+            if deadline is not None:
+                end = min(end, deadline)
+            while not (self._quit or DEFERRED_SIGINT.pending):
+                events = self._selector.select(0)
+                if events:
+                    outputs: Outputs = []
+                    self._handle(events, outputs)
+                    if outputs:
+                        self._core.lock.release()  # printing must not hold up the workers
+                        try:
+                            self._deliver(outputs)
+                        finally:
+                            self._core.lock.acquire()
+                    if done():
+                        finished = True
+                        return
+                elif time.monotonic() >= end:
+                    return
+        finally:
+            self._reader = None
+            # Done: the caller will likely lead again soon, so the I/O thread waits a little
+            # before it reads. Not done: the I/O thread reads now, while the caller sleeps.
+            if finished:
+                self._released_at = time.monotonic()
+            else:
+                self._released_at = 0.0
+                self._turn.notify()
+
+    # -- the I/O thread ------------------------------------------------------------------------
+
     def _run(self) -> None:
         core = self._core
         while True:
+            with core.lock:
+                if not self._wait_for_turn():
+                    return
             events = self._selector.select()
-            outputs: list[tuple[int, Output]] = []
+            outputs: Outputs = []
             with core.lock:
                 if self._quit:
                     return
-                core.drain()
-                for key, _ in events:
-                    self._guarded(self._on_event, key.data, outputs)
-            for worker_id, output in outputs:
-                self._guarded(core.output_handler, worker_id, output.task_id, output.stream,
-                              output.text)
+                self._handle(events, outputs)
+                self._reader = None
+                if self._caller_wants_turn:  # a caller waited: next time it reads itself
+                    self._caller_wants_turn = False
+                    self._released_at = time.monotonic()
+            self._deliver(outputs)
+
+    def _wait_for_turn(self) -> bool:
+        """Take the reader role once no caller holds it or is likely to again (lock held).
+
+        While callers lead, this thread looks again every READER_GRACE seconds: a
+        caller that got its result gives the role up without a wake-up, which would
+        cost it more than its whole wait.
+        """
+        while not self._quit:
+            if self._reader is None:
+                idle = time.monotonic() - self._released_at
+                if idle >= config.READER_GRACE:
+                    self._reader = "thread"
+                    return True
+                self._turn.wait(config.READER_GRACE - idle)
+            else:
+                self._turn.wait(config.READER_GRACE)
+        return False
+
+    # -- handling, by whoever reads --------------------------------------------------------------
+
+    def _handle(self, events: list[tuple[selectors.SelectorKey, int]], outputs: Outputs) -> None:
+        """Handle what select reported (lock held); task output is collected for later."""
+        self._core.drain()
+        for key, _ in events:
+            self._guarded(self._on_event, key.data, outputs)
+
+    def _deliver(self, outputs: Outputs) -> None:
+        """Pass task output on (lock released)."""
+        for worker_id, output in outputs:
+            self._guarded(self._core.output_handler, worker_id, output.task_id, output.stream,
+                          output.text)
 
     def _on_event(self, data: tuple[str, int], outputs: list[tuple[int, Output]]) -> None:
         kind, worker_id = data
