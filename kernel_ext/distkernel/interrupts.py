@@ -95,26 +95,28 @@ DEFERRED_SIGINT = DeferredSigint()
 
 
 class Sleepers:
-    """Threads asleep (holding ``lock`` before and after) until ``wake_all`` or a timeout.
+    """Threads asleep (holding ``lock`` before and after) until an object is ready.
 
-    What ``threading.Condition`` does, but a deferred Ctrl-C wakes the main
-    thread's sleep, and the lock is taken back with SIGINT still deferred, so an
-    interrupt can never leave a sleeper without its lock.
+    What ``threading.Condition`` does, but a sleeper names the object it waits
+    for (None: any), so finishing one of thousands of tasks wakes nobody else;
+    and a deferred Ctrl-C wakes the main thread's sleep, with the lock taken
+    back while SIGINT is still deferred, so an interrupt can never leave a
+    sleeper without its lock.
     """
 
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
-        self._asleep: list[threading.Lock] = []
+        self._asleep: dict[threading.Lock, str | None] = {}
 
-    def sleep(self, timeout: float | None) -> None:
-        """Release the lock, sleep, take the lock back.
+    def sleep(self, timeout: float | None, until: str | None) -> None:
+        """Release the lock, sleep until object ``until`` is ready, take the lock back.
 
         Called with the lock held and SIGINT deferred (``with DEFERRED_SIGINT, lock``);
         after a Ctrl-C woke it, the caller sees ``DEFERRED_SIGINT.pending``.
         """
         waiter = threading.Lock()
         waiter.acquire()
-        self._asleep.append(waiter)
+        self._asleep[waiter] = until
         main = DEFERRED_SIGINT.wake_on_interrupt(waiter)
         self._lock.release()
         try:
@@ -124,8 +126,16 @@ class Sleepers:
             if main:
                 DEFERRED_SIGINT.wake_on_interrupt(None)
             self._lock.acquire()
-            if waiter in self._asleep:
-                self._asleep.remove(waiter)
+            self._asleep.pop(waiter, None)
+
+    def ready(self, object_ids: tuple[str, ...]) -> None:
+        """Wake whoever sleeps until one of these objects, or any object (lock held)."""
+        if not self._asleep:
+            return
+        woken = [w for w, until in self._asleep.items() if until is None or until in object_ids]
+        for waiter in woken:
+            del self._asleep[waiter]
+            _release(waiter)
 
     def wake_all(self) -> None:
         """Wake every sleeper (lock held)."""

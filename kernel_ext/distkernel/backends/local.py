@@ -120,11 +120,13 @@ class LocalBackend(EngineCore):
     def get(self, object_refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         ids = [self._own_id(r) for r in object_refs]
         deadline = None if timeout is None else time.monotonic() + timeout
+        awaited = Awaited(self, ids)
         with DEFERRED_SIGINT, self.lock:
             self.drain()
-            if not self._wait_until(lambda: not self._pending_ids(ids), deadline):
+            if not self._wait_until(awaited.done, deadline, awaited.last):
                 pending = self._pending_ids(ids)
                 raise GetTimeoutError(self._timeout_message(pending, len(ids), timeout))
+            self._pending_ids(ids)  # all still there (a shutdown meanwhile removes them)
             items = [(self.store.value(i), self.store.view(i)) for i in ids]
         results = []
         for value, view in items:
@@ -138,21 +140,24 @@ class LocalBackend(EngineCore):
              timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
         ids = [self._own_id(r) for r in object_refs]
         deadline = None if timeout is None else time.monotonic() + timeout
+
         def ready() -> list[str]:
             return [i for i in ids if self.is_ready(i) or i not in self.store]
 
         with DEFERRED_SIGINT, self.lock:
             self.drain()
-            self._wait_until(lambda: len(ready()) >= num_returns, deadline)
+            self._wait_until(lambda: len(ready()) >= num_returns, deadline, lambda: None)
             chosen = set(ready()[:num_returns])
         return ([r for r in object_refs if r.hex() in chosen],
                 [r for r in object_refs if r.hex() not in chosen])
 
-    def _wait_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
+    def _wait_until(self, done: Callable[[], bool], deadline: float | None,
+                    key: Callable[[], str | None]) -> bool:
         """Wait (lock held, SIGINT deferred) until ``done()``; False if the deadline came first.
 
         The caller first reads the workers' sockets itself for a moment (a small
-        task's result comes within it), then sleeps until the I/O thread wakes it.
+        task's result comes within it), then sleeps until the object ``key()``
+        names is ready (None: any object), or the I/O thread shuts down.
         """
         if done():
             return True
@@ -163,7 +168,7 @@ class LocalBackend(EngineCore):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            self.sleepers.sleep(remaining)
+            self.sleepers.sleep(remaining, key())
             self.drain()
         return True
 
@@ -358,6 +363,35 @@ class LocalBackend(EngineCore):
                 self.sleepers.wake_all()
             self.reclaimer.close()
             reaper.remove_segments_of(self.driver_pid)
+
+
+class Awaited:
+    """The objects a get still waits for, checked from the last one.
+
+    Results mostly come in submission order, so a check costs O(1) until the
+    last one is in, and the caller sleeps until that one is ready: a get of
+    thousands of results wakes once or twice, not once per result.
+    """
+
+    def __init__(self, core: EngineCore, ids: Sequence[str]) -> None:
+        self._core = core
+        self._left = list(ids)
+
+    def done(self) -> bool:
+        """True once every object is ready (lock held); ObjectLostError if one is gone."""
+        left, store = self._left, self._core.store
+        while left:
+            entry = store.entry(left[-1])
+            if entry is None:
+                raise ObjectLostError(self._core.lost_message(left[-1]))
+            if entry.value is None:
+                return False
+            left.pop()
+        return True
+
+    def last(self) -> str | None:
+        """The object to sleep on: the last one not ready yet."""
+        return self._left[-1] if self._left else None
 
 
 def _size_of(serialized: Serialized) -> int:

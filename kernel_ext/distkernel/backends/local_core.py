@@ -253,7 +253,7 @@ class EngineCore:
             record.bytes_out = bytes_out
             record.error = error
         self.requests.objects_ready(spec.return_ids)
-        self.sleepers.wake_all()
+        self.sleepers.ready(spec.return_ids)
         return out
 
     def adopt(self, value: Value) -> Value:
