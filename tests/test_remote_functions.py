@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -135,6 +136,37 @@ def test_nested_tasks_do_not_deadlock(cluster):
     # more parents than workers, each blocked in get on its children
     assert dk.get([parent.remote(i) for i in range(4)], timeout=30) == [
         sum(2 * (i + k) for k in range(3)) for i in range(4)]
+
+
+def test_gets_from_several_threads_each_receive_their_own_results(cluster):
+    # Whichever thread waits reads the workers' sockets for everyone for a moment, and
+    # hands over to the others: no result may go to the wrong caller or wait forever.
+    answers: dict[int, list[int]] = {}
+
+    def caller(k: int) -> None:
+        answers[k] = [dk.get(add.remote(k, i), timeout=30) for i in range(300)]
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    caller(0)
+    for thread in threads:
+        thread.join(60)
+    assert answers == {k: [k + i for i in range(300)] for k in range(5)}
+
+
+def test_a_zero_timeout_does_not_wait(cluster):
+    @dk.remote
+    def slow():
+        time.sleep(5)
+
+    ref = slow.remote()
+    started = time.monotonic()
+    assert dk.wait([ref], timeout=0) == ([], [ref])
+    with pytest.raises(dk.GetTimeoutError):
+        dk.get(ref, timeout=0)
+    assert time.monotonic() - started < 0.1
+    dk.cancel(ref, force=True)
 
 
 def test_put_and_get_inside_tasks(cluster):

@@ -31,6 +31,10 @@ from distkernel.protocol import Reply
 from distkernel.wire import FrameReader
 
 _T = TypeVar("_T")
+#: A poll-and-yield round of a spin that took longer than this ran another process meanwhile.
+_CPU_TAKEN = 50e-6
+#: At most this many waits in a row go without a spin after spins found nothing.
+_MAX_SKIPPED_SPINS = 63
 _HANG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
@@ -51,6 +55,8 @@ class Mailbox:
         self._replies: dict[int, Reply] = {}
         self._abandoned: set[int] = set()  # requests whose waiter left (cancelled)
         self.queued: deque[Any] = deque()  # RunTask / SetSerializers / Stop
+        self._misses = 0  # spins in a row that found nothing (capped), and waits left
+        self._spins_to_skip = 0  # without a spin because of them
 
     def next_message(self) -> Any:
         """The next run or control message; blocks. Idle main thread only."""
@@ -106,7 +112,7 @@ class Mailbox:
         """Wait for data (spinning a moment, then blocking, interruptible and bounded),
         then read and route it (guarded)."""
         spin = config.WORKER_SPIN if timeout is None else min(timeout, config.WORKER_SPIN)
-        if not self._spin_until_readable(spin) and (timeout is not None or interruptible):
+        if not self._spin_paid_off(spin) and (timeout is not None or interruptible):
             wait_ms = None if timeout is None else math.ceil(timeout * 1000)
             if not self._poller.poll(wait_ms):
                 return
@@ -116,20 +122,42 @@ class Mailbox:
         else:  # the idle main thread or another thread: no cancel can raise here
             self._take_frames()
 
+    def _spin_paid_off(self, duration: float) -> bool:
+        """Spin, unless recent spins found nothing: then skip the next 1, 3, 7 ... waits.
+
+        A spin pays off in tight loops; in a pool with more processes than CPUs,
+        or for tasks that come seconds apart, it only burns CPU a neighbour needs.
+        """
+        if self._spins_to_skip:
+            self._spins_to_skip -= 1
+            return False
+        if self._spin_until_readable(duration):
+            self._misses = 0
+            return True
+        self._misses = min(2 * self._misses + 1, _MAX_SKIPPED_SPINS)
+        self._spins_to_skip = self._misses
+        return False
+
     def _spin_until_readable(self, duration: float) -> bool:
-        """Poll without sleeping for up to ``duration`` seconds.
+        """Poll without sleeping for up to ``duration`` seconds, while the CPU is free.
 
         In a tight loop of small tasks the next message comes within tens of
         microseconds, and waking a sleeping process costs about as much again;
         a short spin after each task halves the round trip. Each poll yields the
-        CPU to anything else runnable, so a spin never starves a busy neighbour.
+        CPU, and a yield that took long means another process wanted it: then
+        the spin stops, so spinning never slows a busy pool down.
         """
-        poll, clock = self._poller.poll, time.perf_counter
-        end = clock() + duration
+        poll, clock, yield_cpu = self._poller.poll, time.perf_counter, os.sched_yield
+        now = clock()
+        end = now + duration
         while not poll(0):
-            if clock() >= end:
+            if now >= end:
                 return False
-            os.sched_yield()
+            yield_cpu()
+            after = clock()
+            if after - now > _CPU_TAKEN:
+                return False
+            now = after
         return True
 
     def _take_frames(self) -> None:
