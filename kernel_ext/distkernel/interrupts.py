@@ -108,6 +108,11 @@ class Sleepers:
         self._lock = lock
         self._asleep: dict[threading.Lock, str | None] = {}
 
+    @property
+    def asleep(self) -> bool:
+        """Someone sleeps (lock held)."""
+        return bool(self._asleep)
+
     def sleep(self, timeout: float | None, until: str | None) -> None:
         """Release the lock, sleep until object ``until`` is ready, take the lock back.
 

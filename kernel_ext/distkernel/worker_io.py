@@ -112,10 +112,13 @@ class Mailbox:
         """Wait for data (spinning a moment, then blocking, interruptible and bounded),
         then read and route it (guarded)."""
         spin = config.WORKER_SPIN if timeout is None else min(timeout, config.WORKER_SPIN)
-        if not self._spin_paid_off(spin) and (timeout is not None or interruptible):
+        if not self._spin_paid_off(spin):
             wait_ms = None if timeout is None else math.ceil(timeout * 1000)
+            started = time.perf_counter()
             if not self._poller.poll(wait_ms):
                 return
+            if time.perf_counter() - started < spin:  # a spin would have caught it
+                self._misses = self._spins_to_skip = 0
         if interruptible:
             with self._guard:
                 self._take_frames()
@@ -123,7 +126,8 @@ class Mailbox:
             self._take_frames()
 
     def _spin_paid_off(self, duration: float) -> bool:
-        """Spin, unless recent spins found nothing: then skip the next 1, 3, 7 ... waits.
+        """Spin, unless recent spins found nothing: then skip the next 1, 3, 7 ... waits,
+        until a message comes soon enough after a wait began for a spin to catch it.
 
         A spin pays off in tight loops; in a pool with more processes than CPUs,
         or for tasks that come seconds apart, it only burns CPU a neighbour needs.

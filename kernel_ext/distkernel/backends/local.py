@@ -168,6 +168,7 @@ class LocalBackend(EngineCore):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
+            self.io.need_reader()
             self.sleepers.sleep(remaining, key())
             self.drain()
         return True

@@ -131,15 +131,28 @@ class IOLoop:
                         return
                 elif time.monotonic() >= end:
                     return
+                else:
+                    os.sched_yield()  # a worker woken on this CPU runs at once
         finally:
             self._reader = None
-            # Done: the caller will likely lead again soon, so the I/O thread waits a little
-            # before it reads. Not done: the I/O thread reads now, while the caller sleeps.
-            if finished:
-                self._released_at = time.monotonic()
+            if finished and self._idle():
+                self._released_at = time.monotonic()  # the caller will likely lead again soon
             else:
-                self._released_at = 0.0
-                self._turn.notify()
+                self.need_reader()
+
+    def _idle(self) -> bool:
+        """Nobody sleeps and no task is unfinished, so nothing needs reading soon (lock held).
+
+        Only then may the sockets go unread for READER_GRACE, waiting for the caller to
+        lead again: otherwise results would sit there while workers idle.
+        """
+        return not self._core.sleepers.asleep and not self._core.scheduler.tasks
+
+    def need_reader(self) -> None:
+        """A caller is about to sleep: someone must read, now (lock held)."""
+        if self._reader is None:
+            self._released_at = 0.0
+            self._turn.notify()
 
     # -- the I/O thread ------------------------------------------------------------------------
 
@@ -156,7 +169,8 @@ class IOLoop:
                     return
                 self._handle(events, outputs)
                 self._reader = None
-                if self._caller_wants_turn:  # a caller waited: next time it reads itself
+                if self._caller_wants_turn and self._idle():
+                    # The caller that waited got what it wanted: next time it reads itself.
                     self._caller_wants_turn = False
                     self._released_at = time.monotonic()
             self._deliver(outputs)
