@@ -2,7 +2,7 @@
 
 ::
 
-    worker print() ─▶ Output message ─▶ I/O thread ─▶ CellOutput.write(task)
+    worker print() ─▶ Output message ─▶ reader thread ─▶ CellOutput.write(task)
         task -> cell tag (the execute_request's msg_id, taken when the task was submitted)
         cell + worker -> one display: display_data first, update_display_data after,
         sent on IOPub with THAT cell's parent header, so it lands under that cell even
@@ -88,7 +88,8 @@ class CellOutput:
         return msg_id
 
     def write(self, worker_id: int, task_id: str, stream: str, text: str) -> None:
-        """Output handler of the engine (called on its I/O thread)."""
+        """Output handler of the engine (called by its reader, lock released: the I/O
+        thread, or the main thread while it waits in get)."""
         tag = self._tag_of(task_id)
         if tag in self._muted:
             return

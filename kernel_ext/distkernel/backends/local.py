@@ -7,7 +7,8 @@
         │   take the one lock,         pidfds, a wake-up pipe          distkernel.worker
         │   send RunTask directly ───────────────────────────────────▶ run the task
         │                              ◀── TaskDone / Output / Request ─┘
-        └─ get waits on a Condition ◀─ seal results, notify, dispatch
+        └─ get: reads the sockets itself for a moment (lead), then sleeps
+           until the I/O thread has sealed the object it waits for
 
 The public operations below do their heavy work (pickling, copying into shared
 memory, unpickling) outside the lock and take it only to register or look up;

@@ -1,7 +1,8 @@
 """The lock-held heart of the local engine: store + scheduler + worker table.
 
 Every method here runs with ``lock`` held, called by a caller thread (submit,
-put, get ...) or by the I/O thread (worker messages, exits). Scheduler
+put, get ...) or by whoever reads the workers' sockets (worker messages,
+exits): the I/O thread, or a caller waiting in get for a moment. Scheduler
 instructions are carried out at once: sends go to a worker's socket through the
 pool's ``Outbox``, which never blocks (what a busy worker's socket cannot take
 is queued and written by a helper thread), processes are started or killed,
@@ -87,7 +88,11 @@ class DriverRefs:
 
 
 class EngineCore:
-    """State shared by the caller threads and the I/O thread, under one lock."""
+    """State shared by the caller threads and the I/O thread, under one lock.
+
+    In the driver's main thread, Ctrl-C waits while the lock is held
+    (``interrupts.DEFERRED_SIGINT``), so it never leaves this state half changed.
+    """
 
     def __init__(self, num_workers: int, store_memory: int,
                  output_handler: OutputHandler) -> None:
@@ -320,7 +325,7 @@ class EngineCore:
         try:
             process.send(message)
         except OSError:
-            pass  # it died: the I/O thread sees the sentinel and handles it
+            pass  # it died: the reader sees the sentinel and handles it
 
     def _start_worker(self, extra: bool, actor_id: str) -> None:
         if self.closing:
@@ -354,7 +359,7 @@ class EngineCore:
         for worker_id in list(self.workers):
             self.send(worker_id, message)
 
-    # -- worker messages (I/O thread) ----------------------------------------------------------
+    # -- worker messages (the reader) ----------------------------------------------------------
 
     def handle(self, worker_id: int, message: Any) -> None:
         if isinstance(message, TaskDone):

@@ -103,8 +103,10 @@ class IOLoop:
         a Ctrl-C came, or the ``deadline`` (``time.monotonic()``) has passed.
 
         Called by a caller about to wait, with the lock held and SIGINT deferred;
-        returns at once if another thread reads now. The lock stays held (the spin
-        is a fraction of a millisecond) except while task output is printed.
+        returns at once if another thread reads now. Each message read restarts the
+        spin, so a get of thousands of results reads them all here, with no thread
+        hand-offs. Between polls the lock is let go (other threads submit meanwhile)
+        and the CPU yielded (a worker woken on this CPU runs at once).
         """
         if self._reader is not None or self._quit:
             self._caller_wants_turn = True  # the I/O thread steps aside after its round
@@ -112,27 +114,26 @@ class IOLoop:
         self._reader = "caller"
         finished = False
         try:
-            end = time.monotonic() + config.DRIVER_SPIN
-            if deadline is not None:
-                end = min(end, deadline)
+            end = self._spin_end(deadline)
+            lock = self._core.lock
             while not (self._quit or DEFERRED_SIGINT.pending):
                 events = self._selector.select(0)
                 if events:
                     outputs: Outputs = []
                     self._handle(events, outputs)
-                    if outputs:
-                        self._core.lock.release()  # printing must not hold up the workers
-                        try:
-                            self._deliver(outputs)
-                        finally:
-                            self._core.lock.acquire()
                     if done():
                         finished = True
                         return
+                    end = self._spin_end(deadline)  # results keep coming: keep reading
                 elif time.monotonic() >= end:
                     return
-                else:
-                    os.sched_yield()  # a worker woken on this CPU runs at once
+                lock.release()  # let other threads in; print output; let a worker run
+                try:
+                    if events and outputs:
+                        self._deliver(outputs)
+                    os.sched_yield()
+                finally:
+                    lock.acquire()
         finally:
             self._reader = None
             if finished and self._idle():
@@ -147,6 +148,11 @@ class IOLoop:
         lead again: otherwise results would sit there while workers idle.
         """
         return not self._core.sleepers.asleep and not self._core.scheduler.tasks
+
+    @staticmethod
+    def _spin_end(deadline: float | None) -> float:
+        end = time.monotonic() + config.DRIVER_SPIN
+        return end if deadline is None else min(end, deadline)
 
     def need_reader(self) -> None:
         """A caller is about to sleep: someone must read, now (lock held)."""

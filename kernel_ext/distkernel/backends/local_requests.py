@@ -4,7 +4,8 @@ A worker sends a ``Request`` and (except for submit) blocks on the ``Reply``.
 A ``get`` or ``wait`` that cannot be answered yet is parked here and answered
 when the objects are sealed; while it is parked the worker counts as blocked,
 so the scheduler may start an extra worker for the children it waits on.
-Runs on the I/O thread with the backend's lock held.
+Runs on whichever thread reads the workers' sockets (``local_io``), with the
+backend's lock held.
 """
 
 from __future__ import annotations
