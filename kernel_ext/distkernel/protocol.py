@@ -112,6 +112,7 @@ class RunTask:
     spec: TaskSpec
     resolved: tuple[tuple[str, Value], ...]  # values of the top-level ref arguments
     function: bytes | None = None  # the pickled function, when this worker lacks it
+    poll_after: bool = True  # poll for the next message a moment before sleeping
 
 
 @message

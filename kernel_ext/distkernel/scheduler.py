@@ -275,6 +275,15 @@ class Scheduler:
         out.extend(self._dispatch())
         return out
 
+    def lightly_loaded(self) -> bool:
+        """At most about one unfinished task per worker: the tight loop of small tasks.
+
+        Only then should a worker poll for its next task after this one: when many
+        tasks are in flight the driver is the bottleneck, and a polling worker would
+        take the CPU it needs.
+        """
+        return len(self.tasks) <= max(self.num_workers, 2)
+
     def _should_retire(self, worker: WorkerState) -> bool:
         if worker.extra:  # only once the workers it stood in for are back
             return self._active_count() > self.num_workers

@@ -301,6 +301,7 @@ class Worker:
         self.link.send(TaskDone(message.seq, spec.task_id, results, started, time.time(),
                                 failed=failed, cancelled=cancelled))
         self.current_task = ""
+        self.mailbox.poll_when_idle = message.poll_after
         del value
         self.link.flush_refs()
 

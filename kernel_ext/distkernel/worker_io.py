@@ -55,6 +55,7 @@ class Mailbox:
         self._replies: dict[int, Reply] = {}
         self._abandoned: set[int] = set()  # requests whose waiter left (cancelled)
         self.queued: deque[Any] = deque()  # RunTask / SetSerializers / Stop
+        self.poll_when_idle = True  # the driver's advice with the last task (RunTask.poll_after)
         self._misses = 0  # spins in a row that found nothing (capped), and waits left
         self._spins_to_skip = 0  # without a spin because of them
 
@@ -111,7 +112,10 @@ class Mailbox:
     def _read_once(self, timeout: float | None, interruptible: bool) -> None:
         """Wait for data (spinning a moment, then blocking, interruptible and bounded),
         then read and route it (guarded)."""
-        spin = config.WORKER_SPIN if timeout is None else min(timeout, config.WORKER_SPIN)
+        if timeout is None and not interruptible:  # idle: between tasks
+            spin = config.WORKER_SPIN if self.poll_when_idle else 0.0
+        else:  # a task waits for a reply
+            spin = config.WORKER_SPIN if timeout is None else min(timeout, config.WORKER_SPIN)
         if not self._spin_paid_off(spin):
             wait_ms = None if timeout is None else math.ceil(timeout * 1000)
             started = time.perf_counter()
@@ -132,6 +136,8 @@ class Mailbox:
         A spin pays off in tight loops; in a pool with more processes than CPUs,
         or for tasks that come seconds apart, it only burns CPU a neighbour needs.
         """
+        if duration <= 0:
+            return False
         if self._spins_to_skip:
             self._spins_to_skip -= 1
             return False

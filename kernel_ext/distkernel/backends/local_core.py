@@ -348,7 +348,8 @@ class EngineCore:
             record.worker_id = step.worker_id
             record.status = "running"
             record.bytes_in += sum(v.nbytes for _, v in resolved if v is not None)
-        self.send(step.worker_id, RunTask(step.seq, spec, resolved, function))  # type: ignore[arg-type]
+        self.send(step.worker_id, RunTask(step.seq, spec, resolved, function,  # type: ignore[arg-type]
+                                          self.scheduler.lightly_loaded()))
 
     def _sync_registry(self) -> None:
         """Ship the serializer registry to every worker when it changed."""
