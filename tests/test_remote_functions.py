@@ -9,6 +9,7 @@ import time
 import pytest
 
 import distkernel as dk
+from tests.conftest import wait_until
 
 
 @dk.remote
@@ -220,6 +221,26 @@ def test_worker_output_reaches_driver_with_worker_id(cluster, capfd):
     out = capfd.readouterr().out
     assert "hello from a task" in out
     assert "(worker " in out
+
+
+def test_every_line_printed_by_tasks_arrives_one_by_one_or_in_a_burst(cluster, capfd):
+    # Lines and results often arrive in one read, by whichever thread reads: the
+    # waiting caller, a caller submitting a burst, or the I/O thread.
+    @dk.remote
+    def talk(i):
+        print(f"line {i}")
+        return i
+
+    assert [dk.get(talk.remote(i)) for i in range(200)] == list(range(200))
+    assert dk.get([talk.remote(i) for i in range(200, 600)], timeout=60) == list(range(200, 600))
+    seen: set[str] = set()
+
+    def all_lines_seen() -> bool:
+        seen.update(line.split(") ", 1)[-1] for line in capfd.readouterr().out.splitlines())
+        return all(f"line {i}" in seen for i in range(600))
+
+    assert wait_until(all_lines_seen, timeout=10), sorted(
+        set(range(600)) - {int(n.split()[1]) for n in seen if n.startswith("line ")})[:10]
 
 
 def test_status_reports_workers_and_store(cluster):

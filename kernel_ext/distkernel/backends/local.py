@@ -181,14 +181,17 @@ class LocalBackend(EngineCore):
         kind = "actor_method" if actor_id else "task"
         spec, serialized, args_id = self._prepare(function, args, kwargs, options, kind,
                                                   actor_id, method)
-        with DEFERRED_SIGINT, self.lock:
-            self.drain()
-            self._check_alive(serialized.contained, args_id)
-            if function.data:
-                self.functions.setdefault(function.function_hash, function.data)
-            for return_id in spec.return_ids:
-                self.store.expect(return_id).refs = 1
-            self.register_task(spec, serialized.contained, args_id, serialized.nbytes)
+        with DEFERRED_SIGINT:
+            with self.lock:
+                self.drain()
+                self._check_alive(serialized.contained, args_id)
+                if function.data:
+                    self.functions.setdefault(function.function_hash, function.data)
+                for return_id in spec.return_ids:
+                    self.store.expect(return_id).refs = 1
+                self.register_task(spec, serialized.contained, args_id, serialized.nbytes)
+                outputs = self.io.pump() if len(self.scheduler.tasks) > 1 else []
+            self.io.deliver(outputs)
         return [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
 
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from distkernel.backends.local_core import EngineCore
 
 Outputs = list[tuple[int, Output]]
+#: Submissions closer together than this (seconds) are a burst: the submitter reads results.
+_PUMP_WINDOW = 200e-6
 
 
 class IOLoop:
@@ -58,6 +60,7 @@ class IOLoop:
         self._reader: str | None = None
         self._released_at = 0.0
         self._caller_wants_turn = False
+        self._last_pump = 0.0  # when a caller last submitted with other tasks in flight
         self._turn = threading.Condition(core.lock)  # the I/O thread waits here for the role
         self._thread = threading.Thread(target=self._run, name="distkernel-io", daemon=True)
 
@@ -116,22 +119,22 @@ class IOLoop:
         try:
             end = self._spin_end(deadline)
             lock = self._core.lock
-            while not (self._quit or DEFERRED_SIGINT.pending):
+            while not (finished or self._quit or DEFERRED_SIGINT.pending):
                 events = self._selector.select(0)
+                outputs: Outputs = []
                 if events:
-                    outputs: Outputs = []
                     self._handle(events, outputs)
-                    if done():
-                        finished = True
-                        return
+                    finished = done()
                     end = self._spin_end(deadline)  # results keep coming: keep reading
                 elif time.monotonic() >= end:
                     return
-                lock.release()  # let other threads in; print output; let a worker run
+                if finished and not outputs:
+                    return
+                lock.release()  # print output; let other threads in; let a worker run
                 try:
-                    if events and outputs:
-                        self._deliver(outputs)
-                    os.sched_yield()
+                    self.deliver(outputs)
+                    if not finished:
+                        os.sched_yield()
                 finally:
                     lock.acquire()
         finally:
@@ -148,6 +151,29 @@ class IOLoop:
         lead again: otherwise results would sit there while workers idle.
         """
         return not self._core.sleepers.asleep and not self._core.scheduler.tasks
+
+    def pump(self) -> Outputs:
+        """A caller submitting many tasks handles what workers sent meanwhile (lock held).
+
+        While a caller submits in a loop, it reads the sockets between submissions
+        itself, instead of trading the lock and the GIL with the I/O thread for
+        every result; the I/O thread stays aside meanwhile. Returns task output,
+        to be delivered once the lock is released. Submissions further apart than
+        PUMP_WINDOW are not a burst: the I/O thread keeps reading for those.
+        """
+        outputs: Outputs = []
+        now = time.monotonic()
+        burst, self._last_pump = now - self._last_pump < _PUMP_WINDOW, now
+        if not burst:
+            return outputs
+        if self._reader is not None:
+            self._caller_wants_turn = True  # the I/O thread steps aside after its round
+            return outputs
+        events = self._selector.select(0)
+        if events:
+            self._handle(events, outputs)
+        self._released_at = now
+        return outputs
 
     @staticmethod
     def _spin_end(deadline: float | None) -> float:
@@ -175,11 +201,11 @@ class IOLoop:
                     return
                 self._handle(events, outputs)
                 self._reader = None
-                if self._caller_wants_turn and self._idle():
-                    # The caller that waited got what it wanted: next time it reads itself.
+                if self._caller_wants_turn and not core.sleepers.asleep:
+                    # A caller waited and got what it wanted, or submits: it reads itself.
                     self._caller_wants_turn = False
                     self._released_at = time.monotonic()
-            self._deliver(outputs)
+            self.deliver(outputs)
 
     def _wait_for_turn(self) -> bool:
         """Take the reader role once no caller holds it or is likely to again (lock held).
@@ -207,7 +233,7 @@ class IOLoop:
         for key, _ in events:
             self._guarded(self._on_event, key.data, outputs)
 
-    def _deliver(self, outputs: Outputs) -> None:
+    def deliver(self, outputs: Outputs) -> None:
         """Pass task output on (lock released)."""
         for worker_id, output in outputs:
             self._guarded(self._core.output_handler, worker_id, output.task_id, output.stream,
