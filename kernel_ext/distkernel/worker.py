@@ -50,6 +50,7 @@ from distkernel.protocol import (
     WorkerReady,
 )
 from distkernel.serialization import deserialize, dumps_exception, registry, serialize
+from distkernel.wire import write_frame
 from distkernel.worker_client import WorkerClient
 from distkernel.worker_io import Mailbox, watch_for_hang_up
 
@@ -95,6 +96,7 @@ class Link:
 
     def __init__(self, conn: Connection, guard: CancelGuard) -> None:
         self.conn = conn
+        self._fd = conn.fileno()
         self._guard = guard
         self._send_lock = threading.Lock()
         self._counts: dict[str, int] = {}
@@ -155,14 +157,14 @@ class Link:
         with self._guard, self._send_lock:
             delta = self._take_delta()
             if delta is not None:
-                self.conn.send_bytes(pickle.dumps(delta, protocol=5))
-            self.conn.send_bytes(pickle.dumps(message, protocol=5))
+                write_frame(self._fd, pickle.dumps(delta, protocol=5))
+            write_frame(self._fd, pickle.dumps(message, protocol=5))
 
     def flush_refs(self) -> None:
         with self._guard, self._send_lock:
             delta = self._take_delta()
             if delta is not None:
-                self.conn.send_bytes(pickle.dumps(delta, protocol=5))
+                write_frame(self._fd, pickle.dumps(delta, protocol=5))
 
 
 class DriverStream:
