@@ -73,13 +73,16 @@ class LocalBackend(EngineCore):
         """
         size = _size_of(serialized)
         region = None
-        with DEFERRED_SIGINT, self.lock:
-            self.drain()
-            self._check_alive(serialized.contained)
-            self.store.reserve(size)
-            if size >= config.INLINE_THRESHOLD:
-                region = self.arena.allocate(size)
-                target = self.arena.view(region) if region is not None else None
+        with DEFERRED_SIGINT:
+            with self.lock:
+                outputs = self.io.read_pending() if size >= config.INLINE_THRESHOLD else []
+                self.drain()
+                self._check_alive(serialized.contained)
+                self.store.reserve(size)
+                if size >= config.INLINE_THRESHOLD:
+                    region = self.arena.allocate(size)
+                    target = self.arena.view(region) if region is not None else None
+            self.io.deliver(outputs)
         try:
             if region is not None:
                 _, spans = object_store.write_into(target, serialized)  # type: ignore[arg-type]

@@ -169,10 +169,20 @@ class IOLoop:
         if self._reader is not None:
             self._caller_wants_turn = True  # the I/O thread steps aside after its round
             return outputs
-        events = self._selector.select(0)
-        if events:
-            self._handle(events, outputs)
         self._released_at = now
+        return self.read_pending()
+
+    def read_pending(self) -> Outputs:
+        """Handle what workers sent, if nobody else is reading (lock held, never blocks).
+
+        A large put calls it first: a worker that just let go of an arena region
+        says so right after its result, and the region can then be reused.
+        """
+        outputs: Outputs = []
+        if self._reader is None and not self._quit:
+            events = self._selector.select(0)
+            if events:
+                self._handle(events, outputs)
         return outputs
 
     @staticmethod
