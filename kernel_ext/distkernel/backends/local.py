@@ -61,8 +61,9 @@ class LocalBackend(EngineCore):
 
     def put(self, value: Any) -> ObjectRef:
         serialized = serialize(value)
-        object_id = self._store_new(serialized, refs.new_id(), refs=1)
-        return ObjectRef.counted(object_id, self.cluster_id)
+        with DEFERRED_SIGINT:  # the counted ref exists before a Ctrl-C can be raised
+            object_id = self._store_new(serialized, refs.new_id(), refs=1)
+            return ObjectRef.counted(object_id, self.cluster_id)
 
     def _store_new(self, serialized: Serialized, object_id: str, *, refs: int = 0,
                    pins: int = 0) -> str:
@@ -194,8 +195,10 @@ class LocalBackend(EngineCore):
                     self.store.expect(return_id).refs = 1
                 self.register_task(spec, serialized.contained, args_id, serialized.nbytes)
                 outputs = self.io.pump() if len(self.scheduler.tasks) > 1 else []
+            # Made before a Ctrl-C can be raised: if one is, dropping them frees the results.
+            results = [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
             self.io.deliver(outputs)
-        return [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
+        return results
 
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                      options: ActorOptions) -> ObjectRef:
@@ -203,7 +206,7 @@ class LocalBackend(EngineCore):
         task_options = TaskOptions(max_retries=0, name=options.class_name)
         spec, serialized, args_id = self._prepare(cls, args, kwargs, task_options,
                                                   "actor_create", refs.new_id(), "")
-        with DEFERRED_SIGINT, self.lock:
+        with DEFERRED_SIGINT, self.lock:  # the ref is made before a Ctrl-C can be raised
             self.drain()
             self._check_alive(serialized.contained, args_id)
             if options.name and options.name in self.named_actors:
@@ -217,7 +220,7 @@ class LocalBackend(EngineCore):
             self.store.expect(spec.actor_id).refs = 2 if options.detached else 1
             self.register_task(spec, serialized.contained, args_id, serialized.nbytes,
                                actor=options)
-        return ObjectRef.counted(spec.actor_id, self.cluster_id)
+            return ObjectRef.counted(spec.actor_id, self.cluster_id)
 
     def _prepare(self, function: FunctionPayload, args: tuple[Any, ...],
                  kwargs: dict[str, Any], options: TaskOptions, kind: str, actor_id: str,
