@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -69,7 +70,16 @@ class WorkerProcess:
         self.control.revoke(seqs)
 
     def exit_code(self, timeout: float = 5.0) -> int | None:
-        """Reap the process; its exit code (negative: the signal that killed it)."""
+        """Reap the process; its exit code (negative: the signal that killed it), or None
+        if it still runs after ``timeout`` seconds.
+
+        Blocks on the pidfd: ``Popen.wait(timeout)`` polls with sleeps of up to 50 ms,
+        which made every shutdown take ~65 ms.
+        """
+        if self.sentinel is not None and self.process.poll() is None:
+            readable, _, _ = select.select([self.sentinel], [], [], timeout)
+            if not readable:
+                return None
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -84,6 +94,7 @@ class WorkerProcess:
         self.control.close()
         if self.sentinel is not None:
             os.close(self.sentinel)
+            self.sentinel = None
 
 
 def _socketpair() -> tuple[socket.socket, socket.socket]:
