@@ -65,10 +65,10 @@ class Extension:
         self.output.flush(tag)
         if isinstance(result.error_in_exec, KeyboardInterrupt):
             self.cancel_cell(backend, tag)
+        with backend.lock:
+            records = backend.take_cell_records(tag)
         if self.timings == "off" or self.output.muted(tag):
             return
-        records = [r for r in backend.timeline.last()
-                   if backend.task_tags.get(r.task_id) == tag]
         if records:
             mode: Literal["summary", "full"] = "full" if self.timings == "full" else "summary"
             display(timings_bundle(records, mode=mode, lane_names=lane_names(backend)),

@@ -61,6 +61,7 @@ from distkernel.timings import TaskRecord, Timeline
 
 OutputHandler = Callable[[int, str, str, str], None]  # worker id, task id, stream, text
 _MAX_TAGS = 20_000
+_MAX_CELLS = 200
 
 
 def error_value(error: BaseException) -> InlineValue:
@@ -121,6 +122,7 @@ class EngineCore:
         # ``tag_source`` names the current cell; tasks started by tasks inherit their tag.
         self.tag_source: Callable[[], str | None] | None = None
         self.task_tags: OrderedDict[str, str] = OrderedDict()
+        self.cell_records: dict[str, deque[TaskRecord]] = {}  # taken when the cell ends
         self.requests = RequestHandler(self)
         self.refs = DriverRefs(self)
         self.io = IOLoop(self)
@@ -202,11 +204,13 @@ class EngineCore:
         self.task_pins[spec.task_id] = pins
         for return_id in spec.return_ids:
             self.producers[return_id] = spec.task_id
-        self._tag(spec.task_id, caller)
         record = TaskRecord(spec.task_id, spec.name, spec.kind, None, time.time(), None, None,
                             "pending", bytes_in, 0, None)
         self.records[spec.task_id] = record
         self.timeline.add(record)
+        tag = self._tag(spec.task_id, caller)
+        if tag is not None:
+            self._file_under_cell(tag, record, started_by_cell=caller == "driver")
         self._sync_registry()
         if actor is not None:
             self.actor_meta[spec.actor_id] = actor
@@ -217,7 +221,7 @@ class EngineCore:
         else:
             self.execute(self.scheduler.submit(spec, caller))
 
-    def _tag(self, task_id: str, caller: str) -> None:
+    def _tag(self, task_id: str, caller: str) -> str | None:
         if caller.startswith("worker-"):
             parent = self.scheduler.running_task(int(caller.split("-", 1)[1]))
             tag = self.task_tags.get(parent.task_id) if parent is not None else None
@@ -227,6 +231,23 @@ class EngineCore:
             self.task_tags[task_id] = tag
             if len(self.task_tags) > _MAX_TAGS:
                 self.task_tags.popitem(last=False)
+        return tag
+
+    def _file_under_cell(self, tag: str, record: TaskRecord, *, started_by_cell: bool) -> None:
+        """Keep a running cell's records for its timings, so its end need not scan the
+        timeline. A child task started after its cell ended is not kept (nobody takes it)."""
+        records = self.cell_records.get(tag)
+        if records is None:
+            if not started_by_cell:
+                return
+            if len(self.cell_records) >= _MAX_CELLS:  # cells whose end nobody took
+                del self.cell_records[next(iter(self.cell_records))]
+            records = self.cell_records[tag] = deque(maxlen=config.TIMELINE_CAPACITY)
+        records.append(record)
+
+    def take_cell_records(self, tag: str) -> list[TaskRecord]:
+        """The records of the tasks a cell started (and their children), once (lock held)."""
+        return list(self.cell_records.pop(tag, ()))
 
     def tasks_tagged(self, tag: str) -> list[str]:
         """Ids of the tasks of one cell that have not finished yet."""
