@@ -145,6 +145,13 @@ def test_inline_timings_after_cells_with_tasks(kernel):
     assert "jp-Distkernel-stream" in timings[0]["text/html"]
     plain = kernel.run("x = 1")
     assert not plain.of_type("display_data")  # no tasks, no timings
+    kernel.run("@dk.remote\ndef leaf(x):\n    return x\n\n"
+               "@dk.remote\ndef parent():\n"
+               "    return sum(dk.get([leaf.remote(1), leaf.remote(2)]))")
+    nested = kernel.run("dk.get(parent.remote())")
+    counted = [m["content"]["data"]["text/plain"] for m in nested.of_type("display_data")
+               if "jp-Distkernel-timings" in m["content"]["data"].get("text/html", "")]
+    assert counted and "3 tasks" in counted[0]  # the children count in their cell
     kernel.run("%dist timings full")
     full = kernel.run("dk.get(square.remote(3))")
     html = [m["content"]["data"]["text/html"] for m in full.of_type("display_data")]
