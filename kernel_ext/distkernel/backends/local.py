@@ -151,7 +151,11 @@ class LocalBackend(EngineCore):
 
         with DEFERRED_SIGINT, self.lock:
             self.drain()
-            self._wait_until(lambda: len(ready()) >= num_returns, deadline, lambda: None)
+            if num_returns == len(ids):  # all of them: as get waits, without rescanning
+                awaited = Awaited(self, ids, lost_is_ready=True)
+                self._wait_until(awaited.done, deadline, awaited.last)
+            else:
+                self._wait_until(lambda: len(ready()) >= num_returns, deadline, lambda: None)
             chosen = set(ready()[:num_returns])
         return ([r for r in object_refs if r.hex() in chosen],
                 [r for r in object_refs if r.hex() not in chosen])
@@ -377,23 +381,29 @@ class LocalBackend(EngineCore):
 
 
 class Awaited:
-    """The objects a get still waits for, checked from the last one.
+    """The objects a get (or a wait for all of them) still waits for, from the last one.
 
     Results mostly come in submission order, so a check costs O(1) until the
     last one is in, and the caller sleeps until that one is ready: a get of
     thousands of results wakes once or twice, not once per result.
     """
 
-    def __init__(self, core: EngineCore, ids: Sequence[str]) -> None:
+    def __init__(self, core: EngineCore, ids: Sequence[str], *,
+                 lost_is_ready: bool = False) -> None:
         self._core = core
         self._left = list(ids)
+        self._lost_is_ready = lost_is_ready  # wait() counts a freed object as ready, get() fails
 
     def done(self) -> bool:
-        """True once every object is ready (lock held); ObjectLostError if one is gone."""
+        """True once every object is ready (lock held); a freed one raises ObjectLostError
+        for get, and counts as ready for wait."""
         left, store = self._left, self._core.store
         while left:
             entry = store.entry(left[-1])
             if entry is None:
+                if self._lost_is_ready:
+                    left.pop()
+                    continue
                 raise ObjectLostError(self._core.lost_message(left[-1]))
             if entry.value is None:
                 return False
