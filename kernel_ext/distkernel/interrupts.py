@@ -14,6 +14,9 @@ the interrupt, and it is raised when the section ends::
 A wait inside such a section sleeps in ``Sleepers.sleep``: a deferred Ctrl-C
 wakes it, and the waiting loop then calls ``DEFERRED_SIGINT.deliver()``.
 
+Workers use the same section around reading and sending frames, in front of
+their own handler (a cancel's SIGINT), so a cancel never cuts a frame in half.
+
 The handler is put in front of whatever handler is current (ipykernel sets its
 own around each cell) and passes every other interrupt straight through. Only
 the main thread runs signal handlers; in other threads all of this costs a

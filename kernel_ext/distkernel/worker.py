@@ -35,6 +35,7 @@ from multiprocess.connection import Connection
 
 from distkernel import context, control, object_store, reaper, refs
 from distkernel.exceptions import ActorDiedError, TaskError
+from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.protocol import (
     InlineValue,
     Output,
@@ -68,100 +69,86 @@ class UpstreamFailed(Exception):
         self.value = value
 
 
-class CancelGuard:
-    """Held while the main thread reads or sends frames: a cancel's SIGINT landing meanwhile
-    is raised when the guard is left, so it never cuts a frame in half or drops one."""
+class Transitions:
+    """Counts per key; remembers only first-up and last-down transitions until taken.
 
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-        self._main = threading.main_thread().ident
-        self.depth = 0  # only the main thread counts: only it runs signal handlers
-        self.pending = False
+    Refs and arena views a worker holds are reported to the driver this way: a
+    thousand copies of one ref cost one "added" and one "removed".
+    """
 
-    def __enter__(self) -> None:
-        if threading.get_ident() == self._main:
-            self.depth += 1
+    def __init__(self) -> None:
+        self._counts: dict[Any, int] = {}
+        self.first_up: list[Any] = []
+        self.last_down: list[Any] = []
 
-    def __exit__(self, *exc_info: object) -> None:
-        if threading.get_ident() != self._main:
-            return
-        self.depth -= 1
-        if not self.depth and self.pending:
-            self.pending = False
-            self._worker.raise_if_cancelled()
+    def up(self, key: Any) -> None:
+        count = self._counts.get(key, 0) + 1
+        self._counts[key] = count
+        if count == 1:
+            self.first_up.append(key)
+
+    def down(self, key: Any) -> None:
+        count = self._counts.get(key, 0) - 1
+        if count <= 0:
+            self._counts.pop(key, None)
+            self.last_down.append(key)
+        else:
+            self._counts[key] = count
+
+    def take(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """The transitions since the last take."""
+        taken = tuple(self.first_up), tuple(self.last_down)
+        self.first_up, self.last_down = [], []
+        return taken
 
 
 class Link:
     """The worker's side of the pipe: ordered sends and ref-count deltas."""
 
-    def __init__(self, conn: Connection, guard: CancelGuard) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._fd = conn.fileno()
-        self._guard = guard
         self._send_lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-        self._added: list[str] = []
-        self._removed: list[str] = []
-        self._views: dict[tuple[str, int], int] = {}
-        self._views_opened: list[tuple[str, int]] = []
-        self._views_closed: list[tuple[str, int]] = []
+        self._refs = Transitions()
+        self._views = Transitions()  # arena regions mapped here: the driver must not reuse them
         # Re-entrant: a ref can die (and call remove) inside a GC pass started while held.
         self._delta_lock = threading.RLock()
 
     # RefTracker: only first-alive and last-gone transitions travel.
     def add(self, object_id: str) -> None:
         with self._delta_lock:
-            count = self._counts.get(object_id, 0) + 1
-            self._counts[object_id] = count
-            if count == 1:
-                self._added.append(object_id)
+            self._refs.up(object_id)
 
     def remove(self, object_id: str) -> None:
         with self._delta_lock:
-            count = self._counts.get(object_id, 0) - 1
-            if count <= 0:
-                self._counts.pop(object_id, None)
-                self._removed.append(object_id)
-            else:
-                self._counts[object_id] = count
+            self._refs.down(object_id)
 
     def view_opened(self, key: tuple[str, int]) -> None:
-        """An arena region is mapped here: the driver must not reuse it meanwhile."""
         with self._delta_lock:
-            count = self._views.get(key, 0) + 1
-            self._views[key] = count
-            if count == 1:
-                self._views_opened.append(key)
+            self._views.up(key)
 
     def view_closed(self, key: tuple[str, int]) -> None:
         with self._delta_lock:
-            count = self._views.get(key, 0) - 1
-            if count <= 0:
-                self._views.pop(key, None)
-                self._views_closed.append(key)
-            else:
-                self._views[key] = count
+            self._views.down(key)
 
     def _take_delta(self) -> RefDelta | None:
         with self._delta_lock:
-            if not (self._added or self._removed or self._views_opened or self._views_closed):
+            refs, views = self._refs, self._views
+            if not (refs.first_up or refs.last_down or views.first_up or views.last_down):
                 return None
-            delta = RefDelta(tuple(self._added), tuple(self._removed),
-                             tuple(self._views_opened), tuple(self._views_closed))
-            self._added, self._removed = [], []
-            self._views_opened, self._views_closed = [], []
-            return delta
+            return RefDelta(*refs.take(), *views.take())
 
     def send(self, message: WorkerMessage) -> None:
-        """Send, preceded by pending ref deltas so the driver sees them first."""
-        with self._guard, self._send_lock:
+        """Send, preceded by pending ref deltas so the driver sees them first. A cancel's
+        SIGINT landing meanwhile waits until the frames are out."""
+        with DEFERRED_SIGINT, self._send_lock:
             delta = self._take_delta()
             if delta is not None:
                 write_frame(self._fd, pickle.dumps(delta, protocol=5))
             write_frame(self._fd, pickle.dumps(message, protocol=5))
 
     def flush_refs(self) -> None:
-        with self._guard, self._send_lock:
+        with DEFERRED_SIGINT, self._send_lock:
             delta = self._take_delta()
             if delta is not None:
                 write_frame(self._fd, pickle.dumps(delta, protocol=5))
@@ -209,9 +196,9 @@ class Worker:
 
     def __init__(self, conn: Connection, worker_id: int, driver_pid: int, cluster_id: str,
                  control_fd: int) -> None:
-        self.guard = CancelGuard(self)
-        self.link = Link(conn, self.guard)
-        self.mailbox = Mailbox(conn.fileno(), self.driver_gone, self.guard)
+        self.link = Link(conn)
+        # A cancel's SIGINT never cuts a frame being read in half: it waits for the read.
+        self.mailbox = Mailbox(conn.fileno(), self.driver_gone, DEFERRED_SIGINT)
         self.control = control.ControlView(control_fd)
         self.worker_id = worker_id
         self.driver_pid = driver_pid
@@ -227,10 +214,8 @@ class Worker:
     def on_sigint(self, signum: int, frame: Any) -> None:
         # SIGINT also reaches us when Jupyter interrupts the kernel's process group, and a
         # late one may land in the next run; only a cancel marked for the run in progress
-        # stops it.
-        if self.guard.depth:
-            self.guard.pending = True
-            return
+        # stops it. While a frame is read or sent, DEFERRED_SIGINT (in front of this
+        # handler) holds the signal back and calls this when the frame is done.
         self.raise_if_cancelled()
 
     def raise_if_cancelled(self) -> None:
