@@ -69,7 +69,11 @@ class KernelSession:
                     message["content"]["execution_state"] == "idle":
                 break
             self._file(message)
-        run.reply = self.client.get_shell_msg(timeout=timeout)["content"]
+        while True:  # skip stale replies (wait_for_ready can leave a kernel_info_reply)
+            reply = self.client.get_shell_msg(timeout=max(deadline - time.monotonic(), 1))
+            if reply["parent_header"].get("msg_id") == run.msg_id:
+                break
+        run.reply = reply["content"]
         return run
 
     def collect(self, seconds: float) -> None:
