@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import time
 
 import psutil
@@ -68,6 +69,18 @@ def kill_driver_after_first_line(tmp_path, source: str) -> tuple[int, str]:
         driver.wait()
         driver.stdout.close()
     return driver.pid, line
+
+
+def run_driver_script(tmp_path, source: str, *, timeout: float = 60,
+                      env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``source`` as a driver script (its definitions live in ``__main__``, as in a
+    notebook); fails the test with the script's output if it exits non-zero."""
+    script = tmp_path / "driver_script.py"
+    script.write_text(textwrap.dedent(source))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
 
 
 def segments_left_by(pid: int) -> list[str]:

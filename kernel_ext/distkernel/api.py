@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import numbers
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from distkernel import runtime
+from distkernel.exceptions import safe_repr
 from distkernel.refs import ObjectRef
 from distkernel.timings import TaskRecord
+
+#: Waits at least this long (seconds) have no limit: lock and poll timeouts stop here.
+_LONGEST_WAIT = min(threading.TIMEOUT_MAX, 10.0**8)
 
 
 def put(value: Any) -> ObjectRef:
@@ -21,7 +26,7 @@ def put(value: Any) -> ObjectRef:
 
 def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
     """The value of a ref, or the values of a list of refs in order."""
-    _check_timeout(timeout, "get")
+    timeout = _checked_timeout(timeout, "get")
     if isinstance(refs, ObjectRef):
         return runtime.client().get([refs], timeout)[0]
     ref_list = _ref_list(refs, "get")
@@ -31,7 +36,7 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
 def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """``(ready, not_ready)``: returns once ``num_returns`` refs are ready or at the timeout."""
-    _check_timeout(timeout, "wait")
+    timeout = _checked_timeout(timeout, "wait")
     if isinstance(refs, ObjectRef):
         msg = "wait() takes a list of ObjectRefs; wrap a single ref as wait([ref])"
         raise TypeError(msg)
@@ -74,12 +79,17 @@ def status() -> dict[str, Any]:
     return runtime.backend().status()
 
 
-def _check_timeout(timeout: Any, what: str) -> None:
+def _checked_timeout(timeout: Any, what: str) -> float | None:
+    """The timeout in seconds, or None for no limit (also for ``inf`` and timeouts longer
+    than the operating system can wait, as Ray takes them)."""
     if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or timeout < 0:
-        msg = f"{what}(timeout=...) must be None or a number of seconds >= 0, got {timeout!r}"
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or \
+            timeout != timeout or timeout < 0:  # NaN is the one number unequal to itself
+        msg = (f"{what}(timeout=...) must be None or a number of seconds >= 0, got "
+               f"{safe_repr(timeout)}")
         raise ValueError(msg)
+    return None if timeout >= _LONGEST_WAIT else float(timeout)  # type: ignore[operator]
 
 
 def _ref_list(refs: Any, what: str) -> list[ObjectRef]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -54,6 +55,9 @@ def parse_size(value: int | float | str, *, what: str = "object_store_memory") -
     if isinstance(value, bool):
         msg = f"{what} must be a number of bytes or a string like '2GB', got {value!r}"
         raise TypeError(msg)
+    if isinstance(value, float) and not math.isfinite(value):
+        msg = f"{what}={value!r} is not a size: give a finite number of bytes, or a text like '2GB'"
+        raise ValueError(msg)
     if isinstance(value, (int, float)):
         size = int(value)
     elif isinstance(value, str):
@@ -62,7 +66,7 @@ def parse_size(value: int | float | str, *, what: str = "object_store_memory") -
         if match is None or unit not in _UNITS:
             try:
                 size = int(float(value))
-            except ValueError:
+            except (ValueError, OverflowError):
                 msg = (f"{what}={value!r} is not a size: use a number of bytes or a string "
                        f"like '512MB', '2GB' or '1GiB'")
                 raise ValueError(msg) from None
@@ -73,6 +77,23 @@ def parse_size(value: int | float | str, *, what: str = "object_store_memory") -
         raise TypeError(msg)
     if size <= 0:
         msg = f"{what} must be positive, got {value!r}"
+        raise ValueError(msg)
+    return size
+
+
+def resolve_store_memory(value: int | float | str | None) -> int:
+    """The store's capacity in bytes: the default share, or a size the user gave, checked.
+
+    A capacity beyond the machine's RAM cannot be meant (``"1e30"``), so it is refused.
+    """
+    if value is None:
+        return default_store_memory()
+    size = parse_size(value)
+    total = psutil.virtual_memory().total
+    if size > total:
+        msg = (f"object_store_memory={value!r} ({format_bytes(size)}) is more than this "
+               f"machine's memory ({format_bytes(total)}); give at most that, e.g. "
+               f"object_store_memory='{format_bytes(total * RAM_SHARE).replace(' ', '')}'")
         raise ValueError(msg)
     return size
 

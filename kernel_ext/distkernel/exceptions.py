@@ -141,6 +141,29 @@ def _rebuild_task_error(message: str, cause: BaseException | bytes | None,
     return as_instance_of_cause(error)
 
 
+def exception_text(exc: BaseException) -> str:
+    """``"ValueError: message"`` for any exception, even one whose ``__str__`` raises.
+
+    A task's error is described in the worker that caught it; a description that
+    raised there would take the worker (or an actor) down with it.
+    """
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - the user's __str__ is broken: say so instead
+        message = "<its str() raised an error>"
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
+
+
+def safe_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, or a stand-in when ``__repr__`` raises."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__} object; its repr() raised an error>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def describe_exit(exitcode: int | None) -> str:
     """Word a process exit code as a person would: a signal name, not a negative number."""
     if exitcode is None:

@@ -61,6 +61,16 @@ class DeferredSigint:
             self.deliver()
 
     @property
+    def handler(self) -> Any:
+        """The SIGINT handler this section installs in front of the previous one."""
+        return self._handler
+
+    @property
+    def previous(self) -> Any:
+        """The handler an interrupt outside a section goes to."""
+        return self._previous
+
+    @property
     def pending(self) -> bool:
         """A Ctrl-C came in the main thread and waits to be raised (False in other threads)."""
         return self._pending and threading.get_ident() == self._main

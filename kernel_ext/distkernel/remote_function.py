@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +25,25 @@ FUNCTION_OPTIONS = ("num_returns", "max_retries", "num_cpus", "num_gpus", "name"
                     "resources", "retry_exceptions", "scheduling_strategy", "runtime_env")
 
 
-def make_payload(function: Callable[..., Any], name: str) -> FunctionPayload:
-    data = dumps(function)
+_being_pickled = threading.local()
+
+
+def make_payload(function: Callable[..., Any], name: str, wrapper: Any = None) -> FunctionPayload:
+    """Pickle ``function`` once. ``wrapper`` (its RemoteFunction or ActorClass) may appear
+    inside it, as when a function submits itself: it is then pickled around the same
+    function object, which the pickler has already met, instead of pickling it again."""
+    pickling: set[int] = _being_pickled.__dict__.setdefault("ids", set())
+    pickling.add(id(wrapper))
+    try:
+        data = dumps(function)
+    finally:
+        pickling.discard(id(wrapper))
     return FunctionPayload(hashlib.blake2b(data, digest_size=16).hexdigest(), data, name)
+
+
+def being_pickled(wrapper: Any) -> bool:
+    """Whether ``wrapper``'s own function is being pickled in this thread right now."""
+    return id(wrapper) in _being_pickled.__dict__.get("ids", ())
 
 
 def check_options(options: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
@@ -78,7 +95,7 @@ class RemoteFunction:
 
     def _get_payload(self) -> FunctionPayload:
         if self._payload is None:
-            self._payload = make_payload(self._function, self._name)
+            self._payload = make_payload(self._function, self._name, self)
         return self._payload
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -103,6 +120,8 @@ class RemoteFunction:
         raise TypeError(msg)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if being_pickled(self):  # met inside its own function (it calls itself)
+            return (RemoteFunction, (self._function, self._options))
         return (_rebuild, (self._get_payload(), self._options))
 
     def __repr__(self) -> str:

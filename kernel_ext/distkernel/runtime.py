@@ -58,10 +58,7 @@ def init(num_workers: int | None = None, *, object_store_memory: int | str | Non
         if _backend is not None:
             return _check_compatible(num_workers, object_store_memory)
         workers = config.resolve_num_workers(num_workers)
-        if object_store_memory is None:
-            memory = config.default_store_memory()
-        else:
-            memory = config.parse_size(object_store_memory)
+        memory = config.resolve_store_memory(object_store_memory)
         from distkernel.backends.local import LocalBackend
 
         _backend = LocalBackend(workers, memory)
@@ -87,7 +84,7 @@ def _check_compatible(num_workers: int | None, memory: int | str | None) -> Clus
     if _backend.num_workers != _info.num_workers:  # scaled since: describe the pool as it is
         _info = dataclasses.replace(_info, num_workers=_backend.num_workers)
     wanted_workers = None if num_workers is None else config.resolve_num_workers(num_workers)
-    wanted_memory = None if memory is None else config.parse_size(memory)
+    wanted_memory = None if memory is None else config.resolve_store_memory(memory)
     if wanted_workers not in (None, _info.num_workers) or \
             wanted_memory not in (None, _info.object_store_memory):
         msg = (f"distkernel is already running with {_info.num_workers} workers and a "

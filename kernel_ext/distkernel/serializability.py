@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
-from distkernel.exceptions import SerializationError
+from distkernel.exceptions import SerializationError, exception_text, safe_repr
 from distkernel.serialization import PROTOCOL, registry, try_dumps
 
 MAX_DEPTH = 20
@@ -86,7 +86,8 @@ def _members(obj: Any) -> Iterator[tuple[str, str, Any]]:
         yield from _class_members(obj)
     else:
         if isinstance(obj, dict):
-            yield from ((f"[{_short(repr(k))}]", repr(k), v) for k, v in list(obj.items()))
+            yield from ((f"[{safe_repr(k, 60)}]", safe_repr(k, 10_000), v)
+                        for k, v in list(obj.items()))
         elif isinstance(obj, (list, tuple)):
             yield from ((f"[{i}]", f"[{i}]", v) for i, v in enumerate(obj))
         elif isinstance(obj, (set, frozenset)):
@@ -228,7 +229,7 @@ def _type_name(obj: Any) -> str:
 
 
 def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    return exception_text(error)
 
 
 def _is_resource(obj: Any) -> bool:

@@ -22,7 +22,7 @@ import cloudpickle
 from cloudpickle import cloudpickle as cloudpickle_internals
 
 from distkernel import class_cache
-from distkernel.exceptions import SerializationError
+from distkernel.exceptions import SerializationError, exception_text
 from distkernel.refs import ObjectRef
 
 PROTOCOL = 5
@@ -106,11 +106,12 @@ class Pickler(cloudpickle.Pickler):
             return (_from_registered, (deserializer, serializer(obj)))
         if cls is types.CodeType:
             return _code_reduce_keeping_filename(obj)
-        if isinstance(obj, type) and obj is not self._fresh_class and \
-                not cloudpickle_internals._should_pickle_by_reference(obj):
-            reduced = class_cache.reduce_class(obj, _pickle_class)
-            if reduced is not None:
-                return reduced
+        if isinstance(obj, type) and not cloudpickle_internals._should_pickle_by_reference(obj):
+            if obj is not self._fresh_class:
+                reduced = class_cache.reduce_class(obj, _pickle_class)
+                if reduced is not None:
+                    return reduced
+            return _keep_slots(obj, super().reducer_override(obj))
         return super().reducer_override(obj)
 
 
@@ -120,6 +121,22 @@ def _pickle_class(cls: type) -> tuple[bytes, list[str]]:
     pickler = Pickler(file, None, fresh_class=cls)
     pickler.dump(cls)
     return file.getvalue(), pickler.contained
+
+
+def _keep_slots(cls: type, reduced: Any) -> Any:
+    """cloudpickle's class reduction, with ``__slots__`` given to the class when it is made.
+
+    cloudpickle sets ``__slots__`` after making the class skeleton, which makes no slot
+    descriptors: instances then fail to load in another process ("object has no attribute
+    '__dict__'"). Passing it at creation, as ``class`` statements do, makes them.
+    """
+    slots = vars(cls).get("__slots__")
+    if slots is None or not isinstance(reduced, tuple) or \
+            reduced[0] is not cloudpickle_internals._make_skeleton_class:
+        return reduced
+    constructor, name, bases, type_kwargs, tracker_id, extra = reduced[1]
+    type_kwargs = {**type_kwargs, "__slots__": slots}
+    return (reduced[0], (constructor, name, bases, type_kwargs, tracker_id, extra), *reduced[2:])
 
 
 def _code_reduce_keeping_filename(code: types.CodeType) -> Any:
@@ -227,7 +244,7 @@ def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
             return data, text
         except Exception:  # noqa: BLE001 - try the next, sturdier way
             continue
-    stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    stand_in = RuntimeError(f"{type(exc).__module__}.{exception_text(exc)}")
     return dumps(stand_in), text
 
 

@@ -29,12 +29,16 @@ import signal
 import sys
 import threading
 import time
+
+# The C function under signal.getsignal, which converts its answer to an enum member and
+# costs microseconds; this runs after every task.
+from _signal import getsignal as _current_handler
 from typing import Any
 
 from multiprocess.connection import Connection
 
 from distkernel import context, control, object_store, reaper, refs
-from distkernel.exceptions import ActorDiedError, TaskError
+from distkernel.exceptions import ActorDiedError, TaskError, exception_text, safe_repr
 from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.protocol import (
     InlineValue,
@@ -54,6 +58,7 @@ from distkernel.serialization import deserialize, dumps_exception, registry, ser
 from distkernel.wire import write_frame
 from distkernel.worker_client import WorkerClient
 from distkernel.worker_io import Mailbox, watch_for_hang_up
+from distkernel.worker_output import DriverStream
 
 
 class Cancelled(BaseException):
@@ -154,43 +159,6 @@ class Link:
                 write_frame(self._fd, pickle.dumps(delta, protocol=5))
 
 
-class DriverStream:
-    """sys.stdout / sys.stderr of a worker: lines go to the driver as they are printed."""
-
-    def __init__(self, worker: Worker, name: str) -> None:
-        self._worker = worker
-        self._name = name
-        self._pending: list[str] = []
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            msg = f"write() argument must be str, not {type(text).__name__}"
-            raise TypeError(msg)
-        self._pending.append(text)
-        if "\n" in text:
-            self.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        if self._pending:
-            text = "".join(self._pending)
-            self._pending = []
-            try:
-                self._worker.link.send(Output(self._worker.current_task, self._name, text))  # type: ignore[arg-type]
-            except OSError:
-                pass  # the driver is gone; the watchdog is ending this process
-
-    def isatty(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-    @property
-    def encoding(self) -> str:
-        return "utf-8"
-
-
 class Worker:
     """State of this worker process: its link, function cache and current run."""
 
@@ -210,6 +178,32 @@ class Worker:
         self._stopping = False
         self.actor: Any = None  # the instance, in a worker that hosts an actor
         self.actor_error = ""
+        self.stdout = DriverStream(self._send_output, "stdout")
+        self.stderr = DriverStream(self._send_output, "stderr")
+
+    def _send_output(self, stream: str, text: str) -> None:
+        try:
+            self.link.send(Output(self.current_task, stream, text))  # type: ignore[arg-type]
+        except OSError:
+            pass  # the driver is gone; the watchdog is ending this process
+
+    def take_over_process(self) -> None:
+        """Install the worker's SIGINT handler and output streams."""
+        signal.signal(signal.SIGINT, self.on_sigint)
+        sys.stdout = self.stdout  # type: ignore[assignment]
+        sys.stderr = self.stderr  # type: ignore[assignment]
+
+    def restore_process(self) -> None:
+        """Undo what a task changed for every later task: its SIGINT handler (a task that
+        ignored SIGINT would make later tasks uncancellable) and sys.stdout / sys.stderr.
+        """
+        current = _current_handler(signal.SIGINT)
+        if current != self.on_sigint and not (current == DEFERRED_SIGINT.handler and
+                                              DEFERRED_SIGINT.previous == self.on_sigint):
+            signal.signal(signal.SIGINT, self.on_sigint)
+        if sys.stdout is not self.stdout or sys.stderr is not self.stderr:
+            sys.stdout = self.stdout  # type: ignore[assignment]
+            sys.stderr = self.stderr  # type: ignore[assignment]
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         # SIGINT also reaches us when Jupyter interrupts the kernel's process group, and a
@@ -274,7 +268,7 @@ class Worker:
                 failed = True
                 results = (self._error_value(spec.name, exc),)
                 if spec.kind == "actor_create":
-                    self.actor_error = f"{type(exc).__name__}: {exc}"
+                    self.actor_error = exception_text(exc)
         except Cancelled:  # the interrupt landed while we were already handling an error
             cancelled, failed, results = True, False, ()
         finally:
@@ -282,9 +276,9 @@ class Worker:
         if mark == control.REVOKED:  # the driver took it back and sent it elsewhere
             self.current_task = ""
             return
-        for stream in (sys.stdout, sys.stderr):
-            if isinstance(stream, DriverStream):
-                stream.flush()
+        self.stdout.flush()
+        self.stderr.flush()
+        self.restore_process()
         self.link.send(TaskDone(message.seq, spec.task_id, results, started, time.time(),
                                 failed=failed, cancelled=cancelled))
         self.current_task = ""
@@ -350,7 +344,8 @@ class Worker:
                 values = ()
             if len(values) != count:
                 msg = (f"{spec.name} has num_returns={count} but returned "
-                       f"{type(value).__name__} {value!r:.80}; return a tuple of {count} values")
+                       f"{type(value).__name__} {safe_repr(value)}; return a tuple of {count} "
+                       f"values")
                 raise ValueError(msg)
         return tuple(self.store(v, object_id) for v, object_id in zip(values, spec.return_ids))
 
@@ -364,8 +359,8 @@ class Worker:
             exc_bytes, text = dumps_exception(exc)
             cause = pickle.loads(exc_bytes)
         except Exception:  # noqa: BLE001 - the error report must not take the worker down
-            text, cause, exc_bytes = f"{type(exc).__name__}: {exc}", None, None
-        message = (f"{task_name} failed with {type(exc).__name__}: {exc}\n\n"
+            text, cause, exc_bytes = exception_text(exc), None, None
+        message = (f"{task_name} failed with {exception_text(exc)}\n\n"
                    f"Remote traceback (worker {self.worker_id}, pid {os.getpid()}):\n{text}")
         error = TaskError(message, cause=cause, remote_traceback=text, task_name=task_name,
                           cause_bytes=exc_bytes)
@@ -389,9 +384,7 @@ def main(argv: list[str]) -> None:
             registry.load(setup["registry"])
         refs.set_tracker(worker.link)
         context.set_worker(WorkerClient(worker))
-        signal.signal(signal.SIGINT, worker.on_sigint)
-        sys.stdout = DriverStream(worker, "stdout")  # type: ignore[assignment]
-        sys.stderr = DriverStream(worker, "stderr")  # type: ignore[assignment]
+        worker.take_over_process()
         worker.link.send(WorkerReady(os.getpid(), refs.new_id.prefix))
         worker.serve()
     except (EOFError, OSError):  # the driver went away: same clean-up as the watchdog's

@@ -35,6 +35,7 @@ _T = TypeVar("_T")
 _CPU_TAKEN = 50e-6
 #: At most this many waits in a row go without a spin after spins found nothing.
 _MAX_SKIPPED_SPINS = 63
+_MAX_POLL_MS = 2**31 - 1
 _HANG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
@@ -117,7 +118,8 @@ class Mailbox:
         else:  # a task waits for a reply
             spin = config.WORKER_SPIN if timeout is None else min(timeout, config.WORKER_SPIN)
         if not self._spin_paid_off(spin):
-            wait_ms = None if timeout is None else math.ceil(timeout * 1000)
+            # poll() takes a C int of milliseconds; a longer wait goes round the loop again.
+            wait_ms = None if timeout is None else min(math.ceil(timeout * 1000), _MAX_POLL_MS)
             started = time.perf_counter()
             if not self._poller.poll(wait_ms):
                 return
