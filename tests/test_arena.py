@@ -1,4 +1,4 @@
-"""The arena allocator on its own: regions, holds, reuse and merging of free space."""
+"""The arena allocator on its own: regions, holds, reuse, merging, dedicated chunks, trim."""
 
 from __future__ import annotations
 
@@ -6,28 +6,48 @@ import os
 
 import pytest
 
-from distkernel import config
 from distkernel.arena import MIN_CHUNK, PAGE, Arena
+from distkernel.reaper import Space
 
 
 @pytest.fixture
-def arena():
-    made = Arena(os.getpid(), limit=4 * MIN_CHUNK)
+def space():
+    made, lock = Space.create(os.getpid())
+    yield made
+    made.remove_all()
+    os.close(lock)
+
+
+@pytest.fixture
+def arena(space):
+    made = Arena(space, 4 * MIN_CHUNK, lambda name: os.unlink(space.segment_path(name)))
     yield made
     made.close()
 
 
-def test_regions_are_page_aligned_and_distinct(arena):
+def chunk_files(space: Space) -> set[str]:
+    return {n for n in os.listdir(space.shm_dir) if space.owns(n)}
+
+
+def test_regions_are_page_aligned_and_distinct(arena, space):
     first, second = arena.allocate(10), arena.allocate(PAGE + 1)
     assert first.offset % PAGE == 0 and second.offset % PAGE == 0
     assert first.chunk == second.chunk
     assert second.offset >= first.offset + PAGE
-    assert os.path.exists(os.path.join(config.SHM_DIR, first.chunk))
+    assert chunk_files(space) == {first.chunk}
+
+
+def test_chunks_have_their_space_reserved(arena, space):
+    region = arena.allocate(PAGE)
+    info = os.stat(space.segment_path(region.chunk))
+    assert info.st_blocks * 512 >= info.st_size  # fallocate'd: no page left to fault in
+    assert oct(info.st_mode & 0o777) == oct(0o600)
 
 
 def test_region_is_reused_only_after_every_hold_is_released(arena):
     region = arena.allocate(3 * PAGE)
     arena.hold(region.chunk, region.offset)  # a view somewhere
+    assert arena.holders(region.chunk, region.offset) == 2
     arena.release(region.chunk, region.offset)  # the store entry lets go
     other = arena.allocate(3 * PAGE)
     assert other.offset != region.offset
@@ -41,17 +61,27 @@ def test_free_neighbours_merge_into_one_large_region(arena):
     for region in regions:
         arena.release(region.chunk, region.offset)
     big = arena.allocate(MIN_CHUNK)
-    assert big is not None and big.offset == 0 and arena.total == MIN_CHUNK
+    assert big.offset == 0 and arena.total == MIN_CHUNK
 
 
-def test_large_object_gets_its_own_chunk_and_limit_is_kept(arena):
-    big = arena.allocate(2 * MIN_CHUNK)
-    assert big.size == 2 * MIN_CHUNK and arena.total == 2 * MIN_CHUNK
-    assert arena.allocate(3 * MIN_CHUNK) is None  # over the limit: the caller falls back
+def test_a_value_beyond_the_limit_gets_a_dedicated_chunk_removed_when_freed(arena, space):
+    big = arena.allocate(5 * MIN_CHUNK)
+    assert big.size == 5 * MIN_CHUNK and big.offset == 0
+    assert big.chunk in chunk_files(space)
+    arena.release(big.chunk, big.offset)
+    assert big.chunk not in chunk_files(space) and arena.total == 0
 
 
-def test_close_removes_chunks(arena):
-    region = arena.allocate(PAGE)
-    path = os.path.join(config.SHM_DIR, region.chunk)
+def test_trim_gives_back_wholly_free_chunks_only(arena, space):
+    kept = arena.allocate(MIN_CHUNK)
+    freed = arena.allocate(MIN_CHUNK)
+    assert kept.chunk != freed.chunk
+    arena.release(freed.chunk, freed.offset)
+    assert arena.trim() == MIN_CHUNK
+    assert chunk_files(space) == {kept.chunk}
+
+
+def test_close_removes_chunks(arena, space):
+    arena.allocate(PAGE)
     arena.close()
-    assert not os.path.exists(path)
+    assert chunk_files(space) == set()

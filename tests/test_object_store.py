@@ -32,17 +32,20 @@ def test_small_values_inline_large_in_shared_memory(cluster):
     del big
 
 
-def test_worker_results_live_in_their_own_private_segments(cluster):
+def test_worker_results_are_written_into_the_drivers_arena(cluster):
     @dk.remote
-    def make():
-        return np.ones(1_000_000)
+    def make(fill):
+        return np.full(1_000_000, fill)
 
-    ref = make.remote()
-    assert dk.get(ref)[0] == 1
-    mine = [n for n in our_segments() if ref.hex() in n]
-    assert len(mine) == 1
-    mode = os.stat(os.path.join(config.SHM_DIR, mine[0])).st_mode
-    assert stat.S_IMODE(mode) == 0o600
+    assert dk.get(make.remote(0))[0] == 0
+    segments = set(our_segments())
+    assert segments  # the result went to shared memory the driver made
+    for name in segments:
+        mode = os.stat(os.path.join(config.SHM_DIR, name)).st_mode
+        assert stat.S_IMODE(mode) == 0o600
+    for fill in range(1, 6):  # later results reuse that memory: no file per result
+        assert dk.get(make.remote(fill))[-1] == fill
+    assert set(our_segments()) == segments
 
 
 @pytest.mark.parametrize("make", [
@@ -183,7 +186,9 @@ def test_large_results_come_back_zero_copy(cluster):
     assert value[-1] == 2_999_999 and value.flags.writeable is False
 
 
-def test_store_full_raises_with_numbers_and_keeps_what_is_stored(small_store):
+def test_store_full_raises_with_numbers_and_keeps_what_is_stored(monkeypatch):
+    monkeypatch.setenv("DISTKERNEL_SPILL_LIMIT", "0")  # no spilling: the store must refuse
+    dk.init(2, object_store_memory=8 * 1024 * 1024)
     first = dk.put(np.ones(600_000))  # 4.8 MB of 8 MiB
     with pytest.raises(dk.ObjectStoreFullError) as info:
         dk.put(np.ones(600_000))

@@ -242,7 +242,7 @@ def test_replaced_and_stopped_workers_leave_no_control_page_behind():
 
 @pytest.fixture
 def page():
-    block = control.ControlBlock(os.getpid())
+    block = control.ControlBlock()
     view = control.ControlView(os.dup(block.fd))
     block.close_fd()
     yield block, view

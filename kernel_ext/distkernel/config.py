@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 
 import psutil
 
@@ -40,6 +41,8 @@ WORKER_SPIN = _microseconds("DISTKERNEL_WORKER_SPIN_US", 300)
 DRIVER_SPIN = _microseconds("DISTKERNEL_DRIVER_SPIN_US", 250)
 #: How long the I/O thread leaves the sockets to callers after one got its result there (seconds).
 READER_GRACE = 2e-3
+#: Spilling stops while the spill folder's disk has less than this share of its size free.
+SPILL_DISK_RESERVE = 0.05
 #: Share of total RAM and of free ``/dev/shm`` the store takes by default.
 RAM_SHARE = 0.3
 SHM_SHARE = 0.8
@@ -128,3 +131,19 @@ def format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def spill_base() -> str:
+    """The folder in which a cluster makes its private spill folder (``DISTKERNEL_SPILL_DIR``)."""
+    return os.environ.get("DISTKERNEL_SPILL_DIR") or tempfile.gettempdir()
+
+
+def spill_limit() -> int | None:
+    """At most this many bytes spilled (``DISTKERNEL_SPILL_LIMIT``, ``0``: never spill);
+    None: as much as the disk holds, keeping ``SPILL_DISK_RESERVE`` of it free."""
+    text = os.environ.get("DISTKERNEL_SPILL_LIMIT", "").strip()
+    if not text:
+        return None
+    if text == "0":
+        return 0
+    return parse_size(text, what="DISTKERNEL_SPILL_LIMIT")

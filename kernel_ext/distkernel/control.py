@@ -32,8 +32,6 @@ import os
 import sys
 import tempfile
 
-from distkernel import config
-
 _SLOT = 8
 HEADER = 8  # slots: [0] marks written so far; the others are spare
 RING = mmap.PAGESIZE // _SLOT - HEADER  # the block is one page
@@ -43,12 +41,11 @@ REVOKED = 1
 CANCELLED = 2
 
 
-def _anonymous_file(driver_pid: int) -> int:
+def _anonymous_file() -> int:
     try:
         return os.memfd_create("distkernel-control", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):  # no memfd: a file in the shm dir, unlinked at once
-        fd, path = tempfile.mkstemp(prefix=f"{config.SEGMENT_PREFIX}{driver_pid}-ctl",
-                                    dir=config.SHM_DIR)
+    except (AttributeError, OSError):  # no memfd: a private temporary file, unlinked at once
+        fd, path = tempfile.mkstemp(prefix="distkernel-control-")
         os.unlink(path)
         return fd
 
@@ -56,8 +53,8 @@ def _anonymous_file(driver_pid: int) -> int:
 class ControlBlock:
     """The driver's side. ``fd`` is for the worker to inherit; close it once it has."""
 
-    def __init__(self, driver_pid: int) -> None:
-        self.fd = _anonymous_file(driver_pid)
+    def __init__(self) -> None:
+        self.fd = _anonymous_file()
         try:
             os.ftruncate(self.fd, SIZE)
             self._map = mmap.mmap(self.fd, SIZE)

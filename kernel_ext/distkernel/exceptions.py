@@ -109,7 +109,7 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
             return error
         _derived_classes[cause_cls] = derived
     try:
-        instance: TaskError = derived.__new__(derived)
+        instance: TaskError = _new_instance(derived)
         TaskError.__init__(instance, str(error), cause=cause,
                            remote_traceback=error.remote_traceback, task_name=error.task_name,
                            cause_bytes=error.cause_bytes)
@@ -120,6 +120,16 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
         return error
     instance.__cause__ = error.__cause__
     return instance
+
+
+def _new_instance(derived: type[TaskError]) -> TaskError:
+    """An instance made without a constructor. A built-in base with a ``__new__`` of its own
+    (MemoryError, behind ObjectStoreFullError) refuses to make a class whose layout comes
+    from TaskError; Exception's ``__new__`` makes the same object."""
+    try:
+        return derived.__new__(derived)
+    except TypeError:
+        return Exception.__new__(derived)  # type: ignore[return-value]
 
 
 def _rebuild_task_error(message: str, cause: BaseException | bytes | None,

@@ -1,18 +1,18 @@
-"""The object store: small values inline, large ones in shared-memory segments.
+"""The object store: small values inline, large ones in the driver's arena, or spilled.
 
-A segment is one file in ``/dev/shm`` named ``distkernel-<driver pid>-<object id>``,
-mode 0600, holding the pickle header at offset 0 followed by each out-of-band
-buffer, 64-byte aligned::
+A large value is laid out as its pickle header followed by each out-of-band
+buffer, 64-byte aligned, in a region of the arena (see ``arena``)::
 
     [ header | pad | buffer 0 | pad | buffer 1 | ... ]
 
-Writers (the driver for ``put`` and task arguments, a worker for its results
-and its own puts) create and fill a segment; the driver's ``ObjectStore`` owns
-it from then on, counts references and unlinks it when the last one is gone.
-Readers map a segment read-only and unpickle with the buffers as memoryviews
-into the mapping, so a numpy array comes back as a read-only zero-copy view.
-Unlinking never invalidates a mapping still in use: the kernel frees the pages
-only when the last view is gone.
+The driver allocates every region, under its lock, against the store's
+capacity, before anyone writes: the driver copies its puts and large task
+arguments in through its own mapping; a worker writes its results and puts
+into the region it was given, through the file. The driver's ``ObjectStore``
+owns the value from then on, counts references and frees it when the last
+one is gone. Readers map a value read-only and unpickle with the buffers as
+memoryviews into the mapping, so a numpy array comes back as a read-only
+zero-copy view. A spilled value is read the same way, from its file on disk.
 """
 
 from __future__ import annotations
@@ -22,29 +22,17 @@ import os
 import queue
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from distkernel import config
 from distkernel.exceptions import ObjectStoreFullError
-from distkernel.protocol import InlineValue, SharedValue, Value
+from distkernel.protocol import InlineValue, Place, SharedValue, Value
 from distkernel.serialization import Serialized, deserialize
 
 _ALIGN = 64
-
-
-def segment_path(name: str) -> str:
-    return os.path.join(config.SHM_DIR, name)
-
-
-def segment_name(driver_pid: int, object_id: str) -> str:
-    return f"{config.SEGMENT_PREFIX}{driver_pid}-{object_id}"
-
-
-def object_id_of_segment(name: str) -> str:
-    """``distkernel-<pid>-<object id>`` -> ``<object id>``."""
-    return name[len(config.SEGMENT_PREFIX):].split("-", 1)[1]
 
 
 def _aligned(offset: int) -> int:
@@ -52,7 +40,7 @@ def _aligned(offset: int) -> int:
 
 
 def layout(serialized: Serialized) -> tuple[int, tuple[tuple[int, int], ...]]:
-    """Total segment size and the (offset, length) of each buffer."""
+    """Total size of a value and the (offset, length) of each buffer."""
     offset = len(serialized.header)
     spans = []
     for buffer in serialized.buffers:
@@ -63,29 +51,47 @@ def layout(serialized: Serialized) -> tuple[int, tuple[tuple[int, int], ...]]:
     return max(offset, 1), tuple(spans)
 
 
+def stored_size(serialized: Serialized) -> int:
+    """What a value costs the store: its bytes inline, its laid-out size in shared memory."""
+    if serialized.nbytes < config.INLINE_THRESHOLD:
+        return serialized.nbytes
+    return layout(serialized)[0]
+
+
 def to_inline(serialized: Serialized, *, is_error: bool = False) -> InlineValue:
     return InlineValue(serialized.header, tuple(bytes(b.raw()) for b in serialized.buffers),
                        tuple(serialized.contained), is_error)
 
 
-def write_segment(name: str, serialized: Serialized, *, is_error: bool = False) -> SharedValue:
-    """Create segment ``name`` and copy the value in: one memcpy per buffer."""
+def write_into(view: memoryview, serialized: Serialized) -> tuple[tuple[int, int], ...]:
+    """Copy a value into writable memory (the driver's mapping of a region)."""
+    _, spans = layout(serialized)
+    view[:len(serialized.header)] = serialized.header
+    for (offset, length), buffer in zip(spans, serialized.buffers):
+        view[offset:offset + length] = buffer.raw()
+    return spans
+
+
+def write_to_file(path: str, place: Place, serialized: Serialized, *,
+                  is_error: bool = False) -> SharedValue:
+    """Copy a value into the region a worker was given: one ``pwrite`` per part.
+
+    Writing through the file, not a mapping, costs no page fault per page, and the
+    worker keeps no mapping that would hold the chunk's memory once it is given back.
+    """
     size, spans = layout(serialized)
-    path = segment_path(name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    if size > place.size:
+        msg = f"a value of {size} bytes does not fit the {place.size} bytes set aside for it"
+        raise ValueError(msg)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        # pwrite, not a fresh mmap: tmpfs fills pages without a page fault each (2x faster).
-        os.ftruncate(fd, size)
-        _write_all(fd, memoryview(serialized.header), 0)
+        _write_all(fd, memoryview(serialized.header), place.offset)
         for (offset, _length), buffer in zip(spans, serialized.buffers):
-            _write_all(fd, buffer.raw(), offset)
-    except BaseException:
-        _unlink_quietly(path)
-        raise
+            _write_all(fd, buffer.raw(), place.offset + offset)
     finally:
         os.close(fd)
-    return SharedValue(name, size, len(serialized.header), spans,
-                       tuple(serialized.contained), is_error)
+    return SharedValue(place.segment, size, len(serialized.header), spans,
+                       tuple(serialized.contained), is_error, place.offset)
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
@@ -95,30 +101,13 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
         written += os.pwrite(fd, data[written:], offset + written)
 
 
-def pack(serialized: Serialized, driver_pid: int, object_id: str, *,
-         is_error: bool = False) -> Value:
-    """Inline below the threshold, else a new segment named for ``object_id``."""
-    if serialized.nbytes < config.INLINE_THRESHOLD:
-        return to_inline(serialized, is_error=is_error)
-    return write_segment(segment_name(driver_pid, object_id), serialized, is_error=is_error)
-
-
-def write_into(view: memoryview, serialized: Serialized) -> tuple[int, tuple[tuple[int, int], ...]]:
-    """Copy a value into writable memory (an arena region): one memcpy per buffer."""
-    size, spans = layout(serialized)
-    header_len = len(serialized.header)
-    view[:header_len] = serialized.header
-    for (offset, length), buffer in zip(spans, serialized.buffers):
-        view[offset:offset + length] = buffer.raw()
-    return size, spans
-
-
-def map_readonly(value: SharedValue, on_close: Callable[[], None] | None = None) -> memoryview:
-    """A read-only view of a value's bytes; valid after the segment is unlinked.
+def map_readonly(path: str, value: SharedValue,
+                 on_close: Callable[[], None] | None = None) -> memoryview:
+    """A read-only view of a value's bytes; valid after the file is unlinked.
 
     ``on_close`` runs when the last view derived from it (a numpy array, ...) is gone.
     """
-    fd = os.open(segment_path(value.segment), os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         mapping = mmap.mmap(fd, value.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ,
                             offset=value.offset)
@@ -129,33 +118,21 @@ def map_readonly(value: SharedValue, on_close: Callable[[], None] | None = None)
     return memoryview(mapping)
 
 
-def load(value: Value, view: memoryview | None = None,
-         on_close: Callable[[], None] | None = None) -> Any:
-    """Unpickle a stored value; buffers of a shared value are zero-copy, read-only views."""
+def load(value: Value, view: memoryview | None = None) -> Any:
+    """Unpickle a stored value; buffers of a shared value are zero-copy, read-only views
+    into ``view``, the value's mapping."""
     if isinstance(value, InlineValue):
         return deserialize(value.header, [memoryview(b).toreadonly() for b in value.buffers])
-    if view is None:
-        view = map_readonly(value, on_close)
+    assert view is not None, "a shared value is read through its mapping"
     buffers = [view[offset:offset + length] for offset, length in value.buffers]
     return deserialize(view[:value.header_len], buffers)
 
 
-def remove_segment(name: str) -> None:
-    _unlink_quietly(segment_path(name))
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 class Reclaimer:
-    """Unlinks segments on a thread of its own.
+    """Unlinks files on a thread of its own.
 
-    Freeing a segment returns its pages to the kernel, about 120 ms per GiB
-    here: done under the engine's lock it would stall every other call.
+    Freeing a file returns its pages to the kernel, about 120 ms per GiB here:
+    done under the engine's lock it would stall every other call.
     """
 
     def __init__(self) -> None:
@@ -163,17 +140,20 @@ class Reclaimer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def remove(self, name: str) -> None:
+    def remove(self, path: str) -> None:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="distkernel-reclaim",
                                                 daemon=True)
                 self._thread.start()
-        self._queue.put(name)
+        self._queue.put(path)
 
     def _run(self) -> None:
-        while (name := self._queue.get()) is not None:
-            remove_segment(name)
+        while (path := self._queue.get()) is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish every pending unlink, then stop."""
@@ -191,40 +171,51 @@ class Entry:
     value: Value | None = None  # None while the task that makes it is still running
     refs: int = 0  # ObjectRefs alive in the driver plus workers borrowing it
     pins: int = 0  # tasks that need it, objects that contain a ref to it
-    view: memoryview | None = None  # the driver's read-only mapping (arena: made at put)
+    view: memoryview | None = None  # the driver's read-only mapping, made on first use
     contained: tuple[str, ...] = field(default=())
 
 
 class ObjectStore:
     """The driver's table of objects: values, reference counts, capacity.
 
-    Not thread-safe on its own: the runtime calls it under its one lock. Bulk
-    copies into segments happen outside that lock (``write_segment``).
+    Not thread-safe on its own: the engine calls it under its one lock. ``used``
+    counts the bytes of values in memory (inline or in the arena) and of regions
+    set aside for values being written; ``spilled`` the bytes of values on disk.
+    ``free_shared`` gives a shared value's room back (its region, or its file).
     """
 
-    def __init__(self, capacity: int, driver_pid: int,
-                 unlink: Callable[[str], None] = remove_segment,
-                 release_region: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, capacity: int, free_shared: Callable[[SharedValue], None]) -> None:
         self.capacity = capacity
-        self.driver_pid = driver_pid
         self.used = 0
+        self.spilled = 0
         self._entries: dict[str, Entry] = {}
-        self._unlink = unlink
-        self._release_region = release_region
+        self._free_shared = free_shared
+        # Objects whose value is in the arena, least recently used first: what to spill.
+        self._resident: OrderedDict[str, None] = OrderedDict()
 
     # -- capacity --------------------------------------------------------------------------
 
+    def fits(self, nbytes: int) -> bool:
+        return self.used + nbytes <= self.capacity
+
     def reserve(self, nbytes: int) -> None:
         """Count ``nbytes`` against the capacity, or raise ObjectStoreFullError with numbers."""
-        if self.used + nbytes > self.capacity:
-            msg = (f"the object store is full: capacity {config.format_bytes(self.capacity)}, "
-                   f"used {config.format_bytes(self.used)} by {len(self._entries)} objects, "
-                   f"requested {config.format_bytes(nbytes)}. Nothing stored was lost. "
-                   f"Delete ObjectRefs you no longer need (objects are freed when no ref is "
-                   f"alive), or start with a larger store: "
-                   f"init(object_store_memory='{_suggest(self.used + nbytes)}')")
-            raise ObjectStoreFullError(msg)
+        if not self.fits(nbytes):
+            raise self.full_error(nbytes)
         self.used += nbytes
+
+    def full_error(self, nbytes: int, advice: str = "") -> ObjectStoreFullError:
+        """The error for a request that does not fit, with the numbers and what to do."""
+        spilled = (f" (and {config.format_bytes(self.spilled)} spilled to disk)"
+                   if self.spilled else "")
+        advice = advice or (f"Delete ObjectRefs you no longer need (objects are freed when no "
+                            f"ref is alive), or start with a larger store: "
+                            f"init(object_store_memory='{_suggest(self.used + nbytes)}')")
+        msg = (f"the object store is full: capacity {config.format_bytes(self.capacity)}, "
+               f"used {config.format_bytes(self.used)} by {len(self._entries)} objects"
+               f"{spilled}, requested {config.format_bytes(nbytes)}. Nothing stored was "
+               f"lost. {advice}")
+        return ObjectStoreFullError(msg)
 
     def release(self, nbytes: int) -> None:
         self.used = max(0, self.used - nbytes)
@@ -254,10 +245,12 @@ class ObjectStore:
         """
         entry = self._entries.get(object_id)
         if entry is None:
-            self._discard(value)
+            self.discard(value)
             return []
         entry.value = value
         entry.contained = value.contained
+        if isinstance(value, SharedValue) and not value.spilled:
+            self._resident[object_id] = None
         for inner in value.contained:
             self.pin(inner)
         if entry.refs <= 0 and entry.pins <= 0:
@@ -268,12 +261,30 @@ class ObjectStore:
         entry = self._entries.get(object_id)
         return entry.value if entry is not None else None
 
-    def view(self, object_id: str) -> memoryview | None:
-        """The cached read-only mapping of a shared value (made on first use)."""
+    def touch(self, object_id: str) -> None:
+        """The object was just read: it is the last to be spilled."""
+        if object_id in self._resident:
+            self._resident.move_to_end(object_id)
+
+    def resident(self) -> list[str]:
+        """Ids of objects in the arena, least recently used first."""
+        return list(self._resident)
+
+    def swap_value(self, object_id: str, value: SharedValue) -> SharedValue:
+        """Move an object to disk (a spilled value) or back (an arena value); returns the
+        value it had, whose room the caller gives back. The driver's view is dropped."""
         entry = self._entries[object_id]
-        if isinstance(entry.value, SharedValue) and entry.view is None:
-            entry.view = map_readonly(entry.value)
-        return entry.view
+        old = entry.value
+        assert isinstance(old, SharedValue)
+        entry.value, entry.view = value, None
+        if value.spilled and not old.spilled:
+            self._resident.pop(object_id, None)
+            self.used -= old.size
+            self.spilled += value.size
+        elif old.spilled and not value.spilled:
+            self._resident[object_id] = None
+            self.spilled -= old.size  # the arena value's bytes were reserved by the caller
+        return old
 
     def add_refs(self, object_id: str, count: int = 1) -> None:
         entry = self._entries.get(object_id)
@@ -316,36 +327,41 @@ class ObjectStore:
 
     def _free(self, object_id: str) -> list[str]:
         entry = self._entries.pop(object_id)
+        self._resident.pop(object_id, None)
         if entry.value is not None:
-            self._discard(entry.value)
+            self.discard(entry.value)
         entry.view = None
         freed = [object_id]
         for inner in entry.contained:
             freed.extend(self.unpin(inner))
         return freed
 
-    def _discard(self, value: Value) -> None:
-        self.release(value.nbytes)
+    def discard(self, value: Value) -> None:
+        if isinstance(value, SharedValue) and value.spilled:
+            self.spilled = max(0, self.spilled - value.size)
+        else:
+            self.release(value.nbytes)
         if isinstance(value, SharedValue):
-            if value.arena and self._release_region is not None:
-                self._release_region(value.segment, value.offset)
-            else:
-                self._unlink(value.segment)
+            self._free_shared(value)
 
     def stats(self) -> dict[str, int]:
         """Capacity, used bytes and object count (``object_count`` names it as the spec does)."""
-        count = sum(1 for e in self._entries.values() if e.value is not None)
-        return {"capacity": self.capacity, "used_bytes": self.used, "num_objects": count,
-                "object_count": count}
+        values = [e.value for e in self._entries.values() if e.value is not None]
+        spilled = sum(1 for v in values if isinstance(v, SharedValue) and v.spilled)
+        return {"capacity": self.capacity, "used_bytes": self.used, "num_objects": len(values),
+                "object_count": len(values), "spilled_bytes": self.spilled,
+                "spilled_objects": spilled}
 
     def clear(self) -> None:
         """Free everything (shutdown)."""
         for entry in self._entries.values():
             if entry.value is not None:
-                self._discard(entry.value)
+                self.discard(entry.value)
             entry.view = None
         self._entries.clear()
+        self._resident.clear()
         self.used = 0
+        self.spilled = 0
 
 
 def _suggest(nbytes: int) -> str:

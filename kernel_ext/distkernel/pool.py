@@ -21,12 +21,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 import psutil
 from multiprocess.connection import Connection
 
 from distkernel.control import ControlBlock
+from distkernel.reaper import Space
 from distkernel.wire import FrameReader, Outbox
 
 #: Socket buffers (capped by net.core.wmem_max / rmem_max): bursts of runs and replies fit
@@ -105,14 +107,18 @@ def _socketpair() -> tuple[socket.socket, socket.socket]:
     return parent, child
 
 
-def start_worker(worker_id: int, driver_pid: int, cluster_id: str,
+def start_worker(worker_id: int, space: Space, cluster_id: str,
                  registry: bytes) -> WorkerProcess:
-    """Fork+exec a worker and send it its set-up; returns before it is ready."""
-    control = ControlBlock(driver_pid)
+    """Fork+exec a worker and send it its set-up; returns before it is ready.
+
+    The worker learns where the cluster's files are (``space``) from its command line,
+    so that it can clean them up even if its driver dies before saying anything else.
+    """
+    control = ControlBlock()
     parent, child = _socketpair()
     try:
         command = [sys.executable, "-m", "distkernel.worker", str(child.fileno()),
-                   str(worker_id), str(driver_pid), cluster_id, str(control.fd)]
+                   str(worker_id), cluster_id, str(control.fd), *space.describe()]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # A session of its own: Jupyter's interrupt and ipykernel's shutdown signal the
         # kernel's process group; our workers hear only from us (and notice if we die).
@@ -146,9 +152,11 @@ def kill(worker: WorkerProcess) -> None:
 
 
 def stop_all(workers: list[WorkerProcess], timeout: float) -> None:
-    """Wait for workers that were told to stop; kill those that do not exit in time."""
+    """Wait for workers that were told to stop (or killed); kill those that have not
+    exited when ``timeout`` seconds are up, all counted from now."""
+    deadline = time.monotonic() + timeout
     for worker in workers:
-        if worker.exit_code(timeout) is None:
+        if worker.exit_code(max(0.0, deadline - time.monotonic())) is None:
             kill(worker)
             worker.exit_code(timeout)
         worker.close()

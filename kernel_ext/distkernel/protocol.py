@@ -66,7 +66,12 @@ class InlineValue:
 
 @message
 class SharedValue:
-    """A large serialized value in one shared-memory segment: header at 0, then the buffers."""
+    """A large serialized value: the pickle header, then each buffer, 64-byte aligned.
+
+    It lives in a region of the driver's arena (``segment`` names the chunk file in the
+    shared-memory folder), or, once spilled, in a file of its own on disk (``segment``
+    is then that file's path and ``offset`` is 0).
+    """
 
     segment: str
     size: int
@@ -75,11 +80,20 @@ class SharedValue:
     contained: tuple[str, ...] = ()
     is_error: bool = False
     offset: int = 0  # where the value starts in the segment (page-aligned)
-    arena: bool = False  # a region of the driver's arena, reused once nobody views it
+    spilled: bool = False
 
     @property
     def nbytes(self) -> int:
         return self.size
+
+
+@message
+class Place:
+    """Room the driver set aside in its arena for a value a worker is about to write."""
+
+    segment: str
+    offset: int
+    size: int
 
 
 Value = Union[InlineValue, SharedValue]
@@ -123,6 +137,7 @@ class Reply:
     values: tuple[tuple[str, Value], ...] = ()
     ready: tuple[str, ...] = ()
     error: bytes | None = None  # a pickled exception to raise in the worker
+    place: Place | None = None  # for allocate
 
 
 @message
@@ -163,10 +178,12 @@ class Output:
 
 @message
 class Request:
-    """A call into the driver from inside a task: get, wait, put, submit, cancel."""
+    """A call into the driver from inside a task: get, wait, put, submit, cancel; and
+    allocate / release of room for a large value the worker writes."""
 
     request_id: int
-    op: Literal["get", "wait", "put", "submit", "cancel", "create_actor", "kill_actor"]
+    op: Literal["get", "wait", "put", "submit", "cancel", "create_actor", "kill_actor",
+                "allocate", "release"]
     object_ids: tuple[str, ...] = ()
     value: Value | None = None
     spec: TaskSpec | None = None
@@ -176,6 +193,8 @@ class Request:
     force: bool = False
     needs_reply: bool = True
     actor: ActorOptions | None = None
+    size: int = 0  # allocate: bytes wanted
+    place: Place | None = None  # release: room not used after all
 
 
 @message

@@ -318,6 +318,11 @@ class Scheduler:
             return [KillWorker(task.worker_id)]  # type: ignore[arg-type]
         return [InterruptWorker(task.worker_id, task.seq)]  # type: ignore[arg-type]
 
+    @property
+    def next_seq(self) -> int:
+        """The seq the next run will get: every later run's is at least this."""
+        return self._next_seq
+
     def running_task(self, worker_id: int) -> TaskSpec | None:
         worker = self.workers.get(worker_id)
         if worker is None or worker.running is None:

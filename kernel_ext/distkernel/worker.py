@@ -37,7 +37,7 @@ from typing import Any
 
 from multiprocess.connection import Connection
 
-from distkernel import context, control, object_store, reaper, refs
+from distkernel import context, control, object_store, refs
 from distkernel.exceptions import ActorDiedError, TaskError, exception_text, safe_repr
 from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.protocol import (
@@ -54,6 +54,7 @@ from distkernel.protocol import (
     WorkerMessage,
     WorkerReady,
 )
+from distkernel.reaper import Space
 from distkernel.serialization import deserialize, dumps_exception, registry, serialize
 from distkernel.wire import write_frame
 from distkernel.worker_client import WorkerClient
@@ -162,14 +163,15 @@ class Link:
 class Worker:
     """State of this worker process: its link, function cache and current run."""
 
-    def __init__(self, conn: Connection, worker_id: int, driver_pid: int, cluster_id: str,
-                 control_fd: int) -> None:
+    def __init__(self, conn: Connection, worker_id: int, cluster_id: str, control_fd: int,
+                 space: Space) -> None:
         self.link = Link(conn)
         # A cancel's SIGINT never cuts a frame being read in half: it waits for the read.
         self.mailbox = Mailbox(conn.fileno(), self.driver_gone, DEFERRED_SIGINT)
         self.control = control.ControlView(control_fd)
         self.worker_id = worker_id
-        self.driver_pid = driver_pid
+        self.space = space  # where the cluster's files are, to check every name we are sent
+        self.driver_pid = space.driver_pid
         self.cluster_id = cluster_id
         self.functions: dict[str, Any] = {}
         self.current_seq = 0
@@ -180,6 +182,7 @@ class Worker:
         self.actor_error = ""
         self.stdout = DriverStream(self._send_output, "stdout")
         self.stderr = DriverStream(self._send_output, "stderr")
+        self.client = WorkerClient(self)  # the API for tasks, in this process
 
     def _send_output(self, stream: str, text: str) -> None:
         try:
@@ -221,7 +224,7 @@ class Worker:
     def driver_gone(self) -> None:
         if not self._stopping:
             # The driver died without stopping us: nobody else will free its segments.
-            reaper.remove_segments_of(self.driver_pid)
+            self.space.remove_all()
         os._exit(0)
 
     # -- main thread -------------------------------------------------------------------------
@@ -279,8 +282,10 @@ class Worker:
         self.stdout.flush()
         self.stderr.flush()
         self.restore_process()
+        self.client.handed_over(results)
         self.link.send(TaskDone(message.seq, spec.task_id, results, started, time.time(),
                                 failed=failed, cancelled=cancelled))
+        self.client.give_back_unsent()  # room set aside for results a cancel cut short
         self.current_task = ""
         self.mailbox.poll_when_idle = message.poll_after
         del value
@@ -320,11 +325,23 @@ class Worker:
 
     def open(self, value: Value) -> Any:
         """Unpickle a value; an arena region stays reported as viewed while views live."""
-        if isinstance(value, SharedValue) and value.arena:
-            key = (value.segment, value.offset)
-            self.link.view_opened(key)
-            return object_store.load(value, None, functools.partial(self.link.view_closed, key))
-        return object_store.load(value)
+        if not isinstance(value, SharedValue):
+            return object_store.load(value)
+        if value.spilled:
+            if not self.space.owns_spill_file(os.path.dirname(value.segment), value.segment):
+                msg = f"{value.segment!r} is not a spilled object of this cluster"
+                raise ValueError(msg)
+            return object_store.load(value, object_store.map_readonly(value.segment, value))
+        key = (value.segment, value.offset)
+        path = self.space.segment_path(value.segment)
+        self.link.view_opened(key)
+        try:
+            view = object_store.map_readonly(path, value,
+                                             functools.partial(self.link.view_closed, key))
+        except BaseException:
+            self.link.view_closed(key)
+            raise
+        return object_store.load(value, view)
 
     def load(self, value: Value) -> Any:
         result = self.open(value)
@@ -347,11 +364,7 @@ class Worker:
                        f"{type(value).__name__} {safe_repr(value)}; return a tuple of {count} "
                        f"values")
                 raise ValueError(msg)
-        return tuple(self.store(v, object_id) for v, object_id in zip(values, spec.return_ids))
-
-    def store(self, value: Any, object_id: str, *, is_error: bool = False) -> Value:
-        """Serialize a value the driver will own: inline if small, else in a new segment."""
-        return object_store.pack(serialize(value), self.driver_pid, object_id, is_error=is_error)
+        return tuple(self.client.store(serialize(v)) for v in values)
 
     def _error_value(self, task_name: str, exc: BaseException) -> InlineValue:
         """The task's exception as a stored TaskError; plain text if even that fails."""
@@ -372,10 +385,12 @@ class Worker:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m distkernel.worker FD WORKER_ID DRIVER_PID CLUSTER_ID CONTROL_FD``."""
-    fd, worker_id, driver_pid, cluster_id = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
+    """``python -m distkernel.worker FD WORKER_ID CLUSTER_ID CONTROL_FD SHM_DIR SPILL_DIR
+    OWNER`` (the last three describe the cluster's files, see ``reaper.Space``)."""
+    fd, worker_id, cluster_id, control_fd = int(argv[0]), int(argv[1]), argv[2], int(argv[3])
+    space = Space.from_description(*argv[4:7])
     conn = Connection(fd)
-    worker = Worker(conn, worker_id, driver_pid, cluster_id, int(argv[4]))
+    worker = Worker(conn, worker_id, cluster_id, control_fd, space)
     try:
         watch_for_hang_up(fd, worker.driver_gone)
         setup = pickle.loads(conn.recv_bytes())  # sys.path and the serializer registry
@@ -383,7 +398,7 @@ def main(argv: list[str]) -> None:
         if setup["registry"]:
             registry.load(setup["registry"])
         refs.set_tracker(worker.link)
-        context.set_worker(WorkerClient(worker))
+        context.set_worker(worker.client)
         worker.take_over_process()
         worker.link.send(WorkerReady(os.getpid(), refs.new_id.prefix))
         worker.serve()

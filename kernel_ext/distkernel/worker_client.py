@@ -1,9 +1,14 @@
 """The public API inside a worker: every call becomes a Request to the driver.
 
 ``get`` and ``wait`` block on the reply (the driver may start an extra worker
-meanwhile, so a task can wait for its own children); ``put`` writes large values
-into shared memory here and hands the segment over; ``.remote`` is sent
+meanwhile, so a task can wait for its own children); ``.remote`` is sent
 without waiting, with ids made here, so a task can fan out quickly.
+
+A large value made here (a result, a put, a task's arguments) is written into
+room the driver set aside for it first: ``allocate`` -> ``Place`` -> one
+``pwrite`` per part -> the value is handed over in a message. A worker never
+creates shared-memory files, so nothing it does can outlive its driver or
+outgrow the store. Room a cancel left unused is given back after the run.
 """
 
 from __future__ import annotations
@@ -14,18 +19,22 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from distkernel import object_store, specs
+from distkernel import config, object_store, specs
 from distkernel.exceptions import GetTimeoutError
+from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.protocol import (
     ActorOptions,
     FunctionPayload,
+    Place,
     Reply,
     Request,
+    SharedValue,
     TaskOptions,
     TaskSpec,
+    Value,
 )
 from distkernel.refs import ObjectRef, new_id
-from distkernel.serialization import serialize
+from distkernel.serialization import Serialized, serialize
 
 if TYPE_CHECKING:
     from distkernel.worker import Worker
@@ -41,6 +50,7 @@ class WorkerClient:
         self._functions_sent: set[str] = set()
         self._lock = threading.Lock()
         self._main = threading.main_thread().ident
+        self._unsent: dict[tuple[str, int], tuple[int | None, Place]] = {}  # lent, not handed over
 
     def _call(self, request: Request, timeout: float | None = None) -> Reply | None:
         """Send and wait for the reply, reading the socket meanwhile (see ``worker_io``)."""
@@ -61,9 +71,58 @@ class WorkerClient:
 
     def put(self, value: Any) -> ObjectRef:
         object_id = new_id()
-        stored = object_store.pack(serialize(value), self._worker.driver_pid, object_id)
-        self._call(Request(self._next_id(), "put", object_ids=(object_id,), value=stored))
+        stored = self.store(serialize(value))
+        request = Request(self._next_id(), "put", object_ids=(object_id,), value=stored)
+        self.handed_over((stored,))
+        self._call(request)
         return ObjectRef.counted(object_id, self.cluster_id)
+
+    # -- large values: room from the driver --------------------------------------------------
+
+    def store(self, serialized: Serialized, *, is_error: bool = False) -> Value:
+        """A value for the driver to own: inline if small, else written into lent room."""
+        if serialized.nbytes < config.INLINE_THRESHOLD:
+            return object_store.to_inline(serialized, is_error=is_error)
+        size, _ = object_store.layout(serialized)
+        place = self._allocate(size)
+        try:
+            path = self._worker.space.segment_path(place.segment)
+            return object_store.write_to_file(path, place, serialized, is_error=is_error)
+        except BaseException:
+            self._give_back(place)
+            raise
+
+    def _allocate(self, size: int) -> Place:
+        """Ask the driver for room; a cancel waits until the answer is in (and noted)."""
+        with DEFERRED_SIGINT:
+            reply = self._call(Request(self._next_id(), "allocate", size=size))
+            place = reply.place  # type: ignore[union-attr]
+            if not isinstance(place, Place) or not self._worker.space.owns(place.segment):
+                msg = f"the driver answered an allocation with {place!r}"
+                raise RuntimeError(msg)
+            with self._lock:
+                self._unsent[(place.segment, place.offset)] = (threading.get_ident(), place)
+        return place
+
+    def handed_over(self, values: Sequence[Value]) -> None:
+        """These values are on their way to the driver, which owns their room now."""
+        with self._lock:
+            for value in values:
+                if isinstance(value, SharedValue):
+                    self._unsent.pop((value.segment, value.offset), None)
+
+    def _give_back(self, place: Place) -> None:
+        with self._lock:
+            self._unsent.pop((place.segment, place.offset), None)
+        self._worker.link.send(Request(0, "release", place=place, needs_reply=False))
+
+    def give_back_unsent(self) -> None:
+        """After a run: room the main thread was lent but never handed over (a cancel
+        landed between the allocation and the hand-over) goes back to the driver."""
+        with self._lock:
+            left = [place for thread, place in self._unsent.values() if thread == self._main]
+        for place in left:
+            self._give_back(place)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         ids = tuple(r.hex() for r in refs)
@@ -110,7 +169,7 @@ class WorkerClient:
     def _spec(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
               options: TaskOptions, kind: str, actor_id: str, method: str) -> TaskSpec:
         serialized = specs.serialize_arguments(args, kwargs, f"{function.name}.remote(...)")
-        args_value = object_store.pack(serialized, self._worker.driver_pid, new_id())
+        args_value = self.store(serialized)
         return specs.make_spec(function, options, args_value, specs.top_level_refs(args, kwargs),
                                kind=kind, actor_id=actor_id, method=method)
 
@@ -119,6 +178,7 @@ class WorkerClient:
         """Sent without waiting for an answer; the function travels the first time only."""
         first_time = bool(function.data) and function.function_hash not in self._functions_sent
         self._functions_sent.add(function.function_hash)
+        self.handed_over((spec.args,))
         self._worker.link.send(Request(0, op, spec=spec,  # type: ignore[arg-type]
                                        function=function.data if first_time else None,
                                        needs_reply=False, actor=actor))

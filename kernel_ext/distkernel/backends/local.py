@@ -18,7 +18,7 @@ memory, unpickling) outside the lock and take it only to register or look up;
 from __future__ import annotations
 
 import dataclasses
-import functools
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,8 +27,9 @@ from typing import Any
 import psutil
 
 from distkernel import config, object_store, pool, reaper, refs, specs
+from distkernel.arena import Region
 from distkernel.backends.local_core import EngineCore, OutputHandler
-from distkernel.exceptions import GetTimeoutError, ObjectLostError
+from distkernel.exceptions import DistkernelError, GetTimeoutError, ObjectLostError
 from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.protocol import (
     ActorOptions,
@@ -69,58 +70,44 @@ class LocalBackend(EngineCore):
                    pins: int = 0) -> str:
         """Reserve, copy (outside the lock) and register a new object.
 
-        Large values go into a reused arena region (a memcpy into mapped memory);
-        when the arena may not grow, into a one-off segment.
+        A large value gets a region of the arena (spilling others to disk if the store
+        is full) and is copied into it with one memcpy, outside the lock.
         """
-        size = _size_of(serialized)
-        region = None
+        size = object_store.stored_size(serialized)
+        large = size >= config.INLINE_THRESHOLD
+        place = None
         with DEFERRED_SIGINT:
             with self.lock:
-                outputs = self.io.read_pending() if size >= config.INLINE_THRESHOLD else []
+                outputs = self.io.read_pending() if large else []
                 self.drain()
                 self._check_alive(serialized.contained)
-                self.store.reserve(size)
-                if size >= config.INLINE_THRESHOLD:
-                    region = self.arena.allocate(size)
-                    target = self.arena.view(region) if region is not None else None
+                if large:
+                    place = self.memory.allocate(size)
+                    target = self.memory.arena.view(Region(place.segment, place.offset, size))
+                else:
+                    self.memory.reserve(size)
             self.io.deliver(outputs)
         try:
-            if region is not None:
-                _, spans = object_store.write_into(target, serialized)  # type: ignore[arg-type]
-                target.release()  # type: ignore[union-attr]
-                value: Value = SharedValue(region.chunk, size, len(serialized.header), spans,
-                                           tuple(serialized.contained), False, region.offset,
-                                           True)
+            if place is not None:
+                spans = object_store.write_into(target, serialized)
+                target.release()
+                value: Value = SharedValue(place.segment, size, len(serialized.header), spans,
+                                           tuple(serialized.contained), False, place.offset)
             else:
-                value = object_store.pack(serialized, self.driver_pid, object_id)
+                value = object_store.to_inline(serialized)
         except BaseException:
             with DEFERRED_SIGINT, self.lock:
-                self.store.release(size)
-                if region is not None:
-                    self.arena.release(region.chunk, region.offset)
+                if place is not None:
+                    self.memory.give_back(place)
+                else:
+                    self.store.release(size)
             raise
-        reader = self._reader_of(value)
         with DEFERRED_SIGINT, self.lock:
             entry = self.store.expect(object_id)
             entry.refs += refs
             entry.pins += pins
             self.store.seal(object_id, value)  # value.nbytes == size, reserved above
-            entry.view = reader
         return object_id
-
-    def _reader_of(self, value: Value) -> memoryview | None:
-        """The driver's read-only mapping of an arena value, made once, when it is stored.
-
-        Every get views through it; it holds the region (released by its finalizer once
-        the store has dropped it and no array made from it is left), so gets cost no
-        mapping of their own.
-        """
-        if not (isinstance(value, SharedValue) and value.arena):
-            return None
-        with DEFERRED_SIGINT, self.lock:
-            self.arena.hold(value.segment, value.offset)
-        closed = functools.partial(self.view_closed, value.segment, value.offset)
-        return object_store.map_readonly(value, closed)
 
     def get(self, object_refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         ids = [self._own_id(r) for r in object_refs]
@@ -132,7 +119,9 @@ class LocalBackend(EngineCore):
                 pending = self._pending_ids(ids)
                 raise GetTimeoutError(self._timeout_message(pending, len(ids), timeout))
             self._pending_ids(ids)  # all still there (a shutdown meanwhile removes them)
-            items = [(self.store.value(i), self.store.view(i)) for i in ids]
+            for object_id in ids:
+                self.memory.restore(object_id)  # a spilled one, if it fits again
+            items = [(self.store.value(i), self.memory.view(i)) for i in ids]
         results = []
         for value, view in items:
             result = object_store.load(value, view)  # type: ignore[arg-type]
@@ -339,12 +328,15 @@ class LocalBackend(EngineCore):
         return ref.hex()
 
     def _check_alive(self, object_ids: Sequence[str], args_id: str = "") -> None:
-        """Refs passed in must still be stored (lock held); undo the argument blob if not."""
-        for object_id in object_ids:
-            if object_id not in self.store:
-                if args_id:
-                    self.forget(self.store.unpin(args_id))
-                raise ObjectLostError(self.lost_message(object_id))
+        """The cluster must still run and refs passed in must still be stored (lock held);
+        undo the argument blob if not."""
+        lost = next((i for i in object_ids if i not in self.store), None)
+        if lost is None and not self.closing:
+            return
+        if args_id:
+            self.forget(self.store.unpin(args_id))
+        self._check_open()
+        raise ObjectLostError(self.lost_message(lost))  # type: ignore[arg-type]
 
     def _timeout_message(self, pending: list[str], total: int, timeout: float | None) -> str:
         names = {self.records[t].name for i in pending
@@ -357,27 +349,41 @@ class LocalBackend(EngineCore):
     # -- shutdown ----------------------------------------------------------------------------
 
     def shutdown(self, timeout: float = 3.0) -> None:
-        """Stop every worker, free every segment; safe to call twice."""
+        """Stop every worker, free every segment; safe to call twice.
+
+        Idle workers are told to stop; busy ones are killed at once, since their tasks'
+        results could never be read anyway.
+        """
         with DEFERRED_SIGINT:  # a Ctrl-C meanwhile must not leave workers or segments behind
             with self.lock:
                 if self.closing:
                     return
                 self.closing = True
-                for worker_id in list(self.workers):
-                    self.send(worker_id, Stop())
+                for worker_id, process in self.workers.items():
+                    state = self.scheduler.workers.get(worker_id)
+                    if state is not None and state.assigned:
+                        pool.kill(process)
+                    else:
+                        self.send(worker_id, Stop())
                 processes = list(self.workers.values())
                 self.workers.clear()
             self.io.stop(timeout)
             pool.stop_all(processes, timeout)
             with self.lock:
                 self.closed = True
-                self.store.clear()
-                self.arena.close()
+                self.memory.close()
                 self.records.clear()
                 self.producers.clear()
                 self.sleepers.wake_all()
-            self.reclaimer.close()
-            reaper.remove_segments_of(self.driver_pid)
+            self.space.remove_all()
+            os.close(self._space_lock)
+
+    def _check_open(self) -> None:
+        """New work on a cluster being shut down (by another thread) fails clearly (lock held)."""
+        if self.closing:
+            msg = ("distkernel was shut down while this call ran (shutdown() in another "
+                   "thread); call it again to start a new cluster")
+            raise DistkernelError(msg)
 
 
 class Awaited:

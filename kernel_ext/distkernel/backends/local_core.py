@@ -19,19 +19,19 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from distkernel import config, object_store, pool, reaper
-from distkernel.arena import Arena
+from distkernel import config, object_store, pool
 from distkernel.backends.local_io import IOLoop
+from distkernel.backends.local_memory import Memory
 from distkernel.backends.local_requests import RequestHandler
 from distkernel.exceptions import (
     ActorDiedError,
+    DistkernelError,
     ObjectStoreFullError,
     TaskCancelledError,
     WorkerCrashedError,
     describe_exit,
 )
 from distkernel.interrupts import DEFERRED_SIGINT, Sleepers
-from distkernel.object_store import ObjectStore, Reclaimer
 from distkernel.protocol import (
     ActorOptions,
     InlineValue,
@@ -39,12 +39,14 @@ from distkernel.protocol import (
     Request,
     RunTask,
     SetSerializers,
+    SharedValue,
     Stop,
     TaskDone,
     TaskSpec,
     Value,
     WorkerReady,
 )
+from distkernel.reaper import Space
 from distkernel.scheduler import (
     Dispatch,
     FailTask,
@@ -64,7 +66,7 @@ _MAX_TAGS = 20_000
 _MAX_CELLS = 200
 
 
-def error_value(error: BaseException) -> InlineValue:
+def _as_value(error: BaseException) -> InlineValue:
     """An exception stored as an object's value: ``get`` raises it."""
     return object_store.to_inline(serialize(error, out_of_band=False), is_error=True)
 
@@ -102,17 +104,15 @@ class EngineCore:
         self.output_handler = output_handler
         self.lock = threading.Lock()
         self.sleepers = Sleepers(self.lock)  # callers waiting in get() / wait()
-        self.reclaimer = Reclaimer()
-        self.arena = Arena(self.driver_pid, store_memory)
-        self.store = ObjectStore(store_memory, self.driver_pid, self.reclaimer.remove,
-                                 self.arena.release)
-        self.views_closed: deque[tuple[str, int]] = deque()  # driver views gone (finalizers)
+        # Our files' names, and the lock that tells sweepers this driver is alive.
+        self.space, self._space_lock = Space.create(self.driver_pid)
+        self.memory = Memory(self.space, store_memory, self.try_drain)
+        self.store = self.memory.store
         self.scheduler = Scheduler(num_workers, self.is_ready, config.MAX_EXTRA_WORKERS)
         self.timeline = Timeline(config.TIMELINE_CAPACITY)
         self.records: dict[str, TaskRecord] = {}
         self.functions: dict[str, bytes] = {}  # function hash -> pickled function or class
         self.workers: dict[int, pool.WorkerProcess] = {}
-        self.worker_prefixes: dict[int, str] = {}
         self.producers: dict[str, str] = {}  # object id -> id of the task making it
         self.task_pins: dict[str, list[str]] = {}
         self.actor_meta: dict[str, ActorOptions] = {}
@@ -146,8 +146,8 @@ class EngineCore:
 
     def drain(self) -> None:
         """Apply queued ObjectRef births and deaths, and arena views the driver let go."""
-        ops, closed = self.refs.ops, self.views_closed
-        if not (ops or closed):
+        ops = self.refs.ops
+        if not (ops or self.memory.views_closed):
             return
         with DEFERRED_SIGINT:  # a change taken off the queue is applied, even on Ctrl-C
             while ops:
@@ -156,13 +156,7 @@ class EngineCore:
                     self.store.add_refs(object_id, change)
                 else:
                     self.forget(self.store.remove_refs(object_id, -change))
-            while closed:
-                self.arena.release(*closed.popleft())
-
-    def view_closed(self, segment: str, offset: int) -> None:
-        """Finalizer of a driver-side arena view: any thread, maybe inside a GC pass."""
-        self.views_closed.append((segment, offset))
-        self.try_drain()
+            self.memory.apply_closed_views()
 
     def forget(self, freed: list[str]) -> None:
         """Objects just freed; an actor whose last handle went is stopped."""
@@ -261,7 +255,6 @@ class EngineCore:
         out: list[Instruction] = []
         bytes_out = 0
         for return_id, value in zip(spec.return_ids, values):
-            value = self.adopt(value)
             bytes_out += value.nbytes
             self.forget(self.store.seal(return_id, value))
             self.producers.pop(return_id, None)
@@ -282,15 +275,24 @@ class EngineCore:
         self.sleepers.ready(spec.return_ids)
         return out
 
-    def adopt(self, value: Value) -> Value:
-        """Count a value a worker made against the capacity; replace it by an error if full."""
+    def adopt(self, worker_id: int, value: Value) -> Value:
+        """A value a worker sent (lock held): accepted and counted, or an error value
+        that says why not (the store is full, or the worker named room it was not lent).
+        """
         try:
-            self.store.reserve(value.nbytes)
+            accepted = self.memory.accept(worker_id, value)
         except ObjectStoreFullError as exc:
-            if not isinstance(value, InlineValue):
-                object_store.remove_segment(value.segment)
-            value = error_value(exc)
-            self.store.reserve(value.nbytes)
+            return self.error_value(exc)
+        if accepted is None:
+            return self.error_value(DistkernelError(
+                f"worker {worker_id} sent a value that does not name shared memory the driver "
+                f"set aside for it; the value was refused (nothing was read or deleted)"))
+        return accepted
+
+    def error_value(self, error: BaseException) -> InlineValue:
+        """An error to store as an object's value, counted even when the store is full."""
+        value = _as_value(error)
+        self.memory.force_reserve(value.nbytes)
         return value
 
     def _fail(self, step: FailTask) -> list[Instruction]:
@@ -308,10 +310,9 @@ class EngineCore:
                 f"{step.message}{tried}. The pool replaced the worker and keeps working; "
                 f"if the task itself crashes the process (a segfault, os._exit, running out of "
                 f"memory), fix it or give it more memory.")
-        value = error_value(error)
+        values = [self.error_value(error) for _ in spec.return_ids]
         status = "cancelled" if step.reason == "cancelled" else "failed"
-        return self.complete(spec, [value] * len(spec.return_ids), status=status,
-                             error=str(error))
+        return self.complete(spec, values, status=status, error=str(error))
 
     # -- instructions ------------------------------------------------------------------------
 
@@ -352,7 +353,7 @@ class EngineCore:
         if self.closing:
             return
         worker_id = self.scheduler.add_worker(extra=extra, actor_id=actor_id)
-        process = pool.start_worker(worker_id, self.driver_pid, self.cluster_id, registry.dump())
+        process = pool.start_worker(worker_id, self.space, self.cluster_id, registry.dump())
         self.workers[worker_id] = process
         self.io.watch(process)
 
@@ -369,6 +370,9 @@ class EngineCore:
             record.worker_id = step.worker_id
             record.status = "running"
             record.bytes_in += sum(v.nbytes for _, v in resolved if v is not None)
+        for object_id in spec.top_level_refs:
+            self.store.touch(object_id)
+        self.memory.sent.hold(step.worker_id, step.seq, (spec.args, *(v for _, v in resolved)))
         self.send(step.worker_id, RunTask(step.seq, spec, resolved, function,  # type: ignore[arg-type]
                                           self.scheduler.lightly_loaded()))
 
@@ -387,40 +391,58 @@ class EngineCore:
         if isinstance(message, TaskDone):
             self._on_task_done(worker_id, message)
         elif isinstance(message, RefDelta):
+            arena = self.memory.arena
             for segment, offset in message.views_opened:
-                self.arena.hold(segment, offset)
+                arena.hold(segment, offset)
             for object_id in message.added:
                 self.store.add_refs(object_id)
             for object_id in message.removed:
                 self.forget(self.store.remove_refs(object_id))
             for segment, offset in message.views_closed:
-                self.arena.release(segment, offset)
+                arena.release(segment, offset)
         elif isinstance(message, Request):
             self.execute(self.requests.handle(worker_id, message))
         elif isinstance(message, WorkerReady):
-            self.worker_prefixes[worker_id] = message.id_prefix
             self.execute(self.scheduler.worker_ready(worker_id, message.pid))
 
     def _on_task_done(self, worker_id: int, done: TaskDone) -> None:
+        self.memory.sent.run_over(worker_id, done.seq)
         spec = self.scheduler.task_of_run(done.seq)
         ran = done.finished - done.started if not (done.failed or done.cancelled) else None
         out = self.scheduler.task_done(worker_id, done.seq, ran)
-        if spec is not None:
-            if done.cancelled:
-                error = TaskCancelledError(f"{spec.name} was cancelled while it ran")
-                values: Sequence[Value] = [error_value(error)] * len(spec.return_ids)
-                status, text = "cancelled", str(error)
-            elif done.failed:
-                values = list(done.results) * len(spec.return_ids)
-                status, text = "failed", _error_summary(done.results[0])
-                if spec.kind == "actor_create":
-                    out.extend(self.scheduler.actor_creation_failed(
-                        spec.actor_id, f"its constructor raised {text}"))
-            else:
-                values, status, text = done.results, "finished", None
-            out.extend(self.complete(spec, values, status=status, error=text,
-                                     started=done.started, finished=done.finished))
+        results = [self.adopt(worker_id, value) for value in done.results]
+        if spec is None:  # a run taken back or already failed: nobody wants its results
+            for value in results:
+                self.store.discard(value)
+        elif done.cancelled:
+            error = TaskCancelledError(f"{spec.name} was cancelled while it ran")
+            self._finish(spec, [self.error_value(error) for _ in spec.return_ids], "cancelled",
+                         str(error), done, out)
+        elif done.failed or len(results) != len(spec.return_ids):
+            values = results[:1] or [self.error_value(DistkernelError(
+                f"{spec.name}: the worker sent {len(results)} results for "
+                f"{len(spec.return_ids)} return values"))]
+            text = _error_summary(values[0])
+            values += [self.error_value_copy(values[0]) for _ in spec.return_ids[1:]]
+            if spec.kind == "actor_create":
+                out.extend(self.scheduler.actor_creation_failed(
+                    spec.actor_id, f"its constructor raised {text}"))
+            self._finish(spec, values, "failed", text, done, out)
+        else:
+            self._finish(spec, results, "finished", None, done, out)
         self.execute(out)
+
+    def _finish(self, spec: TaskSpec, values: Sequence[Value], status: str, text: str | None,
+                done: TaskDone, out: list[Instruction]) -> None:
+        out.extend(self.complete(spec, values, status=status, error=text,
+                                 started=done.started, finished=done.finished))
+
+    def error_value_copy(self, value: Value) -> Value:
+        """The same error stored once more (one per return value), counted as such."""
+        if isinstance(value, SharedValue):
+            return self.error_value(DistkernelError("the task failed; see its first result"))
+        self.memory.force_reserve(value.nbytes)
+        return value
 
     def on_exit(self, worker_id: int) -> None:
         """A worker's process ended: expected (stopped) or not (crashed, killed)."""
@@ -432,7 +454,7 @@ class EngineCore:
         state = self.scheduler.workers.get(worker_id)
         spec = self.scheduler.running_task(worker_id)
         process.close()
-        self._remove_partial_segments(worker_id, spec)
+        self.memory.worker_gone(worker_id)  # what it was writing or reading is given back
         self.requests.worker_gone(worker_id)
         if state is not None and state.state == "stopping" and not state.assigned:
             stopped = self.scheduler.worker_stopped(worker_id)
@@ -442,17 +464,6 @@ class EngineCore:
         describe = (f"worker {worker_id} (pid {process.pid}) died with {describe_exit(code)} "
                     f"{what}")
         self.execute(self.scheduler.worker_died(worker_id, describe))
-
-    def _remove_partial_segments(self, worker_id: int, spec: TaskSpec | None) -> None:
-        """Segments a dead worker was writing: nobody will ever own them."""
-        prefix = self.worker_prefixes.pop(worker_id, None)
-        head = f"{config.SEGMENT_PREFIX}{self.driver_pid}-"
-        for name in reaper.segments_of(self.driver_pid):
-            object_id = name[len(head):]
-            mine = (prefix and object_id.startswith(prefix)) or (
-                spec is not None and object_id in spec.return_ids)
-            if mine and not self.is_ready(object_id):
-                object_store.remove_segment(name)
 
 
 def _error_summary(value: Value) -> str:

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from distkernel.exceptions import ObjectLostError, ObjectStoreFullError
-from distkernel.object_store import object_id_of_segment, remove_segment
-from distkernel.protocol import Reply, Request, SharedValue
+from distkernel import refs
+from distkernel.exceptions import DistkernelError, ObjectLostError, ObjectStoreFullError
+from distkernel.protocol import Reply, Request, SharedValue, TaskSpec, Value
 from distkernel.scheduler import Instruction
 from distkernel.serialization import dumps
 
@@ -47,6 +47,12 @@ class RequestHandler:
                                                       no_restart=request.force)
         if op == "cancel":
             return self._cancel(request)
+        if op == "allocate":
+            return self._allocate(worker_id, request)
+        if op == "release":
+            place = self._backend.memory.lent.give_back(worker_id, request.place)
+            if place is not None:
+                self._backend.memory.give_back(place)
         return []
 
     def _lost(self, request: Request) -> list[str]:
@@ -75,6 +81,7 @@ class RequestHandler:
             if len(self._ready(request)) < len(request.object_ids):
                 return False
             values = tuple((i, backend.store.value(i)) for i in request.object_ids)
+            backend.memory.sent.hold(worker_id, self._run_of(worker_id), (v for _, v in values))
             backend.send(worker_id, Reply(request.request_id, values=values))  # type: ignore[arg-type]
             return True
         ready = [i for i in request.object_ids
@@ -103,20 +110,46 @@ class RequestHandler:
     def worker_gone(self, worker_id: int) -> None:
         self._parked = [p for p in self._parked if p.worker_id != worker_id]
 
+    def _run_of(self, worker_id: int) -> int:
+        """The run a reply belongs to: the one in progress, else the worker's next one."""
+        state = self._backend.scheduler.workers.get(worker_id)
+        running = state.running if state is not None else None
+        return running if running is not None else self._backend.scheduler.next_seq
+
+    def _allocate(self, worker_id: int, request: Request) -> list[Instruction]:
+        """Room for a large value the worker is about to write (a result, a put, arguments)."""
+        backend = self._backend
+        size = request.size
+        if type(size) is not int or size <= 0:
+            error: BaseException = DistkernelError(f"cannot allocate {size!r} bytes")
+        else:
+            try:
+                place = backend.memory.allocate(size)
+            except (ObjectStoreFullError, OSError) as exc:
+                error = exc
+            else:
+                backend.memory.lent.add(worker_id, place)
+                backend.send(worker_id, Reply(request.request_id, place=place))
+                return []
+        backend.send(worker_id, Reply(request.request_id, error=dumps(error)))
+        return []
+
     def _put(self, worker_id: int, request: Request) -> list[Instruction]:
         backend = self._backend
-        value = request.value
-        object_id = request.object_ids[0]
-        try:
-            backend.store.reserve(value.nbytes)  # type: ignore[union-attr]
-        except ObjectStoreFullError as exc:
-            if isinstance(value, SharedValue):
-                remove_segment(value.segment)
-            backend.send(worker_id, Reply(request.request_id, error=dumps(exc)))
+        object_id = request.object_ids[0] if request.object_ids else None
+        value = backend.adopt(worker_id, request.value)  # type: ignore[arg-type]
+        refused = None
+        if value.is_error:  # the store is full, or the value names room not lent
+            refused = value.header  # type: ignore[union-attr]
+        elif type(object_id) is not str or object_id in backend.store:
+            refused = dumps(DistkernelError("put(): the object id is missing or taken"))
+        if refused is not None:
+            backend.store.discard(value)
+            backend.send(worker_id, Reply(request.request_id, error=refused))
             return []
         # Counted now, for the ObjectRef the worker makes from this reply (ObjectRef.counted).
-        backend.store.expect(object_id).refs += 1
-        backend.forget(backend.store.seal(object_id, value))  # type: ignore[arg-type,union-attr]
+        backend.store.expect(object_id).refs += 1  # type: ignore[arg-type]
+        backend.forget(backend.store.seal(object_id, value))  # type: ignore[arg-type]
         backend.send(worker_id, Reply(request.request_id))
         return []
 
@@ -126,18 +159,30 @@ class RequestHandler:
         assert spec is not None
         if request.function is not None:
             backend.functions.setdefault(spec.function_hash, request.function)
-        args_id = ""
-        if isinstance(spec.args, SharedValue):  # large arguments came in a segment
-            args_id = object_id_of_segment(spec.args.segment)
-            value = backend.adopt(spec.args)
-            backend.store.expect(args_id).pins += 1
-            backend.store.seal(args_id, value)
         for return_id in spec.return_ids:
             # Counted now, for the worker's ObjectRef.counted of each result.
             backend.store.expect(return_id).refs += 1
+        args_id = ""
+        if isinstance(spec.args, SharedValue):  # large arguments, written by the worker
+            value = backend.adopt(worker_id, spec.args)
+            if value.is_error:  # refused: the task fails with the reason, and never runs
+                self._fail_unrun(spec, value)
+                return []
+            args_id = refs.new_id()
+            backend.store.expect(args_id).pins += 1
+            backend.store.seal(args_id, value)
         backend.register_task(spec, spec.args.contained, args_id, spec.args.nbytes,
                               caller=f"worker-{worker_id}", actor=request.actor)
         return []
+
+    def _fail_unrun(self, spec: TaskSpec, error: Value) -> None:
+        """A submission refused before it was registered: its results are the error."""
+        backend = self._backend
+        for return_id in spec.return_ids:
+            backend.forget(backend.store.seal(return_id, backend.error_value_copy(error)))
+        backend.store.discard(error)
+        self.objects_ready(spec.return_ids)
+        backend.sleepers.ready(spec.return_ids)
 
     def _cancel(self, request: Request) -> list[Instruction]:
         backend = self._backend
