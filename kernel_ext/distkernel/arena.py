@@ -21,6 +21,7 @@ views the way they report ObjectRefs).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections.abc import Callable
@@ -135,11 +136,12 @@ class Arena:
         return chunk in self._chunks
 
     def trim(self) -> int:
-        """Give wholly free chunks back to the system; returns the bytes given back."""
+        """Give wholly free chunks back to the system now (the folder is full and room is
+        needed at once, so not through ``remove``); returns the bytes given back."""
         empty = [c for c in self._chunks.values()
                  if not c.dedicated and c.free == [(0, c.size)]]
         for chunk in empty:
-            self._drop(chunk)
+            self._drop(chunk, now=True)
         return sum(c.size for c in empty)
 
     def close(self) -> None:
@@ -158,7 +160,7 @@ class Arena:
         self.total += size
         return chunk
 
-    def _drop(self, chunk: _Chunk) -> None:
+    def _drop(self, chunk: _Chunk, *, now: bool = False) -> None:
         if chunk.mapping is not None:
             try:
                 chunk.mapping.close()
@@ -166,7 +168,11 @@ class Arena:
                 pass
         del self._chunks[chunk.name]
         self.total -= chunk.size
-        self._remove(chunk.name)
+        if now:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._space.segment_path(chunk.name))
+        else:
+            self._remove(chunk.name)
 
     def _take(self, chunk: _Chunk, size: int) -> Region | None:
         for index, (offset, free) in enumerate(chunk.free):

@@ -56,9 +56,12 @@ def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def status_view(status: dict[str, Any]) -> Rendered:
     """Workers, actors and the object store, as a table each."""
     store = status["object_store"]
+    spilled = store.get("spilled_bytes", 0)
+    spill_text = (f", {format_bytes(spilled)} in {store.get('spilled_objects', 0)} objects "
+                  f"spilled to disk" if spilled else "")
     store_line = (f"object store: {format_bytes(store['used_bytes'])} of "
-                  f"{format_bytes(store['capacity'])} used, {store['num_objects']} objects; "
-                  f"{status.get('queued_tasks', 0)} tasks queued")
+                  f"{format_bytes(store['capacity'])} used, {store['num_objects']} objects"
+                  f"{spill_text}; {status.get('queued_tasks', 0)} tasks queued")
     worker_header = ["worker", "pid", "state", "current task", "cpu", "memory"]
     workers = [[str(w["id"]) + (" (extra)" if w.get("extra") else "")
                 + (" (actor)" if w.get("actor_id") else ""),

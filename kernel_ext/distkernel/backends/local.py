@@ -421,12 +421,6 @@ class Awaited:
         return self._left[-1] if self._left else None
 
 
-def _size_of(serialized: Serialized) -> int:
-    if serialized.nbytes < config.INLINE_THRESHOLD:
-        return serialized.nbytes
-    return object_store.layout(serialized)[0]
-
-
 def _process_stats(process: pool.WorkerProcess | None) -> tuple[float | None, int | None]:
     if process is None or process.closed:
         return None, None

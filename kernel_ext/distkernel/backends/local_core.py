@@ -157,6 +157,7 @@ class EngineCore:
                 else:
                     self.forget(self.store.remove_refs(object_id, -change))
             self.memory.apply_closed_views()
+            self.requests.retry_allocations()
 
     def forget(self, freed: list[str]) -> None:
         """Objects just freed; an actor whose last handle went is stopped."""
@@ -388,6 +389,10 @@ class EngineCore:
     # -- worker messages (the reader) ----------------------------------------------------------
 
     def handle(self, worker_id: int, message: Any) -> None:
+        self._handle(worker_id, message)
+        self.requests.retry_allocations()  # what the message did may have freed memory
+
+    def _handle(self, worker_id: int, message: Any) -> None:
         if isinstance(message, TaskDone):
             self._on_task_done(worker_id, message)
         elif isinstance(message, RefDelta):

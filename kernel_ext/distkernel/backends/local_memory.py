@@ -86,10 +86,9 @@ class Memory:
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
-            # The shared-memory folder is full: free regions by spilling, then give
-            # wholly free chunks back, and try again.
-            spilled = self._spill_one()
-            if not self.arena.trim() and spilled is None:
+            # The shared-memory folder is full: free a region by spilling and try again;
+            # when nothing more can be spilled, give wholly free chunks back at once.
+            if self._spill_one() is None and not self.arena.trim():
                 raise self.store.full_error(size, self._shm_advice(size)) from None
 
     def _make_room(self, nbytes: int) -> str:

@@ -33,6 +33,7 @@ class RequestHandler:
     def __init__(self, backend: EngineCore) -> None:
         self._backend = backend
         self._parked: list[_Parked] = []
+        self._waiting_room: list[_Parked] = []  # allocations waiting for memory
 
     def handle(self, worker_id: int, request: Request) -> list[Instruction]:
         op = request.op
@@ -109,6 +110,8 @@ class RequestHandler:
 
     def worker_gone(self, worker_id: int) -> None:
         self._parked = [p for p in self._parked if p.worker_id != worker_id]
+        self._waiting_room = [p for p in self._waiting_room if p.worker_id != worker_id]
+        self.retry_allocations()
 
     def _run_of(self, worker_id: int) -> int:
         """The run a reply belongs to: the one in progress, else the worker's next one."""
@@ -117,22 +120,49 @@ class RequestHandler:
         return running if running is not None else self._backend.scheduler.next_seq
 
     def _allocate(self, worker_id: int, request: Request) -> list[Instruction]:
-        """Room for a large value the worker is about to write (a result, a put, arguments)."""
+        """Room for a large value the worker is about to write (a result, a put, arguments).
+
+        When the store is full of values other workers are still writing, the request
+        waits: once written they can be spilled. It fails when nobody else writes.
+        """
+        error = self._try_allocate(worker_id, request)
+        if error is not None:
+            self._wait_or_fail(_Parked(worker_id, request), error)
+        return []
+
+    def _try_allocate(self, worker_id: int, request: Request) -> BaseException | None:
+        """Lend room and answer; or the error that stopped it."""
         backend = self._backend
         size = request.size
         if type(size) is not int or size <= 0:
-            error: BaseException = DistkernelError(f"cannot allocate {size!r} bytes")
+            return DistkernelError(f"cannot allocate {size!r} bytes")
+        try:
+            place = backend.memory.allocate(size)
+        except (ObjectStoreFullError, OSError) as exc:
+            return exc
+        backend.memory.lent.add(worker_id, place)
+        backend.send(worker_id, Reply(request.request_id, place=place))
+        return None
+
+    def _wait_or_fail(self, parked: _Parked, error: BaseException) -> None:
+        waiting = {p.worker_id for p in self._waiting_room} | {parked.worker_id}
+        others_writing = self._backend.memory.lent.writers() - waiting
+        if isinstance(error, ObjectStoreFullError) and others_writing and \
+                parked.request.size <= self._backend.store.capacity:
+            self._waiting_room.append(parked)
         else:
-            try:
-                place = backend.memory.allocate(size)
-            except (ObjectStoreFullError, OSError) as exc:
-                error = exc
-            else:
-                backend.memory.lent.add(worker_id, place)
-                backend.send(worker_id, Reply(request.request_id, place=place))
-                return []
-        backend.send(worker_id, Reply(request.request_id, error=dumps(error)))
-        return []
+            self._backend.send(parked.worker_id,
+                               Reply(parked.request.request_id, error=dumps(error)))
+
+    def retry_allocations(self) -> None:
+        """Memory may have come free: try the waiting allocations again, in order."""
+        if not self._waiting_room:
+            return
+        waiting, self._waiting_room = self._waiting_room, []
+        for parked in waiting:
+            error = self._try_allocate(parked.worker_id, parked.request)
+            if error is not None:
+                self._wait_or_fail(parked, error)
 
     def _put(self, worker_id: int, request: Request) -> list[Instruction]:
         backend = self._backend

@@ -55,6 +55,10 @@ class Lent:
     def worker_gone(self, worker_id: int) -> list[Place]:
         return list(self._by_worker.pop(worker_id, {}).values())
 
+    def writers(self) -> set[int]:
+        """Workers writing into room lent to them right now."""
+        return {worker for worker, loans in self._by_worker.items() if loans}
+
 
 def _inside(value: SharedValue, place: Place) -> bool:
     """The value's bytes, header and buffers all lie within the loan (a crafted message
