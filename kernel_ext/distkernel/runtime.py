@@ -99,20 +99,30 @@ def is_initialized() -> bool:
 
 
 def shutdown() -> None:
-    """Stop every worker and free every segment; safe to call twice."""
+    """Stop every worker and free every segment; safe to call twice.
+
+    Holds the runtime's lock until the cluster is down, so that an API call made in
+    another thread meanwhile waits and then starts a new cluster (as any call after a
+    shutdown does) instead of racing the old one's clean-up.
+    """
     global _backend, _info
     with _lock:
-        backend, _backend, _info = _backend, None, None
-    if backend is not None:
-        backend.shutdown()
+        backend = _backend
+        try:
+            if backend is not None:
+                backend.shutdown()
+        finally:
+            _backend, _info = None, None
 
 
 def backend() -> Any:
     """The driver's engine, started with defaults on first use."""
     current = _backend
-    if current is None:
-        init()
-        current = _backend
+    if current is None or current.closing:  # none, or being shut down: wait, then start
+        with _lock:
+            if _backend is None:
+                init()
+            current = _backend
     return current
 
 
