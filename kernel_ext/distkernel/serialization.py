@@ -9,6 +9,7 @@ by our own ``reducer_override``: no library table is patched (habit 6).
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import pickle
@@ -112,7 +113,85 @@ class Pickler(cloudpickle.Pickler):
                 if reduced is not None:
                     return reduced
             return _keep_slots(obj, super().reducer_override(obj))
+        if cls.__name__ == "ndarray" and cls.__module__ == "numpy":
+            reduced = _array_reduce(obj)
+            if reduced is not None:
+                return reduced
+        if isinstance(obj, BaseException) and _constructor_refuses_args(obj):
+            return (_bare_exception, (cls, obj.args), _exception_state(obj))
         return super().reducer_override(obj)
+
+
+def _array_reduce(array: Any) -> Any:
+    """A reduction that keeps the array's dtype and bytes as they are, or None to let
+    numpy pickle it (which it does well for every other array).
+
+    numpy hands a contiguous array's buffer out of band only when the array exports
+    the buffer protocol, which datetime64 / timedelta64 and non-native long doubles
+    (``>f16``), also as fields of a structured dtype, do not: they were copied into
+    the pickle and came back writable. Such arrays travel here as opaque void items
+    (which numpy does hand out of band) viewed as their dtype again on arrival.
+
+    A strided array is pickled in band, and numpy turns a non-native byte order
+    into the native one on loading (``>i2`` came back as ``int16``); those travel
+    here as a contiguous copy of their bytes, writable on arrival as numpy's own.
+    """
+    dtype = array.dtype
+    if dtype.hasobject or dtype.itemsize == 0:
+        return None
+    opaque = f"V{dtype.itemsize}"
+    if array.flags.c_contiguous or array.flags.f_contiguous:
+        try:
+            memoryview(array).release()
+        except ValueError:  # "cannot include dtype 'M' in a buffer" and the like
+            return (_as_dtype, (array.view(opaque), dtype))
+        return None
+    if dtype.isnative:
+        return None
+    return (_array_from_bytes, (bytearray(array.copy(order="C").view(opaque)), dtype,
+                                array.shape))
+
+
+def _as_dtype(raw: Any, dtype: Any) -> Any:
+    return raw.view(dtype)
+
+
+def _array_from_bytes(data: bytearray, dtype: Any, shape: tuple[int, ...]) -> Any:
+    import numpy  # only ever called for a numpy array, so numpy is loaded already
+
+    return numpy.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _constructor_refuses_args(exc: BaseException) -> bool:
+    """True when the default reduction, ``type(exc)(*exc.args)``, would fail on load.
+
+    A common pattern is ``__init__(self, a, b)`` calling ``super().__init__(message)``:
+    ``args`` is then the message alone, and rebuilding raised TypeError in ``get``.
+    """
+    cls = type(exc)
+    if cls.__reduce__ is not BaseException.__reduce__ or \
+            cls.__reduce_ex__ is not object.__reduce_ex__:
+        return False  # the class says how to rebuild it
+    try:
+        inspect.signature(cls).bind(*exc.args)
+    except TypeError:
+        return True
+    except Exception:  # noqa: BLE001 - no signature (a builtin constructor): takes any args
+        return False
+    return False
+
+
+def _exception_state(exc: BaseException) -> dict[str, Any] | None:
+    state = getattr(exc, "__dict__", None)
+    return dict(state) if state else None
+
+
+def _bare_exception(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """The exception without running its ``__init__``; pickle then sets its ``__dict__``
+    (after memoizing it, so an exception that refers to itself still loads)."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    return exc
 
 
 def _pickle_class(cls: type) -> tuple[bytes, list[str]]:
@@ -129,9 +208,13 @@ def _keep_slots(cls: type, reduced: Any) -> Any:
     cloudpickle sets ``__slots__`` after making the class skeleton, which makes no slot
     descriptors: instances then fail to load in another process ("object has no attribute
     '__dict__'"). Passing it at creation, as ``class`` statements do, makes them.
+
+    Empty slots make no descriptors, so they are left to cloudpickle: the namedtuple
+    machinery writes ``__slots__ = ()`` itself, and ``typing.NamedTuple`` refuses a
+    class namespace that already holds one ("Cannot overwrite NamedTuple attribute").
     """
     slots = vars(cls).get("__slots__")
-    if slots is None or not isinstance(reduced, tuple) or \
+    if not slots or not isinstance(reduced, tuple) or \
             reduced[0] is not cloudpickle_internals._make_skeleton_class:
         return reduced
     constructor, name, bases, type_kwargs, tracker_id, extra = reduced[1]
