@@ -428,7 +428,8 @@ def test_misbehaving_values_fail_at_the_call_and_the_pool_keeps_working(
         assert_same(value, dk.get(send(), timeout=WAIT))
     elif kind.outcome == "fails to load":  # in a task: its error; in the driver: get's
         loaded_in_task = phase.endswith("argument") or phase == "keyword"
-        with pytest.raises(dk.TaskError if loaded_in_task else Exception, match=kind.reason):
+        expected = dk.TaskError if loaded_in_task else dk.SerializationError
+        with pytest.raises(expected, match=kind.reason):
             dk.get(send(), timeout=WAIT)
     elif phase.endswith("return"):
         with pytest.raises(dk.SerializationError) as failed:

@@ -29,7 +29,13 @@ import psutil
 from distkernel import config, object_store, pool, reaper, refs, specs
 from distkernel.arena import Region
 from distkernel.backends.local_core import EngineCore, OutputHandler
-from distkernel.exceptions import DistkernelError, GetTimeoutError, ObjectLostError
+from distkernel.exceptions import (
+    DistkernelError,
+    GetTimeoutError,
+    ObjectLostError,
+    SerializationError,
+    exception_text,
+)
 from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.protocol import (
     ActorOptions,
@@ -123,8 +129,11 @@ class LocalBackend(EngineCore):
                 self.memory.restore(object_id)  # a spilled one, if it fits again
             items = [(self.store.value(i), self.memory.view(i)) for i in ids]
         results = []
-        for value, view in items:
-            result = object_store.load(value, view)  # type: ignore[arg-type]
+        for object_id, (value, view) in zip(ids, items):
+            try:
+                result = object_store.load(value, view)  # type: ignore[arg-type]
+            except Exception as exc:
+                raise _load_failure(object_id, exc) from exc
             if value.is_error:  # type: ignore[union-attr]
                 raise result
             results.append(result)
@@ -419,6 +428,16 @@ class Awaited:
     def last(self) -> str | None:
         """The object to sleep on: the last one not ready yet."""
         return self._left[-1] if self._left else None
+
+
+def _load_failure(object_id: str, error: Exception) -> SerializationError:
+    """A stored value that does not load here: what failed, and what to do."""
+    msg = (f"the value of ObjectRef({object_id}) was stored, but rebuilding it here failed "
+           f"with {exception_text(error)}. Its class's __reduce__ / __setstate__ (or a "
+           f"registered deserializer) raised, or it needs a module this process cannot "
+           f"import. Fix that method, or register a serializer for the class with "
+           f"dk.register_serializer.")
+    return SerializationError(msg)
 
 
 def _process_stats(process: pool.WorkerProcess | None) -> tuple[float | None, int | None]:
