@@ -72,11 +72,13 @@ def kill_driver_after_first_line(tmp_path, source: str) -> tuple[int, str]:
 
 
 def run_driver_script(tmp_path, source: str, *, timeout: float = 60,
-                      env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``source`` as a driver script (its definitions live in ``__main__``, as in a
-    notebook); fails the test with the script's output if it exits non-zero."""
+                      env: dict[str, str] | None = None,
+                      prelude: str = "") -> subprocess.CompletedProcess:
+    """Run ``source`` (after ``prelude``) as a driver script: its definitions live in
+    ``__main__``, as in a notebook. Fails the test with the script's output if it exits
+    non-zero."""
     script = tmp_path / "driver_script.py"
-    script.write_text(textwrap.dedent(source))
+    script.write_text(textwrap.dedent(prelude) + textwrap.dedent(source))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=timeout, env=env)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"

@@ -24,7 +24,7 @@ def _microseconds(variable: str, default: int) -> float:
 INLINE_THRESHOLD = 100 * 1024
 #: Where shared-memory segments live (tmpfs on Linux).
 SHM_DIR = os.environ.get("DISTKERNEL_SHM_DIR", "/dev/shm")
-#: Every segment name starts with this, then the driver pid: ``distkernel-<pid>-...``.
+#: Every file name starts with this, then the driver pid: ``distkernel-<pid>-...`` (``reaper``).
 SEGMENT_PREFIX = "distkernel-"
 #: How many finished task records ``timeline()`` keeps.
 TIMELINE_CAPACITY = 10_000

@@ -7,7 +7,7 @@
                            ▼                          ▼
        main thread: read -> RunTask -> run -> TaskDone    watchdog thread: the driver's
        while a task waits in get/wait/put it reads too:   end closed -> remove its
-       Reply -> the waiting request, runs -> queued       segments, exit at once
+       Reply -> the waiting request, runs -> queued       files, exit at once
        (prints go out as Output messages as they are written)
 
     driver ── control block (shared page, ``control``) ────▶ marks: runs revoked or
@@ -15,9 +15,11 @@
                                                               run starts and on SIGINT
 
 There is no reader thread: a thread hand-off cost a wake-up on every task. A
-worker started for driver pid P writes large results into segments named
-``distkernel-P-<object id>`` and hands them to the driver. If the driver dies
-(even by SIGKILL) the watchdog (or a read's EOF) removes P's segments and exits.
+worker writes large results into room the driver lent it in the driver's arena
+(``worker_client``) and creates no file itself. It knows the cluster's files
+(``reaper.Space``) from its command line, checks every name it is sent against
+them, and if the driver dies (even by SIGKILL) the watchdog (or a read's EOF)
+removes them and exits.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class Worker:
 
     def driver_gone(self) -> None:
         if not self._stopping:
-            # The driver died without stopping us: nobody else will free its segments.
+            # The driver died without stopping us: nobody else will remove its files.
             self.space.remove_all()
         os._exit(0)
 

@@ -135,32 +135,45 @@ def test_dist_init_with_a_store_larger_than_the_folder_keeps_the_kernel(tmp_path
             session.shutdown()
 
 
+PEAK_SAMPLER = """
+    import os, shutil, threading
+
+    PEAK = [0]
+
+
+    def sample_peak_use():
+        # The shared-memory folder's use, every 2 ms, until the returned event is set.
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                PEAK[0] = max(PEAK[0], shutil.disk_usage(os.environ["DISTKERNEL_SHM_DIR"]).used)
+                stop.wait(0.002)
+
+        threading.Thread(target=sample, daemon=True).start()
+        return stop
+"""
+
+
 def test_a_result_larger_than_the_store_is_refused_before_anything_is_written(tmp_path):
     with mounted_tmpfs(str(tmp_path / "shm"), 1200) as shm:
         done = run_driver_script(tmp_path, """
-            import os, shutil, threading, numpy as np, distkernel as dk
+            import numpy as np, distkernel as dk
             dk.init(1, object_store_memory="300MB")
-            folder = os.environ["DISTKERNEL_SHM_DIR"]
-            peak, stop = [0], threading.Event()
-
-            def sample():
-                while not stop.is_set():
-                    peak[0] = max(peak[0], shutil.disk_usage(folder).used)
-                    stop.wait(0.002)
 
             @dk.remote
             def huge():
                 return np.ones(2**30 // 8)  # 1 GiB
 
-            threading.Thread(target=sample, daemon=True).start()
+            stop = sample_peak_use()
             try:
                 dk.get(huge.remote())
             except dk.ObjectStoreFullError as error:
                 print("refused", "capacity 286.1 MiB" in str(error))
             stop.set()
-            print(peak[0] // 2**20)
+            print(PEAK[0] // 2**20)
             print(dk.get(dk.put(np.ones(10))).sum())
-        """, env=shm_env(shm))
+        """, env=shm_env(shm), prelude=PEAK_SAMPLER)
     refused, peak_mib, after = done.stdout.strip().split("\n")
     assert refused == "refused True"
     assert int(peak_mib) < 64  # not one byte of the 1 GiB went to shared memory
@@ -170,27 +183,20 @@ def test_a_result_larger_than_the_store_is_refused_before_anything_is_written(tm
 def test_concurrent_large_results_stay_within_the_capacity(tmp_path):
     with mounted_tmpfs(str(tmp_path / "shm"), 1500) as shm:
         done = run_driver_script(tmp_path, """
-            import os, shutil, threading, numpy as np, distkernel as dk
+            import numpy as np, distkernel as dk
             dk.init(4, object_store_memory="600MB")
-            folder = os.environ["DISTKERNEL_SHM_DIR"]
-            peak, stop = [0], threading.Event()
-
-            def sample():
-                while not stop.is_set():
-                    peak[0] = max(peak[0], shutil.disk_usage(folder).used)
-                    stop.wait(0.002)
 
             @dk.remote
             def make(fill):
                 return np.full(250 * 2**20 // 8, fill)
 
-            threading.Thread(target=sample, daemon=True).start()
+            stop = sample_peak_use()
             refs = [make.remote(float(i)) for i in range(4)]
             dk.wait(refs, num_returns=4)
             stop.set()
             print([float(dk.get(r)[-1]) for r in refs])
-            print(peak[0] // 2**20)
-        """, env=shm_env(shm))
+            print(PEAK[0] // 2**20)
+        """, env=shm_env(shm), prelude=PEAK_SAMPLER)
     values, peak_mib = done.stdout.strip().split("\n")
     assert values == "[0.0, 1.0, 2.0, 3.0]"
     assert int(peak_mib) <= 600 * 10**6 // MIB + 64  # the capacity, and one chunk of slack

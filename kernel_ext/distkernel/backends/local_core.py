@@ -1,4 +1,4 @@
-"""The lock-held heart of the local engine: store + scheduler + worker table.
+"""The lock-held heart of the local engine: memory (``local_memory``) + scheduler + workers.
 
 Every method here runs with ``lock`` held, called by a caller thread (submit,
 put, get ...) or by whoever reads the workers' sockets (worker messages,
