@@ -33,18 +33,6 @@ MIB = 2**20
 LARGE = 128 * MIB
 DEATHS = ["SIGKILL", "SIGSEGV", "SIGTERM", "SIGBUS", "SIGABRT", "exit 3"]
 
-DEAD_WORKERS_KEEP_THEIR_REFS = (
-    "A dead worker's refs are never dropped: the driver counts one for each value a task puts "
-    "and each task it submits (local_requests._put / _submit) and for each RefDelta.added, "
-    "and EngineCore.on_exit does not take them back, so those objects stay stored for ever."
-)
-DEAD_WORKERS_KEEP_THEIR_VIEWS = (
-    "Arena views a worker reported (RefDelta.views_opened -> Arena.hold) are never released "
-    "when it dies (Memory.worker_gone only ends loans and Sent holds): the region stays live "
-    "after its object is freed, so its chunk can never be reused or given back."
-)
-
-
 # -- inside the worker ------------------------------------------------------------------------
 
 def die(how: str) -> None:
@@ -235,8 +223,7 @@ PHASES = [
     pytest.param(putting, id="putting"),
     pytest.param(pickling_its_result, id="pickling-result"),
     pytest.param(writing_its_result, id="writing-result"),
-    pytest.param(waiting_in_get, id="waiting-in-get",
-                 marks=pytest.mark.xfail(strict=True, reason=DEAD_WORKERS_KEEP_THEIR_REFS)),
+    pytest.param(waiting_in_get, id="waiting-in-get"),
 ]
 
 
@@ -270,7 +257,6 @@ def test_a_crash_is_retried_then_reported_with_its_signal(cluster, tmp_path):
     assert_nothing_left_reserved(baseline)
 
 
-@pytest.mark.xfail(strict=True, reason=DEAD_WORKERS_KEEP_THEIR_REFS)
 def test_what_a_task_put_before_its_worker_died_is_freed(cluster):
     baseline = used_bytes()
     with pytest.raises(dk.WorkerCrashedError, match="signal SIGKILL"):
@@ -278,7 +264,6 @@ def test_what_a_task_put_before_its_worker_died_is_freed(cluster):
     assert_nothing_left_reserved(baseline)
 
 
-@pytest.mark.xfail(strict=True, reason=DEAD_WORKERS_KEEP_THEIR_VIEWS)
 def test_a_large_argument_a_dead_worker_was_reading_is_freed(cluster):
     baseline = used_bytes()
     values = dk.put(np.ones(4 * MIB // 8))

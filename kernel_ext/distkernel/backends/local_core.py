@@ -23,6 +23,7 @@ from distkernel import config, object_store, pool
 from distkernel.backends.local_io import IOLoop
 from distkernel.backends.local_memory import Memory
 from distkernel.backends.local_requests import RequestHandler
+from distkernel.backends.worker_regions import Borrowed
 from distkernel.exceptions import (
     ActorDiedError,
     DistkernelError,
@@ -123,6 +124,7 @@ class EngineCore:
         self.tag_source: Callable[[], str | None] | None = None
         self.task_tags: OrderedDict[str, str] = OrderedDict()
         self.cell_records: dict[str, deque[TaskRecord]] = {}  # taken when the cell ends
+        self.borrowed_refs: Borrowed[str] = Borrowed()  # refs workers hold, counted for them
         self.requests = RequestHandler(self)
         self.refs = DriverRefs(self)
         self.io = IOLoop(self)
@@ -158,6 +160,11 @@ class EngineCore:
                     self.forget(self.store.remove_refs(object_id, -change))
             self.memory.apply_closed_views()
             self.requests.retry_allocations()
+
+    def add_worker_ref(self, worker_id: int, object_id: str) -> None:
+        """A ref a worker holds, counted for it (given back if the worker dies)."""
+        self.store.add_refs(object_id)
+        self.borrowed_refs.add(worker_id, object_id)
 
     def forget(self, freed: list[str]) -> None:
         """Objects just freed; an actor whose last handle went is stopped."""
@@ -396,15 +403,13 @@ class EngineCore:
         if isinstance(message, TaskDone):
             self._on_task_done(worker_id, message)
         elif isinstance(message, RefDelta):
-            arena = self.memory.arena
-            for segment, offset in message.views_opened:
-                arena.hold(segment, offset)
+            self.memory.views_reported(worker_id, message.views_opened, ())
             for object_id in message.added:
-                self.store.add_refs(object_id)
+                self.add_worker_ref(worker_id, object_id)
             for object_id in message.removed:
+                self.borrowed_refs.add(worker_id, object_id, -1)
                 self.forget(self.store.remove_refs(object_id))
-            for segment, offset in message.views_closed:
-                arena.release(segment, offset)
+            self.memory.views_reported(worker_id, (), message.views_closed)
         elif isinstance(message, Request):
             self.execute(self.requests.handle(worker_id, message))
         elif isinstance(message, WorkerReady):
@@ -460,6 +465,8 @@ class EngineCore:
         spec = self.scheduler.running_task(worker_id)
         process.close()
         self.memory.worker_gone(worker_id)  # what it was writing or reading is given back
+        for object_id, count in self.borrowed_refs.worker_gone(worker_id).items():
+            self.forget(self.store.remove_refs(object_id, count))
         self.requests.worker_gone(worker_id)
         if state is not None and state.state == "stopping" and not state.assigned:
             stopped = self.scheduler.worker_stopped(worker_id)

@@ -21,11 +21,11 @@ import errno
 import functools
 import shutil
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from distkernel import config, object_store
 from distkernel.arena import Arena, Region
-from distkernel.backends.worker_regions import Lent, Sent
+from distkernel.backends.worker_regions import Borrowed, Lent, Sent
 from distkernel.object_store import ObjectStore, Reclaimer
 from distkernel.protocol import InlineValue, Place, SharedValue, Value
 from distkernel.reaper import Space
@@ -44,6 +44,7 @@ class Memory:
         self.store = ObjectStore(capacity, self._free_shared)
         self.lent = Lent()
         self.sent = Sent(self.arena.hold, self.arena.release)
+        self.views: Borrowed[tuple[str, int]] = Borrowed()  # arena views workers report open
         self.views_closed: deque[tuple[str, int]] = deque()  # driver views gone (finalizers)
         self._on_view_closed = on_view_closed  # asks whoever can take the lock to apply them
 
@@ -150,11 +151,24 @@ class Memory:
         self.reserve(value.nbytes)
         return value
 
+    def views_reported(self, worker_id: int, opened: Iterable[tuple[str, int]],
+                       closed: Iterable[tuple[str, int]]) -> None:
+        """A worker's views of arena regions: each open one holds its region."""
+        for segment, offset in opened:
+            self.arena.hold(segment, offset)
+            self.views.add(worker_id, (segment, offset))
+        for segment, offset in closed:
+            self.arena.release(segment, offset)
+            self.views.add(worker_id, (segment, offset), -1)
+
     def worker_gone(self, worker_id: int) -> None:
         """Give back what a worker that exited was writing or reading."""
         for place in self.lent.worker_gone(worker_id):
             self.give_back(place)
         self.sent.worker_gone(worker_id)
+        for (segment, offset), count in self.views.worker_gone(worker_id).items():
+            for _ in range(count):
+                self.arena.release(segment, offset)
 
     # -- reading -------------------------------------------------------------------------------
 

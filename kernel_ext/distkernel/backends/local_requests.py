@@ -178,7 +178,8 @@ class RequestHandler:
             backend.send(worker_id, Reply(request.request_id, error=refused))
             return []
         # Counted now, for the ObjectRef the worker makes from this reply (ObjectRef.counted).
-        backend.store.expect(object_id).refs += 1  # type: ignore[arg-type]
+        backend.store.expect(object_id)  # type: ignore[arg-type]
+        backend.add_worker_ref(worker_id, object_id)  # type: ignore[arg-type]
         backend.forget(backend.store.seal(object_id, value))  # type: ignore[arg-type]
         backend.send(worker_id, Reply(request.request_id))
         return []
@@ -191,7 +192,8 @@ class RequestHandler:
             backend.functions.setdefault(spec.function_hash, request.function)
         for return_id in spec.return_ids:
             # Counted now, for the worker's ObjectRef.counted of each result.
-            backend.store.expect(return_id).refs += 1
+            backend.store.expect(return_id)
+            backend.add_worker_ref(worker_id, return_id)
         args_id = ""
         if isinstance(spec.args, SharedValue):  # large arguments, written by the worker
             value = backend.adopt(worker_id, spec.args)

@@ -1,4 +1,4 @@
-"""Arena regions between the driver and its workers: lent for writing, held while sent.
+"""What the driver holds for its workers: room lent, regions sent, refs and views borrowed.
 
 Lent: a worker about to write a large value asks the driver for room; the
 driver reserves it against the store's capacity, allocates a region and lends
@@ -16,12 +16,17 @@ is then never spilled or reused, whatever the worker has reported so far::
     driver: hold ─ RunTask(seq) ──────────▶ worker: open view ... TaskDone(seq)
                                                     (RefDelta: views) ─┘
     driver: ◀─ RefDelta applied, then TaskDone(seq): release holds of runs <= seq
+
+Borrowed: the ObjectRefs a worker holds and the arena views it keeps open are
+counted in the store and the arena on its behalf; a worker that dies cannot
+report letting them go, so what it still held is given back for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Generic, TypeVar
 
 from distkernel.protocol import Place, SharedValue
 
@@ -108,3 +113,21 @@ class Sent:
     def worker_gone(self, worker_id: int) -> None:
         for _seq, segment, offset in self._by_worker.pop(worker_id, ()):
             self._release(segment, offset)
+
+
+_Held = TypeVar("_Held", bound=Hashable)
+
+
+class Borrowed(Generic[_Held]):
+    """Per worker, how many refs to each object (or views of each region) it holds."""
+
+    def __init__(self) -> None:
+        self._by_worker: dict[int, Counter[_Held]] = {}
+
+    def add(self, worker_id: int, key: _Held, count: int = 1) -> None:
+        self._by_worker.setdefault(worker_id, Counter())[key] += count
+
+    def worker_gone(self, worker_id: int) -> dict[_Held, int]:
+        """What a worker that exited still held: key -> how many."""
+        held = self._by_worker.pop(worker_id, Counter())
+        return {key: count for key, count in held.items() if count > 0}
