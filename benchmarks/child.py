@@ -37,6 +37,12 @@ def shape_of(arr: Any) -> tuple[int, ...]:
     return tuple(arr.shape)
 
 
+def filled_array(length: int) -> Any:
+    import numpy
+
+    return numpy.ones(length)
+
+
 class Counter:
     def __init__(self) -> None:
         self.count = 0

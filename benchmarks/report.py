@@ -33,6 +33,8 @@ def _object_rows(section: str, size: str) -> list[Metric]:
         Metric(section, "get_writeable", f"{size}: get result writeable", "flag"),
         Metric(section, "task_ref_s", f"{size}: task on a stored object (ref in, shape out)", "ms"),
         Metric(section, "task_arg_s", f"{size}: task with the array as argument", "ms"),
+        Metric(section, "task_result_s", f"{size}: task making and returning an array, get",
+               "ms"),
     ]
 
 
@@ -169,7 +171,10 @@ one get of all. put = store a float64 array; get = read it back in the driver
 (distkernel and Ray return read-only zero-copy views); task on a stored object = pass
 the ref, the task returns `arr.shape`; task with the array as argument = the array
 itself is the argument (distkernel and Ray store it implicitly; Pool pickles it through
-its pipe); the numpy copies are the same-size memcpy baselines for put. Medians over
+its pipe); task making and returning an array = the task fills a new array of the
+size (`np.ones`) and returns it, then the driver gets it (a view for distkernel and Ray,
+a copy through the pipe for Pool); the numpy copies are the same-size memcpy baselines
+for put. Medians over
 repeats, each repeat freeing its object. Idle memory = driver + every process the
 engine started, 2 s after start-up and one task; RSS double-counts shared pages
 (forked Pool workers, Ray's shared store), USS does not. Leborn round = on one

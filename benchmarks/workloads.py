@@ -80,7 +80,8 @@ def copy_baseline(arr: np.ndarray, repeats: int) -> dict[str, float]:
 
 
 def large_object(engine: Engine, tasks: Any, nbytes: int, repeats: int) -> dict[str, Any]:
-    """put / get / task-on-ref / task-with-array of one float64 array of ``nbytes``.
+    """put / get / task-on-ref / task-with-array / task-returning-array of one float64
+    array of ``nbytes``.
 
     Each repeat stores a fresh object and frees it (drops every ref and view)
     before the next, so no repeat reads a cache or fills the store.
@@ -93,7 +94,16 @@ def large_object(engine: Engine, tasks: Any, nbytes: int, repeats: int) -> dict[
         result["store_skipped"] = str(exc)
     result["task_arg_s"] = _median_time(
         lambda: engine.get(engine.submit(tasks.shape_of, arr)), repeats)
+    result["task_result_s"] = _median_time(
+        lambda: _check_filled(engine.get(engine.submit(tasks.filled_array, arr.size)),
+                              arr.size), repeats)
     return result
+
+
+def _check_filled(result: np.ndarray, length: int) -> None:
+    if result.shape != (length,) or result[0] != 1.0 or result[-1] != 1.0:
+        msg = f"a task's array result came back wrong: shape {result.shape}"
+        raise AssertionError(msg)
 
 
 def _stored_object(engine: Engine, tasks: Any, arr: np.ndarray, repeats: int) -> dict[str, Any]:
