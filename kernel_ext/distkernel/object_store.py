@@ -23,7 +23,7 @@ import queue
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,9 +266,10 @@ class ObjectStore:
         if object_id in self._resident:
             self._resident.move_to_end(object_id)
 
-    def resident(self) -> list[str]:
-        """Ids of objects in the arena, least recently used first."""
-        return list(self._resident)
+    def resident(self) -> Iterator[str]:
+        """Ids of objects in the arena, least recently used first. Changing the store ends
+        the iteration: stop iterating once you have (as spilling one object does)."""
+        return iter(self._resident)
 
     def swap_value(self, object_id: str, value: SharedValue) -> SharedValue:
         """Move an object to disk (a spilled value) or back (an arena value); returns the

@@ -90,7 +90,7 @@ class Memory:
             # The shared-memory folder is full: free a region by spilling and try again;
             # when nothing more can be spilled, give wholly free chunks back at once.
             if self._spill_one() is None and not self.arena.trim():
-                raise self.store.full_error(size, self._shm_advice(size)) from None
+                raise self.store.full_error(size, self._shm_advice()) from None
 
     def _make_room(self, nbytes: int) -> str:
         """Spill until ``nbytes`` fit; returns why spilling stopped short (or "")."""
@@ -131,7 +131,7 @@ class Memory:
                     "store: init(object_store_memory=...).")
         return self.spiller.refusal(nbytes, self.store.spilled)
 
-    def _shm_advice(self, nbytes: int) -> str:
+    def _shm_advice(self) -> str:
         free = _free_bytes(self.space.shm_dir)
         return (f"The shared-memory folder {self.space.shm_dir} has only "
                 f"{config.format_bytes(free)} free (other programs or kernels use the rest), "
