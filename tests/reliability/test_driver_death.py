@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -159,25 +160,45 @@ def test_a_sigkilled_driver_script_leaves_no_worker_and_no_file(tmp_path, pair):
         each.assert_all_gone_soon()
 
 
-def test_a_sigkilled_kernel_leaves_no_worker_and_no_file(tmp_path):
-    """A real kernel with the extension loaded, as many times as fit in about 30 s."""
-    started, rounds = time.monotonic(), 0
-    while rounds < 5 or time.monotonic() - started < 25:
-        spill_dir = tmp_path / f"spill-{rounds}"
-        spill_dir.mkdir()
-        kernel = KernelSession("python3",
-                               env=dict(os.environ, DISTKERNEL_SPILL_DIR=str(spill_dir)))
-        try:
-            assert kernel.run("%load_ext distkernel").ok
-            cell = kernel.run(CELL, timeout=60)
-            assert cell.ok, cell.text()
-            workers = workers_of(kernel.pid)
-            assert len(workers) >= NUM_WORKERS
-            assert_has_every_kind_of_file(kernel.pid, spill_dir)
+def kernel_in_the_middle(spill_dir: Path) -> tuple[KernelSession, list[psutil.Process]]:
+    """A real kernel with the extension loaded, in the middle of the same work."""
+    kernel = KernelSession("python3", env=dict(os.environ, DISTKERNEL_SPILL_DIR=str(spill_dir)))
+    try:
+        assert kernel.run("%load_ext distkernel").ok
+        cell = kernel.run(CELL, timeout=60)
+        assert cell.ok, cell.text()
+        workers = workers_of(kernel.pid)
+        assert len(workers) >= NUM_WORKERS
+        assert_has_every_kind_of_file(kernel.pid, spill_dir)
+    except BaseException:
+        kernel.shutdown()
+        raise
+    return kernel, workers
+
+
+@pytest.mark.parametrize("pair", range(25))
+def test_a_sigkilled_kernel_leaves_no_worker_and_no_file(tmp_path, pair):
+    """Two real kernels at a time (50 in all), brought to the middle of their work side by
+    side, then killed together, so that neither starts (and sweeps) after the other's kill."""
+    spill_dirs = [tmp_path / f"spill-{i}" for i in range(2)]
+    for folder in spill_dirs:
+        folder.mkdir()
+    with ThreadPoolExecutor(2) as starting:
+        futures = [starting.submit(kernel_in_the_middle, folder) for folder in spill_dirs]
+        started = [future.exception() or future.result() for future in futures]
+    kernels = [each for each in started if isinstance(each, tuple)]
+    try:
+        errors = [each for each in started if isinstance(each, BaseException)]
+        if errors:
+            raise errors[0]
+        killed = []
+        for (kernel, workers), folder in zip(kernels, spill_dirs):
             os.kill(kernel.pid, signal.SIGKILL)
-            killed = Killed(kernel.pid, workers, spill_dir)
+            killed.append(Killed(kernel.pid, workers, folder))
+        for kernel, _ in kernels:
             kernel.manager.provisioner.process.wait()  # type: ignore[union-attr]
-            killed.assert_all_gone_soon()
-        finally:
+        for each in killed:
+            each.assert_all_gone_soon()
+    finally:
+        for kernel, _ in kernels:
             kernel.shutdown()
-        rounds += 1
