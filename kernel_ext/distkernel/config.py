@@ -6,6 +6,8 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -147,3 +149,16 @@ def spill_limit() -> int | None:
     if text == "0":
         return 0
     return parse_size(text, what="DISTKERNEL_SPILL_LIMIT")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """What a cluster is started with (``init``'s arguments, checked)."""
+
+    num_workers: int  # also the cluster's CPUs: a task takes num_cpus of them
+    store_memory: int
+    resources: Mapping[str, float] = field(default_factory=dict)  # "GPU" and custom names
+    worker_env: Mapping[str, str] = field(default_factory=dict)  # runtime_env env_vars
+    working_dir: str | None = None  # runtime_env working_dir: workers start there
+    log_to_driver: bool = True  # task output shown in the driver
+    namespace: str = ""  # of named actors, when a call names none

@@ -73,6 +73,11 @@ class ObjectLostError(DistkernelError):
     """Raised by ``get`` for a ref whose object is gone (cluster restarted, or freed)."""
 
 
+class ActorExit(SystemExit):
+    """Raised by ``exit_actor()`` inside an actor method: the actor stops after this call
+    (whose result is None), and later calls raise ActorDiedError."""
+
+
 class RemoteTraceback(Exception):
     """Carries the formatted remote traceback as the ``__cause__`` of a TaskError."""
 

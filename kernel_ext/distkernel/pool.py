@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import psutil
@@ -107,8 +108,9 @@ def _socketpair() -> tuple[socket.socket, socket.socket]:
     return parent, child
 
 
-def start_worker(worker_id: int, space: Space, cluster_id: str,
-                 registry: bytes) -> WorkerProcess:
+def start_worker(worker_id: int, space: Space, cluster_id: str, registry: bytes,
+                 extra_env: Mapping[str, str] | None = None,
+                 working_dir: str | None = None) -> WorkerProcess:
     """Fork+exec a worker and send it its set-up; returns before it is ready.
 
     The worker learns where the cluster's files are (``space``) from its command line,
@@ -119,11 +121,12 @@ def start_worker(worker_id: int, space: Space, cluster_id: str,
     try:
         command = [sys.executable, "-m", "distkernel.worker", str(child.fileno()),
                    str(worker_id), cluster_id, str(control.fd), *space.describe()]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, **(extra_env or {}), PYTHONUNBUFFERED="1")
         # A session of its own: Jupyter's interrupt and ipykernel's shutdown signal the
         # kernel's process group; our workers hear only from us (and notice if we die).
         process = subprocess.Popen(command, pass_fds=(child.fileno(), control.fd),
                                    close_fds=True, env=env, stdin=subprocess.DEVNULL,
+                                   cwd=working_dir,
                                    start_new_session=True)
     except BaseException:
         parent.close()
@@ -139,7 +142,9 @@ def start_worker(worker_id: int, space: Space, cluster_id: str,
     conn = Connection(os.dup(parent.fileno()))  # the I/O thread reads and selects on it
     worker = WorkerProcess(worker_id, process, conn, sentinel, FrameReader(conn.fileno()),
                            Outbox(parent), control)
-    worker.send({"sys_path": list(sys.path), "registry": registry})
+    # A working_dir comes first on the path, as in Ray: its modules import in tasks.
+    path = [working_dir, *sys.path] if working_dir else list(sys.path)
+    worker.send({"sys_path": path, "registry": registry})
     return worker
 
 

@@ -116,6 +116,11 @@ class TaskSpec:
     actor_id: str = ""  # set for actor methods: the method name is ``name``'s last part
     method: str = ""
     pin_worker: int = 0  # run only on this worker (``%%remote --all``); 0: anywhere
+    # What it needs while it runs, by name ("CPU", "GPU", custom); () means one CPU.
+    resources: tuple[tuple[str, float], ...] = ()
+    # Retry when the task raises: False, True (any exception), or the pickled tuple of
+    # exception classes to retry on (checked in the driver, which has the classes).
+    retry_exceptions: bool | bytes = False
 
 
 @message
@@ -217,6 +222,14 @@ class ActorOptions:
     max_task_retries: int = 0
     name: str = ""
     detached: bool = False  # lives until shutdown or kill(), even with no handle left
+    namespace: str = ""  # of its name ("" : the cluster's namespace)
+    get_if_exists: bool = False  # a live actor of that name is returned instead
+    # Held for the actor's whole life ("CPU", "GPU", custom); () holds nothing.
+    resources: tuple[tuple[str, float], ...] = ()
+    max_concurrency: int = 1  # calls run at once (threads; an async actor: its event loop)
+    is_async: bool = False  # has async methods: calls run as coroutines on one event loop
+    concurrency_groups: tuple[tuple[str, int], ...] = ()  # group name -> calls at once
+    method_groups: tuple[tuple[str, str], ...] = ()  # method name -> its group
 
 
 @message
@@ -252,3 +265,7 @@ class TaskOptions:
     name: str = ""
     kind: str = "task"  # "cell" for a %%remote cell body
     pin_worker: int = 0
+    num_gpus: float = 0
+    resources: tuple[tuple[str, float], ...] = ()  # custom resources by name
+    retry_exceptions: bool | bytes = False  # see TaskSpec
+    concurrency_group: str = ""  # an actor method call: the group it runs in

@@ -61,7 +61,7 @@ def init(num_workers: int | None = None, *, object_store_memory: int | str | Non
         memory = config.resolve_store_memory(object_store_memory)
         from distkernel.backends.local import LocalBackend
 
-        _backend = LocalBackend(workers, memory)
+        _backend = LocalBackend(config.ClusterSettings(workers, memory))
         _info = ClusterInfo("local", workers, memory, "local", _backend.cluster_id)
         for hook in list(_start_hooks):
             hook(_backend)

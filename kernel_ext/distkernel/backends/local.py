@@ -54,9 +54,9 @@ class LocalBackend(EngineCore):
 
     name = "local"
 
-    def __init__(self, num_workers: int, store_memory: int,
+    def __init__(self, settings: config.ClusterSettings,
                  output_handler: OutputHandler | None = None) -> None:
-        super().__init__(num_workers, store_memory, output_handler or print_output)
+        super().__init__(settings, output_handler or print_output)
         self.started_at = time.time()
         reaper.sweep_dead_drivers()
         refs.set_tracker(self.refs)

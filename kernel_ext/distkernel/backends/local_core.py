@@ -98,8 +98,9 @@ class EngineCore:
     (``interrupts.DEFERRED_SIGINT``), so it never leaves this state half changed.
     """
 
-    def __init__(self, num_workers: int, store_memory: int,
-                 output_handler: OutputHandler) -> None:
+    def __init__(self, settings: config.ClusterSettings, output_handler: OutputHandler) -> None:
+        self.settings = settings
+        num_workers, store_memory = settings.num_workers, settings.store_memory
         self.cluster_id = secrets.token_hex(8)
         self.driver_pid = os.getpid()
         self.output_handler = output_handler
@@ -361,7 +362,8 @@ class EngineCore:
         if self.closing:
             return
         worker_id = self.scheduler.add_worker(extra=extra, actor_id=actor_id)
-        process = pool.start_worker(worker_id, self.space, self.cluster_id, registry.dump())
+        process = pool.start_worker(worker_id, self.space, self.cluster_id, registry.dump(),
+                                    self.settings.worker_env, self.settings.working_dir)
         self.workers[worker_id] = process
         self.io.watch(process)
 

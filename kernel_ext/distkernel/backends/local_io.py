@@ -244,7 +244,9 @@ class IOLoop:
             self._guarded(self._on_event, key.data, outputs)
 
     def deliver(self, outputs: Outputs) -> None:
-        """Pass task output on (lock released)."""
+        """Pass task output on (lock released), unless init(log_to_driver=False) said not to."""
+        if not self._core.settings.log_to_driver:
+            return
         for worker_id, output in outputs:
             self._guarded(self._core.output_handler, worker_id, output.task_id, output.stream,
                           output.text)
