@@ -60,12 +60,35 @@ def actor_call(actor_id: str = "A", *, refs: tuple[str, ...] = (), retries: int 
                 retries=retries)
 
 
+_EVENTS = ("start", "worker_ready", "worker_died", "worker_stopped", "worker_blocked",
+           "worker_unblocked", "submit", "object_ready", "task_done", "cancel", "resize",
+           "create_actor", "actor_creation_failed", "kill_actor", "release_actor")
+
+
+class CheckedScheduler(Scheduler):
+    """The scheduler, its invariants checked (``validate_state``) after every event."""
+
+
+def _checked(name: str):
+    def event(self, *args, **kwargs):
+        out = getattr(Scheduler, name)(self, *args, **kwargs)
+        self.validate_state()
+        return out
+
+    return event
+
+
+for _name in _EVENTS:
+    setattr(CheckedScheduler, _name, _checked(_name))
+
+
 def new_scheduler(num_workers: int = 1, *, max_extra_workers: int = 2,
-                  ready: set[str] | None = None) -> Scheduler:
+                  ready: set[str] | None = None,
+                  resources: dict[str, float] | None = None) -> Scheduler:
     """A scheduler whose stored objects are the ids in ``ready`` (add to it, then object_ready)."""
     stored = set() if ready is None else ready
-    return Scheduler(num_workers, is_ready=lambda oid: oid in stored,
-                     max_extra_workers=max_extra_workers)
+    return CheckedScheduler(num_workers, is_ready=lambda oid: oid in stored,
+                            max_extra_workers=max_extra_workers, resources=resources)
 
 
 def add_started(sched: Scheduler, instructions: Iterable[Instruction]) -> list[int]:
@@ -79,9 +102,11 @@ def ready_worker(sched: Scheduler, worker_id: int) -> list[Instruction]:
 
 
 def booted(num_workers: int = 1, *, max_extra_workers: int = 2,
-           ready: set[str] | None = None) -> Scheduler:
+           ready: set[str] | None = None,
+           resources: dict[str, float] | None = None) -> Scheduler:
     """A scheduler whose ``num_workers`` regular workers (ids 1..n) are started and idle."""
-    sched = new_scheduler(num_workers, max_extra_workers=max_extra_workers, ready=ready)
+    sched = new_scheduler(num_workers, max_extra_workers=max_extra_workers, ready=ready,
+                          resources=resources)
     for worker_id in add_started(sched, sched.start()):
         assert ready_worker(sched, worker_id) == []
     return sched

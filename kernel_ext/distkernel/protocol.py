@@ -132,6 +132,7 @@ class RunTask:
     resolved: tuple[tuple[str, Value], ...]  # values of the top-level ref arguments
     function: bytes | None = None  # the pickled function, when this worker lacks it
     poll_after: bool = True  # poll for the next message a moment before sleeping
+    gpu_ids: tuple[int, ...] = ()  # GPU devices the run may use (CUDA_VISIBLE_DEVICES)
 
 
 @message

@@ -7,10 +7,12 @@ task, start / stop / interrupt / kill a worker). Tests drive it directly,
 without processes (habit 3).
 
 A task waits, holding no worker, until every top-level ObjectRef argument is
-ready; then it queues FIFO for an idle worker. A worker blocked in ``get`` on
-other tasks does not count towards the pool size, so nested tasks cannot
-starve the pool: an extra worker starts while the others wait, and stops when
-it is idle again and the pool is back above its size.
+ready; then it queues FIFO for an idle worker and for the resources it asks
+for (one CPU by default; ``resources``): it holds them while it runs. A worker
+blocked in ``get`` on other tasks gives its CPU back meanwhile, so nested tasks
+cannot starve the pool: when queued work fits the free resources and no worker
+is idle, an extra worker starts (also for tasks that need no CPU), and stops
+when it is idle again and the pool is back above its size.
 
 Short tasks are pipelined: a worker running a function known to take under
 ``PREFETCH_BELOW`` seconds is sent up to ``PREFETCH_DEPTH`` short tasks, so it
@@ -22,9 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from distkernel.protocol import TaskSpec
+from distkernel.resources import ONE_CPU, Needs, Resources, needs_of
 from distkernel.scheduler_types import (
     ActorState,
     Dispatch,
@@ -55,13 +58,16 @@ class Scheduler:
     """Pool-wide scheduling state. ``is_ready(object_id)`` tells whether a value is stored."""
 
     def __init__(self, num_workers: int, is_ready: Callable[[str], bool],
-                 max_extra_workers: int) -> None:
+                 max_extra_workers: int, resources: Mapping[str, float] | None = None) -> None:
         self.num_workers = num_workers
         self.max_extra_workers = max_extra_workers
         self._is_ready = is_ready
+        self.resources = Resources(num_workers, resources)
         self.workers: dict[int, WorkerState] = {}
         self.tasks: dict[str, TaskState] = {}
-        self.queue: deque[str] = deque()
+        self.queue: deque[str] = deque()  # tasks asking for one CPU, FIFO
+        self.special: deque[str] = deque()  # tasks asking for anything else, FIFO
+        self.waiting_actors: list[str] = []  # actors waiting for the resources they hold
         self._waiters: dict[str, list[str]] = {}
         self._runs: dict[int, str] = {}  # seq -> task_id
         self._next_worker_id = 1
@@ -106,7 +112,7 @@ class Scheduler:
         if worker.actor_id:
             actor = self.actors.get(worker.actor_id)  # gone already if it was released
             return self._actor_died(actor, worker, describe) if actor is not None else []
-        self.queue.extend(self.pinned.pop(worker_id, ()))  # its replacement has another id
+        self._unpin(worker_id)  # its replacement has another id
         out: list[Instruction] = []
         again: list[str] = []  # back to the queue front, in the order they were sent
         for position, seq in enumerate(worker.assigned):
@@ -114,6 +120,7 @@ class Scheduler:
             task = self.tasks.get(task_id) if task_id else None
             if task is None:
                 continue
+            self._let_go(task)
             task.worker_id = task.seq = None
             if task.cancel_requested:
                 del self.tasks[task.spec.task_id]
@@ -126,7 +133,8 @@ class Scheduler:
             else:
                 del self.tasks[task.spec.task_id]
                 out.append(FailTask(task.spec, "crashed", describe))
-        self.queue.extendleft(reversed(again))
+        for task_id in reversed(again):
+            self._enqueue(self.tasks[task_id], front=True)
         if worker.state != "stopping" and not worker.extra:
             out.append(StartWorker())
         out.extend(self._dispatch())
@@ -135,8 +143,13 @@ class Scheduler:
     def worker_stopped(self, worker_id: int) -> list[Instruction]:
         """A worker we stopped has exited; tasks pinned to it may run anywhere now."""
         self.workers.pop(worker_id, None)
-        self.queue.extend(self.pinned.pop(worker_id, ()))
+        self._unpin(worker_id)
         return self.start() + self._dispatch()
+
+    def _unpin(self, worker_id: int) -> None:
+        for task_id in self.pinned.pop(worker_id, ()):
+            if task_id in self.tasks:
+                self._enqueue(self.tasks[task_id])
 
     def worker_blocked(self, worker_id: int) -> list[Instruction]:
         """The worker waits in ``get``: let another worker take its place meanwhile."""
@@ -144,16 +157,31 @@ class Scheduler:
         if worker is None or worker.state != "busy":
             return []
         worker.state = "blocked"
+        self._hold_cpu(worker, False)  # as Ray: a task blocked in get gives its CPU back
         return self._take_back_prefetched(worker) + self._dispatch()
 
+    def _hold_cpu(self, worker: WorkerState, hold: bool) -> None:
+        """Give back (or take again) the CPU of the run in progress on ``worker``."""
+        task = self.tasks.get(self._runs.get(worker.running, "")) \
+            if worker.running is not None else None
+        cpus = task.needs.get("CPU", 0.0) if task is not None else 0.0
+        if task is None or not cpus or bool(task.held.get("CPU")) == hold:
+            return
+        if hold:
+            self.resources.acquire({"CPU": cpus})
+            task.held = {**task.held, "CPU": cpus}
+        else:
+            self.resources.release({"CPU": cpus})
+            task.held = {k: v for k, v in task.held.items() if k != "CPU"}
+
     def _extra_needed(self) -> list[Instruction]:
-        """Start an extra worker when tasks wait, none can take them, and blocked workers
-        leave the pool below its size (a parent waiting for its children)."""
-        if not self.queue or self._active_count() >= self.num_workers:
-            return []
+        """Start an extra worker when a queued task fits the free resources but no worker
+        is idle: a parent blocked in get has given its CPU back to its children, or the
+        tasks need no CPU (``num_cpus=0`` or a fraction)."""
+        if not (self.queue or self.special) or self._live_regular_count() < self.num_workers:
+            return []  # nothing waits, or regular workers are being (re)started anyway
         regular = [w for w in self.workers.values() if not w.actor_id]
-        if not any(w.state == "blocked" for w in regular) or \
-                any(w.state in ("idle", "starting") for w in regular):
+        if any(w.state in ("idle", "starting") for w in regular) or self._next_task() is None:
             return []
         extras = sum(1 for w in regular if w.extra and w.state != "stopping")
         return [StartWorker(extra=True)] if extras < self.max_extra_workers else []
@@ -177,7 +205,7 @@ class Scheduler:
                     del self.tasks[task.spec.task_id]
                     out.append(FailTask(task.spec, "cancelled", "the task was cancelled"))
                 else:
-                    self.queue.appendleft(task.spec.task_id)
+                    self._enqueue(task, front=True)
             revoked.append(seq)
         if revoked:
             out.insert(0, Revoke(worker.worker_id, tuple(reversed(revoked))))
@@ -187,6 +215,7 @@ class Scheduler:
         worker = self.workers.get(worker_id)
         if worker is not None and worker.state == "blocked":
             worker.state = "busy"
+            self._hold_cpu(worker, True)
         out: list[Instruction] = []
         for extra in self.workers.values():
             if extra.extra and extra.state == "idle" and self._should_retire(extra):
@@ -199,18 +228,25 @@ class Scheduler:
     def submit(self, spec: TaskSpec, caller: str = "driver") -> list[Instruction]:
         if spec.actor_id:
             return self._submit_actor_call(spec, caller)
+        why = self.infeasible(needs_of(spec.resources))
+        if why is not None:
+            return [FailTask(spec, "infeasible", f"{spec.name} can never run here: {why}")]
         task = self._track(spec, caller)
         if task.waiting_on:
             return []
         self._enqueue(task)
         return self._dispatch()
 
+    def infeasible(self, needs: Needs) -> str | None:
+        """Why a task or actor asking for ``needs`` can never run here, or None."""
+        return self.resources.infeasible(needs)
+
     def _enqueue(self, task: TaskState, *, front: bool = False) -> None:
         pin = task.spec.pin_worker
         if pin and pin in self.workers:
             queue = self.pinned.setdefault(pin, deque())
         else:
-            queue = self.queue
+            queue = self.queue if task.needs is ONE_CPU else self.special
         if front:
             queue.appendleft(task.spec.task_id)
         else:
@@ -219,7 +255,8 @@ class Scheduler:
     def _track(self, spec: TaskSpec, caller: str) -> TaskState:
         self._submitted += 1
         task = TaskState(spec, retries_left=spec.max_retries, caller=caller,
-                         order=self._submitted)
+                         order=self._submitted,
+                         needs={} if spec.actor_id else needs_of(spec.resources))
         self.tasks[spec.task_id] = task
         for object_id in spec.top_level_refs:
             if not self._is_ready(object_id):
@@ -255,13 +292,16 @@ class Scheduler:
         """The run ``seq`` finished (any outcome); the worker may take more work."""
         task_id = self._runs.pop(seq, None)
         task = self.tasks.pop(task_id, None) if task_id is not None else None
-        if task is not None and duration is not None:
-            previous = self._durations.get(task.spec.function_hash, duration)
-            self._durations[task.spec.function_hash] = 0.7 * previous + 0.3 * duration
+        if task is not None:
+            self._let_go(task)
+            if duration is not None:
+                previous = self._durations.get(task.spec.function_hash, duration)
+                self._durations[task.spec.function_hash] = 0.7 * previous + 0.3 * duration
         worker = self.workers.get(worker_id)
         out: list[Instruction] = []
         if worker is not None and seq in worker.assigned:
             worker.assigned.remove(seq)
+            self._take_over_cpu(worker)
             if worker.state in ("busy", "blocked"):
                 worker.state = "busy" if worker.assigned else "idle"
             if worker.actor_id:
@@ -296,8 +336,9 @@ class Scheduler:
             return []
         if task.seq is None:
             del self.tasks[task_id]
-            if task_id in self.queue:
-                self.queue.remove(task_id)
+            for queue in (self.queue, self.special):
+                if task_id in queue:
+                    queue.remove(task_id)
             pinned = self.pinned.get(task.spec.pin_worker)
             if pinned is not None and task_id in pinned:
                 pinned.remove(task_id)
@@ -339,6 +380,7 @@ class Scheduler:
     def resize(self, num_workers: int) -> list[Instruction]:
         """Grow now; shrink by stopping idle regular workers (busy ones stop when done)."""
         self.num_workers = num_workers
+        self.resources.set_cpus(num_workers)
         out: list[Instruction] = list(self.start())
         surplus = self._live_regular_count() - num_workers
         for worker in sorted(self.workers.values(), key=lambda w: w.state != "idle"):
@@ -349,6 +391,28 @@ class Scheduler:
                 out.append(StopWorker(worker.worker_id))
                 surplus -= 1
         return out
+
+    def validate_state(self) -> None:
+        """Check the invariants (tests call this after each step): what resources say is in
+        use is exactly what running tasks and started actors hold; every queued task is
+        tracked and waits for nothing; every run belongs to a task on its worker."""
+        held: dict[str, float] = {}
+        holders = [t.held for t in self.tasks.values() if t.held]
+        holders += [a.needs for a in self.actors.values() if a.holding]
+        for needs in holders:
+            for name, amount in needs.items():
+                held[name] = held.get(name, 0.0) + amount
+        for name in set(held) | set(self.resources.in_use):
+            assert abs(held.get(name, 0.0) - self.resources.in_use.get(name, 0.0)) < 1e-6, \
+                (name, held, self.resources.in_use)
+        for task_id in (*self.queue, *self.special):
+            assert task_id in self.tasks and not self.tasks[task_id].waiting_on, task_id
+            assert self.tasks[task_id].seq is None and not self.tasks[task_id].held, task_id
+        for seq, task_id in self._runs.items():
+            task = self.tasks.get(task_id)
+            assert task is not None and task.seq == seq, (seq, task_id)
+            worker = self.workers.get(task.worker_id)  # type: ignore[arg-type]
+            assert worker is not None and seq in worker.assigned, (seq, task.worker_id)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -361,18 +425,22 @@ class Scheduler:
                    if not w.actor_id and w.state in ("idle", "busy", "starting"))
 
     def _dispatch(self) -> list[Instruction]:
-        out: list[Instruction] = []
+        out: list[Instruction] = self._start_waiting_actors() if self.waiting_actors else []
         for worker_id, pinned in self.pinned.items():
             worker = self.workers.get(worker_id)
-            if pinned and worker is not None and worker.state == "idle":
+            if pinned and worker is not None and worker.state == "idle" and \
+                    self.resources.fits(self.tasks[pinned[0]].needs):
                 out.append(self._assign(worker, pinned.popleft()))
-        if not self.queue:
+        if not (self.queue or self.special):
             return out
         for worker in self.workers.values():
-            if not self.queue:
-                return out
             if worker.state == "idle" and not worker.actor_id:
-                out.append(self._assign(worker))
+                task_id = self._next_task(take=True)
+                if task_id is None:
+                    break
+                out.append(self._assign(worker, task_id))
+        if not self.queue:
+            return out + self._extra_needed()
         for depth in range(1, PREFETCH_DEPTH):  # round-robin, one more each pass
             for worker in self.workers.values():
                 if not self.queue:
@@ -381,8 +449,44 @@ class Scheduler:
                         and len(worker.assigned) == depth \
                         and self._short(self._runs.get(worker.assigned[0])) \
                         and self._short(self.queue[0]):
-                    out.append(self._assign(worker))
+                    # It takes over the CPU of the run ahead of it when that one ends.
+                    out.append(self._assign(worker, self.queue.popleft(), hold=False))
         return out + self._extra_needed()
+
+    def _next_task(self, *, take: bool = False) -> str | None:
+        """The oldest queued task that fits the free resources (taken off its queue if
+        ``take``), or None."""
+        candidate: str | None = None
+        if self.queue and self.resources.fits(ONE_CPU):
+            candidate = self.queue[0]
+        for task_id in self.special:
+            if candidate is not None and self._order(task_id) > self._order(candidate):
+                break
+            if self.resources.fits(self.tasks[task_id].needs):
+                candidate = task_id
+                break
+        if take and candidate is not None:
+            if self.queue and self.queue[0] == candidate:
+                self.queue.popleft()
+            else:
+                self.special.remove(candidate)
+        return candidate
+
+    def _let_go(self, task: TaskState) -> None:
+        """Give back what a task held (it finished, failed, or its worker died)."""
+        if task.held:
+            self.resources.release(task.held, task.gpu_ids)
+            task.held, task.gpu_ids = {}, ()
+
+    def _take_over_cpu(self, worker: WorkerState) -> None:
+        """The next run on a worker was sent ahead (pipelined) holding nothing: it takes the
+        CPU its predecessor just gave back."""
+        if worker.running is None:
+            return
+        task = self.tasks.get(self._runs.get(worker.running, ""))
+        if task is not None and not task.held and task.needs is ONE_CPU:
+            self.resources.acquire(ONE_CPU)
+            task.held = ONE_CPU
 
     def _short(self, task_id: str | None) -> bool:
         task = self.tasks.get(task_id) if task_id else None
@@ -391,26 +495,62 @@ class Scheduler:
         typical = self._durations.get(task.spec.function_hash)
         return typical is not None and typical < PREFETCH_BELOW
 
-    def _assign(self, worker: WorkerState, task_id: str | None = None) -> Dispatch:
-        if task_id is None:
-            task_id = self.queue.popleft()
+    def _assign(self, worker: WorkerState, task_id: str, *, hold: bool = True) -> Dispatch:
         task = self.tasks[task_id]
         seq = self._next_seq
         self._next_seq += 1
         task.seq, task.worker_id = seq, worker.worker_id
+        if hold and task.needs:
+            task.gpu_ids = self.resources.acquire(task.needs)
+            task.held = task.needs
         worker.state = "busy"
         worker.assigned.append(seq)
         self._runs[seq] = task_id
-        return Dispatch(worker.worker_id, seq, task.spec)
+        gpu_ids = task.gpu_ids
+        if task.spec.kind == "actor_create":
+            actor = self.actors.get(task.spec.actor_id)
+            gpu_ids = actor.gpu_ids if actor is not None else ()
+        return Dispatch(worker.worker_id, seq, task.spec, gpu_ids)
 
     # -- actors --------------------------------------------------------------------------------
 
     def create_actor(self, spec: TaskSpec, class_name: str, max_restarts: int,
-                     max_task_retries: int) -> list[Instruction]:
-        """Start a dedicated worker; the creation task runs there first, then the calls."""
-        self.actors[spec.actor_id] = ActorState(spec, class_name, max_restarts, max_task_retries)
+                     max_task_retries: int, needs: Needs | None = None) -> list[Instruction]:
+        """Start a dedicated worker; the creation task runs there first, then the calls.
+
+        An actor that asks for resources holds them for its whole life; until they are
+        free it waits, as in Ray.
+        """
+        needs = dict(needs or {})
+        why = self.infeasible(needs) if needs else None
+        if why is not None:
+            return [FailTask(spec, "infeasible", f"{class_name} can never start here: {why}")]
+        self.actors[spec.actor_id] = ActorState(spec, class_name, max_restarts, max_task_retries,
+                                                needs=needs)
         self._track(spec, "driver")
-        return [StartWorker(actor_id=spec.actor_id)]
+        self.waiting_actors.append(spec.actor_id)
+        return self._start_waiting_actors()
+
+    def _start_waiting_actors(self) -> list[Instruction]:
+        out: list[Instruction] = []
+        for actor_id in list(self.waiting_actors):
+            actor = self.actors.get(actor_id)
+            if actor is None or actor.state == "dead":
+                self.waiting_actors.remove(actor_id)
+            elif self.resources.fits(actor.needs):
+                self.waiting_actors.remove(actor_id)
+                actor.gpu_ids = self.resources.acquire(actor.needs)
+                actor.holding = True
+                out.append(StartWorker(actor_id=actor_id))
+        return out
+
+    def _actor_gone(self, actor: ActorState) -> list[Instruction]:
+        """An actor that will not run again gives back what it held, for others to use."""
+        if not actor.holding:
+            return []
+        self.resources.release(actor.needs, actor.gpu_ids)
+        actor.holding, actor.gpu_ids = False, ()
+        return self._dispatch()
 
     def _submit_actor_call(self, spec: TaskSpec, caller: str) -> list[Instruction]:
         actor = self.actors.get(spec.actor_id)
@@ -477,10 +617,11 @@ class Scheduler:
         actor.state = "dead"
         actor.death = f"the actor {actor.class_name} was stopped: no handle to it was left"
         self.actors.pop(actor.create.actor_id, None)
+        freed = self._actor_gone(actor)
         if worker is None:
-            return []
+            return freed
         worker.state = "stopping"
-        return [StopWorker(worker.worker_id)]
+        return [StopWorker(worker.worker_id), *freed]
 
     def _actor_died(self, actor: ActorState, worker: WorkerState,
                     describe: str) -> list[Instruction]:
@@ -550,4 +691,4 @@ class Scheduler:
                 out.append(FailTask(task.spec, "cancelled", "the call was cancelled"))
             elif task is not None:
                 out.append(FailTask(task.spec, "actor_died", reason))
-        return out
+        return out + self._actor_gone(actor)

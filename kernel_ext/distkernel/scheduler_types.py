@@ -6,6 +6,7 @@ Instructions are frozen: the engine carries them out (local_core.execute).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -21,12 +22,13 @@ class Dispatch:
     worker_id: int
     seq: int
     spec: TaskSpec
+    gpu_ids: tuple[int, ...] = ()  # GPU devices the run may use (CUDA_VISIBLE_DEVICES)
 
 
 @dataclass(frozen=True, slots=True)
 class FailTask:
     spec: TaskSpec
-    reason: Literal["crashed", "cancelled", "actor_died"]
+    reason: Literal["crashed", "cancelled", "actor_died", "infeasible"]
     message: str
 
 
@@ -90,6 +92,9 @@ class TaskState:
     cancel_requested: bool = False
     caller: str = "driver"  # actor calls keep submission order per caller
     order: int = 0
+    needs: Mapping[str, float] = field(default_factory=dict)  # while it runs (resources)
+    held: Mapping[str, float] = field(default_factory=dict)  # what it holds right now
+    gpu_ids: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -107,6 +112,9 @@ class ActorState:
     releasing: bool = False  # no handle is left: stop once it has nothing to do
     death: str = ""
     restarts: int = 0
+    needs: Mapping[str, float] = field(default_factory=dict)  # held for its whole life
+    holding: bool = False
+    gpu_ids: tuple[int, ...] = ()
 
     @property
     def queued(self) -> int:

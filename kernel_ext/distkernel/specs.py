@@ -59,4 +59,16 @@ def make_spec(function: FunctionPayload, options: TaskOptions, args_value: Any,
                     function_hash=function.function_hash, args=args_value,
                     top_level_refs=top_level, return_ids=return_ids,
                     max_retries=options.max_retries, actor_id=actor_id, method=method,
-                    pin_worker=options.pin_worker)
+                    pin_worker=options.pin_worker,
+                    resources=task_resources(options) if kind in ("task", "cell") else (),
+                    retry_exceptions=options.retry_exceptions)
+
+
+def task_resources(options: TaskOptions) -> tuple[tuple[str, float], ...]:
+    """What a task holds while it runs; () for the common case, one CPU and nothing else."""
+    if options.num_cpus == 1 and not options.num_gpus and not options.resources:
+        return ()
+    needs = [("CPU", float(options.num_cpus))]
+    if options.num_gpus:
+        needs.append(("GPU", float(options.num_gpus)))
+    return (*needs, *((name, float(amount)) for name, amount in options.resources))

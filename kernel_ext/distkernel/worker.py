@@ -162,6 +162,35 @@ class Link:
                 write_frame(self._fd, pickle.dumps(delta, protocol=5))
 
 
+class VisibleGpus:
+    """``CUDA_VISIBLE_DEVICES`` for the run that was given GPUs, as Ray sets it.
+
+    The scheduler counts devices 0..n-1; if the driver itself saw only some devices,
+    those are what 0..n-1 stand for. An actor keeps its devices for its life.
+    """
+
+    def __init__(self) -> None:
+        self._before = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self._physical = [d for d in (self._before or "").split(",") if d.strip()]
+        self._restore = False
+
+    def use(self, devices: tuple[int, ...], *, for_good: bool) -> None:
+        names = [self._physical[d] if d < len(self._physical) else str(d) for d in devices]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names)
+        self._restore = not for_good
+        if for_good:
+            self._before = os.environ["CUDA_VISIBLE_DEVICES"]
+
+    def done(self) -> None:
+        if not self._restore:
+            return
+        self._restore = False
+        if self._before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self._before
+
+
 class Worker:
     """State of this worker process: its link, function cache and current run."""
 
@@ -185,6 +214,7 @@ class Worker:
         self.stdout = DriverStream(self._send_output, "stdout")
         self.stderr = DriverStream(self._send_output, "stderr")
         self.client = WorkerClient(self)  # the API for tasks, in this process
+        self.gpus = VisibleGpus()
 
     def _send_output(self, stream: str, text: str) -> None:
         try:
@@ -256,6 +286,8 @@ class Worker:
                 mark = self.control.take(message.seq)
                 if mark:
                     raise Cancelled
+                if message.gpu_ids:
+                    self.gpus.use(message.gpu_ids, for_good=spec.kind == "actor_create")
                 function = self._callable(spec, message.function)
                 args, kwargs = self._arguments(message)
                 value = function(*args, **kwargs)
@@ -278,6 +310,7 @@ class Worker:
             cancelled, failed, results = True, False, ()
         finally:
             self.current_seq = 0
+            self.gpus.done()
         if mark == control.REVOKED:  # the driver took it back and sent it elsewhere
             self.current_task = ""
             return

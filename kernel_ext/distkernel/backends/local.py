@@ -46,6 +46,7 @@ from distkernel.protocol import (
     Value,
 )
 from distkernel.refs import ObjectRef
+from distkernel.resources import needs_of
 from distkernel.serialization import Serialized, serialize
 
 
@@ -185,6 +186,8 @@ class LocalBackend(EngineCore):
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                options: TaskOptions, *, actor_id: str = "", method: str = "") -> list[ObjectRef]:
         kind = "actor_method" if actor_id else "task"
+        if not actor_id:
+            self._check_feasible(specs.task_resources(options), options.name or function.name)
         spec, serialized, args_id = self._prepare(function, args, kwargs, options, kind,
                                                   actor_id, method)
         with DEFERRED_SIGINT:
@@ -205,6 +208,7 @@ class LocalBackend(EngineCore):
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                      options: ActorOptions) -> ObjectRef:
         """Start an actor; the returned ref stands for the actor (handles count as refs)."""
+        self._check_feasible(options.resources, options.class_name, default=())
         task_options = TaskOptions(max_retries=0, name=options.class_name)
         spec, serialized, args_id = self._prepare(cls, args, kwargs, task_options,
                                                   "actor_create", refs.new_id(), "")
@@ -294,12 +298,14 @@ class LocalBackend(EngineCore):
                        "restarts": actor.restarts}
                       for actor_id, actor in self.scheduler.actors.items()]
             store = self.store.stats()
-            queued = len(self.scheduler.queue)
+            queued = len(self.scheduler.queue) + len(self.scheduler.special)
+            resources = {"total": dict(self.scheduler.resources.capacity),
+                         "available": self.scheduler.resources.available()}
         for row in rows:
             row["cpu_percent"], row["rss"] = _process_stats(row.pop("_process"))
         return {"backend": self.name, "cluster_id": self.cluster_id,
                 "num_workers": self.num_workers, "workers": rows, "actors": actors,
-                "object_store": store, "queued_tasks": queued}
+                "object_store": store, "queued_tasks": queued, "resources": resources}
 
     def _worker_row(self, worker_id: int, state: Any) -> dict[str, Any]:
         spec = self.scheduler.running_task(worker_id)
@@ -335,6 +341,18 @@ class LocalBackend(EngineCore):
                    f"is gone. Run the cell that created it again.")
             raise ObjectLostError(msg)
         return ref.hex()
+
+    def _check_feasible(self, resources: tuple[tuple[str, float], ...], name: str, *,
+                        default: tuple[tuple[str, float], ...] | None = None) -> None:
+        """A task or actor asking for more than the cluster has fails at the call, as a
+        mistake in its options (Ray would wait for ever)."""
+        if resources == default or not resources:
+            return
+        why = self.scheduler.infeasible(needs_of(resources))
+        if why is not None:
+            msg = (f"{name} can never run on this cluster: {why}. Ask for less, or start the "
+                   f"cluster with more.")
+            raise ValueError(msg)
 
     def _check_alive(self, object_ids: Sequence[str], args_id: str = "") -> None:
         """The cluster must still run and refs passed in must still be stored (lock held);

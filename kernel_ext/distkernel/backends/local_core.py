@@ -110,7 +110,8 @@ class EngineCore:
         self.space, self._space_lock = Space.create(self.driver_pid)
         self.memory = Memory(self.space, store_memory, self.try_drain)
         self.store = self.memory.store
-        self.scheduler = Scheduler(num_workers, self.is_ready, config.MAX_EXTRA_WORKERS)
+        self.scheduler = Scheduler(num_workers, self.is_ready, config.MAX_EXTRA_WORKERS,
+                                   settings.resources)
         self.timeline = Timeline(config.TIMELINE_CAPACITY)
         self.records: dict[str, TaskRecord] = {}
         self.functions: dict[str, bytes] = {}  # function hash -> pickled function or class
@@ -220,7 +221,8 @@ class EngineCore:
             if actor.name:
                 self.named_actors[actor.name] = spec.actor_id
             self.execute(self.scheduler.create_actor(spec, actor.class_name, actor.max_restarts,
-                                                     actor.max_task_retries))
+                                                     actor.max_task_retries,
+                                                     dict(actor.resources)))
         else:
             self.execute(self.scheduler.submit(spec, caller))
 
@@ -312,6 +314,9 @@ class EngineCore:
         elif step.reason == "actor_died":
             error = ActorDiedError(f"{spec.name} cannot run: {step.message}. Start a new actor "
                                    f"(or give it max_restarts) to go on.")
+        elif step.reason == "infeasible":
+            error = DistkernelError(f"{step.message}. Ask for less, or start the cluster with "
+                                    f"more (see init's num_cpus, num_gpus and resources).")
         else:
             retries = spec.max_retries
             tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
@@ -384,7 +389,7 @@ class EngineCore:
             self.store.touch(object_id)
         self.memory.sent.hold(step.worker_id, step.seq, (spec.args, *(v for _, v in resolved)))
         self.send(step.worker_id, RunTask(step.seq, spec, resolved, function,  # type: ignore[arg-type]
-                                          self.scheduler.lightly_loaded()))
+                                          self.scheduler.lightly_loaded(), step.gpu_ids))
 
     def _sync_registry(self) -> None:
         """Ship the serializer registry to every worker when it changed."""
