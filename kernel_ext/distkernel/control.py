@@ -31,6 +31,7 @@ import mmap
 import os
 import sys
 import tempfile
+import threading
 
 _SLOT = 8
 HEADER = 8  # slots: [0] marks written so far; the others are spare
@@ -109,19 +110,22 @@ class ControlView:
         self._slots = memoryview(self._map).cast("q")
         self._seen = 0
         self._marks: dict[int, int] = {}  # seq -> REVOKED / CANCELLED, not yet acted on
+        self._lock = threading.Lock()  # concurrent actor calls take marks from threads
 
-    def take(self, seq: int) -> int:
-        """The mark of a run about to start (0 if none), forgetting it; main thread only.
+    def take(self, seq: int, *, in_order: bool = True) -> int:
+        """The mark of a run about to start (0 if none), forgetting it.
 
-        Runs reach a worker in seq order, so marks of smaller seqs are stale.
+        Runs start in seq order (``in_order``), so marks of smaller seqs are stale then;
+        an actor running calls concurrently starts them in any order, from any thread.
         """
         count = self._slots[0]
         if count == self._seen and not self._marks:
             return 0
-        self._sync(count)
-        mark = self._marks.pop(seq, 0)
-        if self._marks:
-            self._marks = {s: m for s, m in self._marks.items() if s > seq}
+        with self._lock:
+            self._sync(count)
+            mark = self._marks.pop(seq, 0)
+            if self._marks and in_order:
+                self._marks = {s: m for s, m in self._marks.items() if s > seq}
         return mark
 
     def _sync(self, count: int) -> None:

@@ -188,6 +188,8 @@ class ObjectStore:
         self.capacity = capacity
         self.used = 0
         self.spilled = 0
+        self.errors = 0  # stored objects whose value is an error (get raises it)
+        self.errors_sealed = 0  # ever: a get rescans its objects for errors when this moves
         self._entries: dict[str, Entry] = {}
         self._free_shared = free_shared
         # Objects whose value is in the arena, least recently used first: what to spill.
@@ -249,6 +251,9 @@ class ObjectStore:
             return []
         entry.value = value
         entry.contained = value.contained
+        if value.is_error:
+            self.errors += 1
+            self.errors_sealed += 1
         if isinstance(value, SharedValue) and not value.spilled:
             self._resident[object_id] = None
         for inner in value.contained:
@@ -330,6 +335,7 @@ class ObjectStore:
         entry = self._entries.pop(object_id)
         self._resident.pop(object_id, None)
         if entry.value is not None:
+            self.errors -= entry.value.is_error
             self.discard(entry.value)
         entry.view = None
         freed = [object_id]
@@ -363,6 +369,7 @@ class ObjectStore:
         self._resident.clear()
         self.used = 0
         self.spilled = 0
+        self.errors = 0
 
 
 def _suggest(nbytes: int) -> str:

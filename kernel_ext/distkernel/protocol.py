@@ -133,6 +133,7 @@ class RunTask:
     function: bytes | None = None  # the pickled function, when this worker lacks it
     poll_after: bool = True  # poll for the next message a moment before sleeping
     gpu_ids: tuple[int, ...] = ()  # GPU devices the run may use (CUDA_VISIBLE_DEVICES)
+    actor: ActorOptions | None = None  # with an actor's creation: how its calls run
 
 
 @message
@@ -144,6 +145,7 @@ class Reply:
     ready: tuple[str, ...] = ()
     error: bytes | None = None  # a pickled exception to raise in the worker
     place: Place | None = None  # for allocate
+    actor: ActorOptions | None = None  # for get_actor: the named actor's options
 
 
 @message
@@ -171,6 +173,7 @@ class TaskDone:
     finished: float
     failed: bool = False
     cancelled: bool = False
+    actor_exited: bool = False  # the call ended its actor (exit_actor())
 
 
 @message
@@ -189,7 +192,7 @@ class Request:
 
     request_id: int
     op: Literal["get", "wait", "put", "submit", "cancel", "create_actor", "kill_actor",
-                "allocate", "release"]
+                "allocate", "release", "get_actor"]
     object_ids: tuple[str, ...] = ()
     value: Value | None = None
     spec: TaskSpec | None = None
@@ -201,6 +204,7 @@ class Request:
     actor: ActorOptions | None = None
     size: int = 0  # allocate: bytes wanted
     place: Place | None = None  # release: room not used after all
+    namespace: str | None = None  # get_actor: where to look (None: the cluster's)
 
 
 @message

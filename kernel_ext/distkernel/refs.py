@@ -8,9 +8,12 @@ stored while any process still holds a ref to it.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import os
 import secrets
+from collections.abc import Generator
 from typing import Any, Protocol
 
 
@@ -60,6 +63,10 @@ class _IdMaker:
 new_id = _IdMaker()
 
 
+#: Threads that wait in get() for ``ref.future()`` and ``await ref``.
+_FUTURES = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="distkernel-await")
+
+
 class ObjectRef:
     """A reference to an object in the store; pass it to tasks or ``get`` its value."""
 
@@ -94,6 +101,17 @@ class ObjectRef:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ObjectRef, (self._id, self._cluster))
+
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A future of the value (as Ray's ``ref.future()``): ``get`` on a thread of its own."""
+        from distkernel import api
+
+        return _FUTURES.submit(api.get, self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await ref`` in an async actor method or any coroutine: waits without holding up
+        the event loop."""
+        return asyncio.wrap_future(self.future()).__await__()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other._id == self._id

@@ -287,12 +287,24 @@ class Scheduler:
                 out.extend(self._dispatch_actor(actor))
         return out
 
-    def task_done(self, worker_id: int, seq: int, duration: float | None = None
-                  ) -> list[Instruction]:
-        """The run ``seq`` finished (any outcome); the worker may take more work."""
+    def retries_left(self, seq: int) -> int:
+        task = self.tasks.get(self._runs.get(seq, ""))
+        return task.retries_left if task is not None else 0
+
+    def task_done(self, worker_id: int, seq: int, duration: float | None = None, *,
+                  retry: bool = False) -> list[Instruction]:
+        """The run ``seq`` finished (any outcome); the worker may take more work. ``retry``:
+        it raised an exception its task is retried for (retry_exceptions), using a retry."""
         task_id = self._runs.pop(seq, None)
-        task = self.tasks.pop(task_id, None) if task_id is not None else None
-        if task is not None:
+        task = self.tasks.get(task_id) if task_id is not None else None
+        if task is not None and retry and task.retries_left > 0:
+            task.retries_left -= 1
+            self._let_go(task)
+            task.worker_id = task.seq = None
+            self._enqueue(task, front=True)
+            task = None  # still tracked, queued again
+        elif task is not None:
+            del self.tasks[task.spec.task_id]
             self._let_go(task)
             if duration is not None:
                 previous = self._durations.get(task.spec.function_hash, duration)
@@ -515,7 +527,8 @@ class Scheduler:
     # -- actors --------------------------------------------------------------------------------
 
     def create_actor(self, spec: TaskSpec, class_name: str, max_restarts: int,
-                     max_task_retries: int, needs: Needs | None = None) -> list[Instruction]:
+                     max_task_retries: int, needs: Needs | None = None,
+                     concurrency: int = 1) -> list[Instruction]:
         """Start a dedicated worker; the creation task runs there first, then the calls.
 
         An actor that asks for resources holds them for its whole life; until they are
@@ -525,8 +538,9 @@ class Scheduler:
         why = self.infeasible(needs) if needs else None
         if why is not None:
             return [FailTask(spec, "infeasible", f"{class_name} can never start here: {why}")]
-        self.actors[spec.actor_id] = ActorState(spec, class_name, max_restarts, max_task_retries,
-                                                needs=needs)
+        self.actors[spec.actor_id] = ActorState(
+            spec, class_name, max_restarts, max_task_retries, needs=needs,
+            in_flight=ACTOR_IN_FLIGHT + concurrency - 1)  # its socket stays short either way
         self._track(spec, "driver")
         self.waiting_actors.append(spec.actor_id)
         return self._start_waiting_actors()
@@ -577,7 +591,7 @@ class Scheduler:
             out.append(self._assign(worker, actor.create.task_id))
         for queue in actor.queues.values():
             while queue and not self.tasks[queue[0]].waiting_on \
-                    and len(worker.assigned) < ACTOR_IN_FLIGHT:
+                    and len(worker.assigned) < actor.in_flight:
                 out.append(self._assign(worker, queue.popleft()))
         return out
 
@@ -589,13 +603,14 @@ class Scheduler:
         actor.restarts_left = 0
         return self._mark_dead(actor, reason)
 
-    def kill_actor(self, actor_id: str, *, no_restart: bool = True) -> list[Instruction]:
+    def kill_actor(self, actor_id: str, *, no_restart: bool = True,
+                   reason: str = "") -> list[Instruction]:
         actor = self.actors.get(actor_id)
         if actor is None or actor.state == "dead":
             return []
         if no_restart:
             actor.restarts_left = 0
-            actor.death = f"the actor {actor.class_name} was killed with kill()"
+            actor.death = reason or f"the actor {actor.class_name} was killed with kill()"
             actor.state = "dead"  # at once: new calls fail now, sent ones when it exits
         if actor.worker_id is None or actor.worker_id not in self.workers:
             return self._mark_dead(actor, actor.death)

@@ -115,6 +115,7 @@ class ActorState:
     needs: Mapping[str, float] = field(default_factory=dict)  # held for its whole life
     holding: bool = False
     gpu_ids: tuple[int, ...] = ()
+    in_flight: int = 16  # calls sent to its worker at most (more if it runs them at once)
 
     @property
     def queued(self) -> int:

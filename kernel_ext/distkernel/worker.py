@@ -24,6 +24,7 @@ removes them and exits.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import pickle
@@ -40,7 +41,13 @@ from typing import Any
 from multiprocess.connection import Connection
 
 from distkernel import context, control, object_store, refs
-from distkernel.exceptions import ActorDiedError, TaskError, exception_text, safe_repr
+from distkernel.exceptions import (
+    ActorDiedError,
+    ActorExit,
+    TaskError,
+    exception_text,
+    safe_repr,
+)
 from distkernel.interrupts import DEFERRED_SIGINT
 from distkernel.protocol import (
     InlineValue,
@@ -60,8 +67,22 @@ from distkernel.reaper import Space
 from distkernel.serialization import deserialize, dumps_exception, registry, serialize
 from distkernel.wire import write_frame
 from distkernel.worker_client import WorkerClient
+from distkernel.worker_concurrency import (
+    CURRENT_CALL,
+    ConcurrentCalls,
+    Outcome,
+    concurrent_calls,
+)
 from distkernel.worker_io import Mailbox, watch_for_hang_up
 from distkernel.worker_output import DriverStream
+
+
+#: The method every actor answers once it is up, as Ray's.
+READY_METHOD = "__ray_ready__"
+
+
+def _ready() -> bool:
+    return True
 
 
 class Cancelled(BaseException):
@@ -215,10 +236,12 @@ class Worker:
         self.stderr = DriverStream(self._send_output, "stderr")
         self.client = WorkerClient(self)  # the API for tasks, in this process
         self.gpus = VisibleGpus()
+        self.concurrency: ConcurrentCalls | None = None  # an actor running calls at once
 
     def _send_output(self, stream: str, text: str) -> None:
         try:
-            self.link.send(Output(self.current_task, stream, text))  # type: ignore[arg-type]
+            task = CURRENT_CALL.get() or self.current_task
+            self.link.send(Output(task, stream, text))  # type: ignore[arg-type]
         except OSError:
             pass  # the driver is gone; the watchdog is ending this process
 
@@ -244,8 +267,13 @@ class Worker:
         # SIGINT also reaches us when Jupyter interrupts the kernel's process group, and a
         # late one may land in the next run; only a cancel marked for the run in progress
         # stops it. While a frame is read or sent, DEFERRED_SIGINT (in front of this
-        # handler) holds the signal back and calls this when the frame is done.
-        self.raise_if_cancelled()
+        # handler) holds the signal back and calls this when the frame is done. An actor
+        # running calls concurrently cancels the marked ones instead (async calls only:
+        # a thread cannot be interrupted, as in Ray).
+        if self.concurrency is not None:
+            self.concurrency.cancel_marked()
+        else:
+            self.raise_if_cancelled()
 
     def raise_if_cancelled(self) -> None:
         seq = self.current_seq
@@ -265,7 +293,10 @@ class Worker:
         while True:
             message = self.mailbox.next_message()
             if isinstance(message, RunTask):
-                self.run(message)
+                if self.concurrency is not None and message.spec.kind == "actor_method":
+                    self.concurrency.submit(message)
+                else:
+                    self.run(message)
             elif isinstance(message, SetSerializers):
                 registry.load(message.registry)
             elif isinstance(message, Stop):
@@ -273,11 +304,10 @@ class Worker:
                 return
 
     def run(self, message: RunTask) -> None:
+        """Run one task or call here, in the main thread, where a cancel can interrupt it."""
         spec = message.spec
         started = time.time()
-        results: tuple[Value, ...]
-        value: Any = None  # kept until TaskDone is sent: refs inside must outlive it
-        failed = cancelled = False
+        outcome = Outcome()
         mark = 0
         try:
             try:
@@ -288,45 +318,62 @@ class Worker:
                     raise Cancelled
                 if message.gpu_ids:
                     self.gpus.use(message.gpu_ids, for_good=spec.kind == "actor_create")
-                function = self._callable(spec, message.function)
-                args, kwargs = self._arguments(message)
-                value = function(*args, **kwargs)
-                del args, kwargs
-                if spec.kind == "actor_create":
-                    self.actor, value = value, None
-                results = self._store_results(spec, value)
-            except Cancelled:
-                cancelled = True
-                results = ()
-            except UpstreamFailed as upstream:
-                failed = True
-                results = (upstream.value,)
+                outcome = self.call(message)
             except BaseException as exc:  # noqa: BLE001 - every task error goes to get()
-                failed = True
-                results = (self._error_value(spec.name, exc),)
-                if spec.kind == "actor_create":
-                    self.actor_error = exception_text(exc)
+                outcome = self.failure(spec, exc)
         except Cancelled:  # the interrupt landed while we were already handling an error
-            cancelled, failed, results = True, False, ()
+            outcome = Outcome(cancelled=True)
         finally:
             self.current_seq = 0
             self.gpus.done()
         if mark == control.REVOKED:  # the driver took it back and sent it elsewhere
             self.current_task = ""
             return
-        self.stdout.flush()
-        self.stderr.flush()
         self.restore_process()
-        self.client.handed_over(results)
-        self.link.send(TaskDone(message.seq, spec.task_id, results, started, time.time(),
-                                failed=failed, cancelled=cancelled))
+        self.finish(message, started, outcome)
         self.client.give_back_unsent()  # room set aside for results a cancel cut short
         self.current_task = ""
         self.mailbox.poll_when_idle = message.poll_after
-        del value
+        del outcome
         self.link.flush_refs()
+        if spec.kind == "actor_create" and message.actor is not None and self.actor is not None:
+            self.concurrency = concurrent_calls(self, message.actor)
 
-    def _callable(self, spec: TaskSpec, payload: bytes | None) -> Any:
+    def call(self, message: RunTask) -> Outcome:
+        """Call the task's function (or the actor's method) and store what it returns."""
+        spec = message.spec
+        function = self.callable_for(spec, message.function)
+        args, kwargs = self.arguments(message)
+        return self.outcome_of(spec, function(*args, **kwargs))
+
+    def outcome_of(self, spec: TaskSpec, value: Any) -> Outcome:
+        if spec.kind == "actor_create":
+            self.actor, value = value, None
+        return Outcome(self._store_results(spec, value), value=value)
+
+    def failure(self, spec: TaskSpec, exc: BaseException) -> Outcome:
+        """What a call that raised reports: cancelled, its argument's error, the end of its
+        actor (exit_actor), or its own error."""
+        if isinstance(exc, (Cancelled, asyncio.CancelledError)):
+            return Outcome(cancelled=True)
+        if isinstance(exc, UpstreamFailed):
+            return Outcome((exc.value,), failed=True)
+        if isinstance(exc, ActorExit) and spec.kind == "actor_method":
+            return Outcome(self._store_results(spec, None), exited=True)
+        if spec.kind == "actor_create":
+            self.actor_error = exception_text(exc)
+        return Outcome((self._error_value(spec.name, exc),), failed=True)
+
+    def finish(self, message: RunTask, started: float, outcome: Outcome) -> None:
+        """Report a finished call: its output first, then its results."""
+        self.stdout.flush()
+        self.stderr.flush()
+        self.client.handed_over(outcome.results)
+        self.link.send(TaskDone(message.seq, message.spec.task_id, outcome.results, started,
+                                time.time(), failed=outcome.failed,
+                                cancelled=outcome.cancelled, actor_exited=outcome.exited))
+
+    def callable_for(self, spec: TaskSpec, payload: bytes | None) -> Any:
         """The function of a task, the class of an actor creation, or the actor's method."""
         if spec.kind != "actor_method":
             return self._function(spec.function_hash, payload)
@@ -334,6 +381,8 @@ class Worker:
             msg = (f"the actor {spec.name.split('.')[0]} could not be created, so "
                    f"{spec.name} cannot run: its constructor raised {self.actor_error}")
             raise ActorDiedError(msg)
+        if spec.method == READY_METHOD:  # handle.__ray_ready__.remote(): the actor is up
+            return _ready
         return getattr(self.actor, spec.method)
 
     def _function(self, function_hash: str, payload: bytes | None) -> Any:
@@ -345,7 +394,7 @@ class Worker:
             function = self.functions[function_hash] = deserialize(payload)
         return function
 
-    def _arguments(self, message: RunTask) -> tuple[list[Any], dict[str, Any]]:
+    def arguments(self, message: RunTask) -> tuple[list[Any], dict[str, Any]]:
         args, kwargs = self.open(message.spec.args)
         if message.resolved:
             for _, value in message.resolved:

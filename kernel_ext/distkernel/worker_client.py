@@ -133,6 +133,9 @@ class WorkerClient:
                    f"keep running")
             raise GetTimeoutError(msg)
         values = dict(reply.values)
+        for value in values.values():
+            if value.is_error:  # the first error in is raised, as in the driver
+                self._worker.load(value)
         return [self._worker.load(values[i]) for i in ids]
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int,
@@ -159,8 +162,23 @@ class WorkerClient:
                      options: ActorOptions) -> ObjectRef:
         spec = self._spec(cls, args, kwargs, TaskOptions(max_retries=0, name=options.class_name),
                           "actor_create", new_id(), "")
-        self._send_submit("create_actor", spec, cls, options)
-        return ObjectRef.counted(spec.actor_id, self.cluster_id)
+        if not options.name:
+            self._send_submit("create_actor", spec, cls, options)
+            return ObjectRef.counted(spec.actor_id, self.cluster_id)
+        # A name may be taken (an error) or reused (get_if_exists): the driver says which.
+        self.handed_over((spec.args,))
+        reply = self._call(Request(self._next_id(), "create_actor", spec=spec,
+                                   function=cls.data, actor=options))
+        return ObjectRef.counted(reply.ready[0], self.cluster_id)  # type: ignore[union-attr]
+
+    def named_actor(self, name: str,
+                    namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None:
+        """The live actor named ``name`` (as the driver's engine answers it), or None."""
+        reply = self._call(Request(self._next_id(), "get_actor", object_ids=(name,),
+                                   namespace=namespace))
+        if reply is None or not reply.ready or reply.actor is None:
+            return None
+        return ObjectRef.counted(reply.ready[0], self.cluster_id), reply.actor
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
         self._worker.link.send(Request(0, "kill_actor", object_ids=(actor_id,),

@@ -17,7 +17,6 @@ memory, unpickling) outside the lock and take it only to register or look up;
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -125,6 +124,8 @@ class LocalBackend(EngineCore):
             if not self._wait_until(awaited.done, deadline, awaited.last):
                 pending = self._pending_ids(ids)
                 raise GetTimeoutError(self._timeout_message(pending, len(ids), timeout))
+            if awaited.failed is not None:  # raise the first error in, at once
+                ids = [awaited.failed]
             self._pending_ids(ids)  # all still there (a shutdown meanwhile removes them)
             for object_id in ids:
                 self.memory.restore(object_id)  # a spilled one, if it fits again
@@ -215,12 +216,10 @@ class LocalBackend(EngineCore):
         with DEFERRED_SIGINT, self.lock:  # the ref is made before a Ctrl-C can be raised
             self.drain()
             self._check_alive(serialized.contained, args_id)
-            if options.name and options.name in self.named_actors:
-                if args_id:
-                    self.forget(self.store.unpin(args_id))
-                msg = (f"an actor named {options.name!r} already exists; pick another name "
-                       f"or get it with get_actor({options.name!r})")
-                raise ValueError(msg)
+            existing = self._claim_name(options, args_id) if options.name else None
+            if existing is not None:  # get_if_exists: that actor, not a new one
+                self.store.add_refs(existing)
+                return ObjectRef.counted(existing, self.cluster_id)
             self.functions.setdefault(cls.function_hash, cls.data)
             # The handle's ref; a detached actor also holds one of its own until kill().
             self.store.expect(spec.actor_id).refs = 2 if options.detached else 1
@@ -248,20 +247,30 @@ class LocalBackend(EngineCore):
             value = self.store.value(args_id)
         return value, args_id  # type: ignore[return-value]
 
+    def _claim_name(self, options: ActorOptions, args_id: str) -> str | None:
+        """The live actor to use instead of a new one (get_if_exists), or None (lock held);
+        a taken name raises ValueError. Either way the new one's arguments are let go."""
+        try:
+            existing = self.actor_names.claim(options)
+        except ValueError:
+            if args_id:
+                self.forget(self.store.unpin(args_id))
+            raise
+        if existing is not None and args_id:
+            self.forget(self.store.unpin(args_id))
+        return existing
+
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
         with DEFERRED_SIGINT, self.lock:
-            self.execute(self.scheduler.kill_actor(actor_id, no_restart=no_restart))
-            options = self.actor_meta.get(actor_id)
-            if no_restart and options is not None and options.detached:
-                # Drop the detached actor's own reference: handles decide from now on.
-                self.actor_meta[actor_id] = dataclasses.replace(options, detached=False)
-                self.forget(self.store.remove_refs(actor_id))
+            self.stop_actor(actor_id, no_restart)
 
-    def named_actor(self, name: str) -> tuple[ObjectRef, ActorOptions] | None:
+    def named_actor(self, name: str,
+                    namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None:
+        """A counted ref to the live actor named ``name`` (in ``namespace``, default the
+        cluster's), and its options; None if there is none."""
         with DEFERRED_SIGINT, self.lock:
-            actor_id = self.named_actors.get(name)
-            actor = self.scheduler.actors.get(actor_id) if actor_id else None
-            if actor is None or actor.state == "dead" or actor_id not in self.actor_meta:
+            actor_id = self.named_actor_ref(name, namespace)
+            if actor_id is None:
                 return None
             self.store.add_refs(actor_id)
             return ObjectRef.counted(actor_id, self.cluster_id), self.actor_meta[actor_id]
@@ -424,13 +433,23 @@ class Awaited:
     def __init__(self, core: EngineCore, ids: Sequence[str], *,
                  lost_is_ready: bool = False) -> None:
         self._core = core
+        self._ids = ids
         self._left = list(ids)
         self._lost_is_ready = lost_is_ready  # wait() counts a freed object as ready, get() fails
+        self._errors_seen = -1  # store.errors_sealed when the ids were last scanned for errors
+        self.failed: str | None = None  # get: an object whose value is an error, to raise now
 
     def done(self) -> bool:
         """True once every object is ready (lock held); a freed one raises ObjectLostError
-        for get, and counts as ready for wait."""
+        for get, and counts as ready for wait. For get also as soon as one of them holds
+        an error (``failed``): Ray raises it without waiting for the others."""
         left, store = self._left, self._core.store
+        if not self._lost_is_ready and store.errors and store.errors_sealed != self._errors_seen:
+            self._errors_seen = store.errors_sealed
+            self.failed = next((i for i in self._ids
+                                if (v := store.value(i)) is not None and v.is_error), None)
+            if self.failed is not None:
+                return True
         while left:
             entry = store.entry(left[-1])
             if entry is None:

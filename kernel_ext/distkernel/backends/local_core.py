@@ -11,7 +11,10 @@ results are sealed and waiters woken.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import pickle
 import secrets
 import threading
 import time
@@ -20,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distkernel import config, object_store, pool
+from distkernel.backends.actor_names import ActorNames
 from distkernel.backends.local_io import IOLoop
 from distkernel.backends.local_memory import Memory
 from distkernel.backends.local_requests import RequestHandler
@@ -120,7 +124,7 @@ class EngineCore:
         self.task_pins: dict[str, list[str]] = {}
         self.actor_meta: dict[str, ActorOptions] = {}
         self.actor_pins: dict[str, list[str]] = {}  # constructor arguments, kept for restarts
-        self.named_actors: dict[str, str] = {}
+        self.actor_names = ActorNames(settings.namespace, self.actor_alive)
         # Which notebook cell each task belongs to (output routing, timings, interrupts):
         # ``tag_source`` names the current cell; tasks started by tasks inherit their tag.
         self.tag_source: Callable[[], str | None] | None = None
@@ -176,11 +180,29 @@ class EngineCore:
                 self._actor_released(object_id)
 
     def _actor_released(self, actor_id: str) -> None:
-        options = self.actor_meta.pop(actor_id)
-        if self.named_actors.get(options.name) == actor_id:
-            del self.named_actors[options.name]
+        self.actor_meta.pop(actor_id)
+        self.actor_names.release(actor_id)
         self.forget(self.store.unpin_all(self.actor_pins.pop(actor_id, ())))
         self.execute(self.scheduler.release_actor(actor_id))
+
+    def actor_alive(self, actor_id: str) -> bool:
+        actor = self.scheduler.actors.get(actor_id)
+        return actor is not None and actor.state != "dead" and actor_id in self.actor_meta
+
+    def stop_actor(self, actor_id: str, no_restart: bool) -> None:
+        """kill(): the actor stops now (lock held); with no_restart its name is free at once."""
+        self.execute(self.scheduler.kill_actor(actor_id, no_restart=no_restart))
+        options = self.actor_meta.get(actor_id)
+        if no_restart:
+            self.actor_names.release(actor_id)
+        if no_restart and options is not None and options.detached:
+            # Drop the detached actor's own reference: handles decide from now on.
+            self.actor_meta[actor_id] = dataclasses.replace(options, detached=False)
+            self.forget(self.store.remove_refs(actor_id))
+
+    def named_actor_ref(self, name: str, namespace: str | None) -> str | None:
+        """The id of the live actor with this name (lock held), or None."""
+        return self.actor_names.lookup(name, namespace)
 
     def is_ready(self, object_id: str) -> bool:
         entry = self.store.entry(object_id)
@@ -219,10 +241,10 @@ class EngineCore:
         if actor is not None:
             self.actor_meta[spec.actor_id] = actor
             if actor.name:
-                self.named_actors[actor.name] = spec.actor_id
-            self.execute(self.scheduler.create_actor(spec, actor.class_name, actor.max_restarts,
-                                                     actor.max_task_retries,
-                                                     dict(actor.resources)))
+                self.actor_names.register(actor, spec.actor_id)
+            self.execute(self.scheduler.create_actor(
+                spec, actor.class_name, actor.max_restarts, actor.max_task_retries,
+                dict(actor.resources), max(actor.max_concurrency, 1)))
         else:
             self.execute(self.scheduler.submit(spec, caller))
 
@@ -283,7 +305,10 @@ class EngineCore:
             record.bytes_out = bytes_out
             record.error = error
         self.requests.objects_ready(spec.return_ids)
-        self.sleepers.ready(spec.return_ids)
+        if status == "finished":
+            self.sleepers.ready(spec.return_ids)
+        else:  # a get of many objects raises this error as soon as it is in (as Ray)
+            self.sleepers.wake_all()
         return out
 
     def adopt(self, worker_id: int, value: Value) -> Value:
@@ -388,8 +413,10 @@ class EngineCore:
         for object_id in spec.top_level_refs:
             self.store.touch(object_id)
         self.memory.sent.hold(step.worker_id, step.seq, (spec.args, *(v for _, v in resolved)))
+        actor = self.actor_meta.get(spec.actor_id) if spec.kind == "actor_create" else None
         self.send(step.worker_id, RunTask(step.seq, spec, resolved, function,  # type: ignore[arg-type]
-                                          self.scheduler.lightly_loaded(), step.gpu_ids))
+                                          self.scheduler.lightly_loaded(), step.gpu_ids,
+                                          actor))
 
     def _sync_registry(self) -> None:
         """Ship the serializer registry to every worker when it changed."""
@@ -423,12 +450,18 @@ class EngineCore:
             self.execute(self.scheduler.worker_ready(worker_id, message.pid))
 
     def _on_task_done(self, worker_id: int, done: TaskDone) -> None:
-        self.memory.sent.run_over(worker_id, done.seq)
         spec = self.scheduler.task_of_run(done.seq)
         ran = done.finished - done.started if not (done.failed or done.cancelled) else None
-        out = self.scheduler.task_done(worker_id, done.seq, ran)
+        self._release_sent(worker_id, done.seq)
         results = [self.adopt(worker_id, value) for value in done.results]
-        if spec is None:  # a run taken back or already failed: nobody wants its results
+        retry = done.failed and spec is not None and self._retry_on(spec, results) and \
+            self.scheduler.retries_left(done.seq) > 0
+        out = self.scheduler.task_done(worker_id, done.seq, ran, retry=retry)
+        if done.actor_exited and spec is not None:
+            out.extend(self.scheduler.kill_actor(
+                spec.actor_id, reason=f"the actor {spec.name.split('.')[0]} ended itself with "
+                                      f"exit_actor() in {spec.name}"))
+        if spec is None or retry:  # taken back, failed already, or to run again: not needed
             for value in results:
                 self.store.discard(value)
         elif done.cancelled:
@@ -448,6 +481,30 @@ class EngineCore:
         else:
             self._finish(spec, results, "finished", None, done, out)
         self.execute(out)
+
+    def _retry_on(self, spec: TaskSpec, results: Sequence[Value]) -> bool:
+        """retry_exceptions: whether the exception a task raised is one to run it again for."""
+        if not spec.retry_exceptions or not results or not isinstance(results[0], InlineValue):
+            return False
+        if spec.retry_exceptions is True:
+            return True
+        try:
+            kinds = exception_kinds(spec.retry_exceptions)  # type: ignore[arg-type]
+            error = object_store.load(results[0])
+        except Exception:  # noqa: BLE001 - cannot tell: do not retry
+            return False
+        return isinstance(getattr(error, "cause", None), kinds)
+
+    def _release_sent(self, worker_id: int, seq: int) -> None:
+        """What went to a worker with run ``seq`` is no longer held for it. An actor running
+        calls at once ends them in any order: its regions are held until it is idle."""
+        state = self.scheduler.workers.get(worker_id)
+        options = self.actor_meta.get(state.actor_id) if state and state.actor_id else None
+        if options is None or not (options.is_async or options.max_concurrency > 1 or
+                                   options.concurrency_groups):
+            self.memory.sent.run_over(worker_id, seq)
+        elif state is not None and list(state.assigned) == [seq]:
+            self.memory.sent.worker_gone(worker_id)
 
     def _finish(self, spec: TaskSpec, values: Sequence[Value], status: str, text: str | None,
                 done: TaskDone, out: list[Instruction]) -> None:
@@ -483,6 +540,13 @@ class EngineCore:
         describe = (f"worker {worker_id} (pid {process.pid}) died with {describe_exit(code)} "
                     f"{what}")
         self.execute(self.scheduler.worker_died(worker_id, describe))
+
+
+@functools.lru_cache(maxsize=256)
+def exception_kinds(pickled: bytes) -> tuple[type[BaseException], ...]:
+    """The exception classes a task's retry_exceptions names (pickled once per function)."""
+    kinds = pickle.loads(pickled)
+    return tuple(kinds) if isinstance(kinds, (tuple, list)) else (kinds,)
 
 
 def _error_summary(value: Value) -> str:

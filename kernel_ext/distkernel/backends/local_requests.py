@@ -44,8 +44,10 @@ class RequestHandler:
         if op == "submit" or op == "create_actor":
             return self._submit(worker_id, request)
         if op == "kill_actor":
-            return self._backend.scheduler.kill_actor(request.object_ids[0],
-                                                      no_restart=request.force)
+            self._backend.stop_actor(request.object_ids[0], request.force)
+            return []
+        if op == "get_actor":
+            return self._get_actor(worker_id, request)
         if op == "cancel":
             return self._cancel(request)
         if op == "allocate":
@@ -79,9 +81,12 @@ class RequestHandler:
                 error = ObjectLostError(backend.lost_message(lost[0]))
                 backend.send(worker_id, Reply(request.request_id, error=dumps(error)))
                 return True
-            if len(self._ready(request)) < len(request.object_ids):
+            ready = self._ready(request)
+            failed = [i for i in ready if backend.store.value(i).is_error]  # type: ignore[union-attr]
+            if len(ready) < len(request.object_ids) and not failed:
                 return False
-            values = tuple((i, backend.store.value(i)) for i in request.object_ids)
+            # An error is raised as soon as it is in, without waiting for the others.
+            values = tuple((i, backend.store.value(i)) for i in failed or request.object_ids)
             backend.memory.sent.hold(worker_id, self._run_of(worker_id), (v for _, v in values))
             backend.send(worker_id, Reply(request.request_id, values=values))  # type: ignore[arg-type]
             return True
@@ -184,12 +189,27 @@ class RequestHandler:
         backend.send(worker_id, Reply(request.request_id))
         return []
 
+    def _get_actor(self, worker_id: int, request: Request) -> list[Instruction]:
+        backend = self._backend
+        name = request.object_ids[0] if request.object_ids else ""
+        actor_id = backend.named_actor_ref(name, request.namespace)
+        if actor_id is None:
+            backend.send(worker_id, Reply(request.request_id))
+            return []
+        backend.add_worker_ref(worker_id, actor_id)  # for the handle the worker makes
+        backend.send(worker_id, Reply(request.request_id, ready=(actor_id,),
+                                      actor=backend.actor_meta[actor_id]))
+        return []
+
     def _submit(self, worker_id: int, request: Request) -> list[Instruction]:
         backend = self._backend
         spec = request.spec
         assert spec is not None
         if request.function is not None:
             backend.functions.setdefault(spec.function_hash, request.function)
+        if request.actor is not None and request.actor.name and \
+                not self._name_free(worker_id, request):
+            return []
         for return_id in spec.return_ids:
             # Counted now, for the worker's ObjectRef.counted of each result.
             backend.store.expect(return_id)
@@ -205,7 +225,28 @@ class RequestHandler:
             backend.store.seal(args_id, value)
         backend.register_task(spec, spec.args.contained, args_id, spec.args.nbytes,
                               caller=f"worker-{worker_id}", actor=request.actor)
+        if request.needs_reply:  # a named actor: the worker waits for its id
+            backend.send(worker_id, Reply(request.request_id, ready=spec.return_ids))
         return []
+
+    def _name_free(self, worker_id: int, request: Request) -> bool:
+        """A named actor created from a task: go on (True), or answer with the live actor
+        of that name (get_if_exists) or the error that it is taken (False)."""
+        backend, spec = self._backend, request.spec
+        assert spec is not None and request.actor is not None
+        try:
+            existing = backend.actor_names.claim(request.actor)
+        except ValueError as exc:
+            reply = Reply(request.request_id, error=dumps(exc))
+        else:
+            if existing is None:
+                return True
+            backend.add_worker_ref(worker_id, existing)
+            reply = Reply(request.request_id, ready=(existing,))
+        if isinstance(spec.args, SharedValue):  # its arguments are not needed after all
+            backend.store.discard(backend.adopt(worker_id, spec.args))
+        backend.send(worker_id, reply)
+        return False
 
     def _fail_unrun(self, spec: TaskSpec, error: Value) -> None:
         """A submission refused before it was registered: its results are the error."""
