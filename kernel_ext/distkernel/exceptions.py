@@ -95,11 +95,14 @@ _derived_classes: dict[type, type[TaskError]] = {}
 def as_instance_of_cause(error: TaskError) -> TaskError:
     """Return ``error`` as an instance of both TaskError and the cause's class.
 
-    Falls back to the plain TaskError when the cause's class cannot be
-    subclassed or instantiated without its constructor.
+    A task that failed because a task it waited for failed has a TaskError as its
+    cause: the innermost original error gives the class (issue 9: ``except
+    ZeroDivisionError`` catches it however deep it was raised), while the message
+    keeps every traceback on the way. Falls back to the plain TaskError when the
+    cause's class cannot be subclassed or instantiated without its constructor.
     """
-    cause = error.cause
-    if cause is None or isinstance(cause, TaskError) or not isinstance(cause, Exception):
+    cause = original_cause(error)
+    if cause is None or not isinstance(cause, Exception):
         return error
     cause_cls = type(cause)
     derived: type[TaskError] | None = _derived_classes.get(cause_cls)
@@ -125,6 +128,14 @@ def as_instance_of_cause(error: TaskError) -> TaskError:
         return error
     instance.__cause__ = error.__cause__
     return instance
+
+
+def original_cause(error: TaskError) -> BaseException | None:
+    """The exception first raised: the cause of the innermost TaskError in a chain."""
+    cause = error.cause
+    while isinstance(cause, TaskError):
+        cause = cause.cause
+    return cause
 
 
 def _new_instance(derived: type[TaskError]) -> TaskError:

@@ -17,6 +17,7 @@ zero-copy view. A spilled value is read the same way, from its file on disk.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import queue
@@ -120,12 +121,32 @@ def map_readonly(path: str, value: SharedValue,
 
 def load(value: Value, view: memoryview | None = None) -> Any:
     """Unpickle a stored value; buffers of a shared value are zero-copy, read-only views
-    into ``view``, the value's mapping."""
+    into ``view``, the value's mapping. Buffers of an inline value are copied once into
+    64-byte aligned memory (as Ray aligns every buffer): a ``bytes`` object's data is
+    not aligned, and SIMD code or a library checking ``arr.ctypes.data`` may need it."""
     if isinstance(value, InlineValue):
-        return deserialize(value.header, [memoryview(b).toreadonly() for b in value.buffers])
+        if not value.buffers:
+            return deserialize(value.header)
+        return deserialize(value.header, _aligned_copies(value.buffers))
     assert view is not None, "a shared value is read through its mapping"
     buffers = [view[offset:offset + length] for offset, length in value.buffers]
     return deserialize(view[:value.header_len], buffers)
+
+
+def _aligned_copies(buffers: tuple[bytes, ...]) -> list[memoryview]:
+    """Read-only views of copies of ``buffers``, each starting on a 64-byte boundary of
+    one block (values under ``INLINE_THRESHOLD``: one small allocation and copy)."""
+    block = bytearray(sum(_aligned(len(b)) for b in buffers) + _ALIGN)
+    start = -ctypes.addressof(ctypes.c_char.from_buffer(block)) % _ALIGN
+    whole = memoryview(block)[start:]  # starts on a boundary: offsets below are aligned
+    views = []
+    offset = 0
+    for buffer in buffers:
+        end = offset + len(buffer)
+        whole[offset:end] = buffer
+        views.append(whole[offset:end].toreadonly())
+        offset = _aligned(end)
+    return views
 
 
 class Reclaimer:
