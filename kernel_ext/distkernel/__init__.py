@@ -8,9 +8,19 @@
     dk.get([square.remote(i) for i in range(4)])   # [0, 1, 4, 9]
 """
 
-from distkernel import util
-from distkernel.actors import ActorClass, ActorHandle, get_actor, kill, method
-from distkernel.api import cancel, get, put, status, timeline, wait
+from distkernel import actor, util
+from distkernel.actors import ActorClass, ActorHandle, exit_actor, get_actor, kill, method
+from distkernel.api import (
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    nodes,
+    put,
+    status,
+    timeline,
+    wait,
+)
 from distkernel.exceptions import (
     ActorDiedError,
     DistkernelError,
@@ -27,7 +37,13 @@ from distkernel.remote_function import RemoteFunction, remote
 from distkernel.runtime import ClusterInfo, init, is_initialized, shutdown
 from distkernel.serializability import inspect_serializability
 from distkernel.timings import TaskRecord
-from distkernel.util import deregister_serializer, register_serializer
+from distkernel.util import (
+    RuntimeContext,
+    deregister_serializer,
+    get_gpu_ids,
+    get_runtime_context,
+    register_serializer,
+)
 
 __version__ = "0.1.0"
 
@@ -55,20 +71,28 @@ __all__ = [
     "ObjectRef",
     "ObjectStoreFullError",
     "RemoteFunction",
+    "RuntimeContext",
     "SerializationError",
     "TaskCancelledError",
     "TaskError",
     "TaskRecord",
     "WorkerCrashedError",
+    "actor",
+    "available_resources",
     "cancel",
+    "cluster_resources",
     "deregister_serializer",
+    "exit_actor",
     "get",
     "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
     "init",
     "inspect_serializability",
     "is_initialized",
     "kill",
     "method",
+    "nodes",
     "put",
     "register_serializer",
     "remote",

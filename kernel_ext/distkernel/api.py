@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numbers
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from distkernel import runtime
-from distkernel.exceptions import safe_repr
+from distkernel import context, runtime
+from distkernel.exceptions import DistkernelError, safe_repr
 from distkernel.refs import ObjectRef
 from distkernel.timings import TaskRecord
 
@@ -44,7 +45,12 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
     if len(set(ref_list)) != len(ref_list):
         msg = "wait() needs a list of distinct ObjectRefs; remove the duplicates"
         raise ValueError(msg)
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+        msg = f"wait(num_returns=...) must be an int >= 1, got {num_returns!r}"
+        raise TypeError(msg)
+    if not ref_list:  # as Ray: nothing to wait for, even with num_returns=len(refs) == 0
+        return [], []
+    if num_returns < 1:
         msg = f"wait(num_returns=...) must be an int >= 1, got {num_returns!r}"
         raise ValueError(msg)
     if num_returns > len(ref_list):
@@ -69,14 +75,49 @@ def timeline(last: int | None = None) -> list[TaskRecord]:
     if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
         msg = f"timeline(last=...) must be None or an int >= 0, got {last!r}"
         raise ValueError(msg)
-    if not runtime.is_initialized():
-        return []
-    return runtime.backend().timeline.last(last)
+    engine = runtime.current_backend()
+    return [] if engine is None else engine.timeline.last(last)
 
 
 def status() -> dict[str, Any]:
     """Workers (id, pid, state, current task, cpu %, rss), object store and backend."""
     return runtime.backend().status()
+
+
+def cluster_resources() -> dict[str, float]:
+    """Everything the cluster has, by name: ``CPU`` (the pool's size), ``GPU`` and custom
+    resources given to ``init``, and ``object_store_memory`` (bytes), as Ray reports them."""
+    return _resource_table()[0]
+
+
+def available_resources() -> dict[str, float]:
+    """What is free right now: ``cluster_resources()`` less what running tasks and actors
+    hold, and the store's free bytes. A resource all in use is left out, as in Ray."""
+    return {name: amount for name, amount in _resource_table()[1].items() if amount > 0}
+
+
+def nodes() -> list[dict[str, Any]]:
+    """The cluster's nodes, in Ray's form: the local engine is one node, this machine."""
+    total = cluster_resources()
+    node_id = runtime.client().cluster_id
+    address = runtime.NODE_IP_ADDRESS
+    return [{"NodeID": node_id, "Alive": True, "alive": True, "NodeManagerAddress": address,
+             "NodeManagerHostname": socket.gethostname(), "NodeName": address,
+             "Resources": total, "Labels": {}}]
+
+
+def _resource_table() -> tuple[dict[str, float], dict[str, float]]:
+    """(total, available) from the engine's status, with the store's bytes."""
+    if context.worker_client() is not None:
+        msg = ("cluster_resources(), available_resources() and nodes() answer in the driver "
+               "only; pass what a task needs to know as an argument")
+        raise DistkernelError(msg)
+    snapshot = status()
+    store, table = snapshot["object_store"], snapshot["resources"]
+    total, available = dict(table["total"]), dict(table["available"])
+    total["object_store_memory"] = float(store["capacity"])
+    available["object_store_memory"] = float(max(0, store["capacity"] - store["used_bytes"]))
+    return total, available
 
 
 def _checked_timeout(timeout: Any, what: str) -> float | None:
