@@ -24,7 +24,9 @@ from distkernel.protocol import FunctionPayload, TaskOptions
 from distkernel.refs import ObjectRef
 from distkernel.serialization import dumps
 
-#: Options ``@remote(...)`` and ``.options(...)`` take for functions.
+#: Options ``@remote(...)`` and ``.options(...)`` take for functions. ``memory`` is accepted
+#: and not enforced (nothing is reserved); ``enable_task_events`` has no effect (the
+#: timeline records every task).
 FUNCTION_OPTIONS = ("num_returns", "max_retries", "num_cpus", "num_gpus", "name", "memory",
                     "resources", "retry_exceptions", "scheduling_strategy", "runtime_env",
                     "enable_task_events")

@@ -40,30 +40,19 @@ NAMESPACE_VARIABLE = "DISTKERNEL_NAMESPACE"
 
 logger = logging.getLogger("distkernel")
 
-#: Ray ``init`` keywords that change nothing here; each is accepted and has no effect.
-IGNORED_INIT_OPTIONS = {
-    "dashboard_host": "there is no dashboard (the side panel shows the cluster)",
-    "dashboard_port": "there is no dashboard (the side panel shows the cluster)",
-    "configure_logging": "distkernel logs through the standard 'distkernel' logger",
-    "logging_format": "distkernel logs through the standard 'distkernel' logger",
-    "logging_config": "distkernel logs through the standard 'distkernel' logger",
-    "labels": "one node: there is nothing to choose between",
-    "local_mode": "tasks run in worker processes (their results are the same)",
-    "_system_config": "Ray's internal settings",
-    "_temp_dir": "no session folder is made",
-    "_plasma_directory": "the store lives in DISTKERNEL_SHM_DIR (default /dev/shm) and is "
-                         "sized to fit it",
-    "_node_ip_address": "one node, this machine", "_node_name": "one node, this machine",
-    "_redis_username": "no Redis", "_redis_password": "no Redis",
-    "_metrics_export_port": "no metrics server", "_tracing_startup_hook": "no tracing",
-    "_skip_env_hook": "no environment hook", "_enable_object_reconstruction":
-        "objects are kept until freed, never rebuilt",
-    "_driver_object_store_memory": "one store for all", "_memory": "memory is not reserved",
-    "proxy_server_url": "no Ray Client proxy",
-    "cgroup_path": "resource isolation is not available",
-    "system_reserved_cpu": "resource isolation is not available",
-    "system_reserved_memory": "resource isolation is not available",
-}
+#: Ray ``init`` keywords that change nothing on one local node: accepted, with no effect.
+#: There is no dashboard; logs go through the standard 'distkernel' logger; labels and node
+#: addresses choose among nodes and there is one; ``local_mode`` runs tasks in the driver
+#: for debugging and they run in workers with the same results; ``_plasma_directory``: the
+#: store lives in DISTKERNEL_SHM_DIR and is sized to fit it; the rest tune Ray's own
+#: processes (Redis, metrics, tracing, temporary folders), which do not exist here.
+IGNORED_INIT_OPTIONS = frozenset({
+    "dashboard_host", "dashboard_port", "configure_logging", "logging_format",
+    "logging_config", "labels", "local_mode", "proxy_server_url", "cgroup_path",
+    "system_reserved_cpu", "system_reserved_memory", "_system_config", "_temp_dir",
+    "_plasma_directory", "_node_ip_address", "_node_name", "_redis_username",
+    "_redis_password", "_metrics_export_port", "_tracing_startup_hook", "_skip_env_hook",
+    "_enable_object_reconstruction", "_driver_object_store_memory", "_memory"})
 #: Ray ``init`` keywords the local engine cannot honour, with what to do instead.
 REFUSED_INIT_OPTIONS = {
     "object_spilling_directory": "set the DISTKERNEL_SPILL_DIR environment variable before "
