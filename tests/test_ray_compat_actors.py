@@ -196,6 +196,21 @@ def test_a_method_in_an_undefined_group_is_refused(cluster):
         Lost.remote()
 
 
+def test_method_options_that_the_local_engine_lacks_are_refused():
+    with pytest.raises(ValueError, match=r"whole actor: @remote\(max_task_retries"):
+        ray.method(max_task_retries=2)
+    with pytest.raises(TypeError, match="valid options: num_returns, concurrency_group"):
+        ray.method(num_return=2)
+    with pytest.raises(TypeError, match="concurrency_group must be a group's name"):
+        ray.method(concurrency_group="")
+
+    @ray.method
+    def bare(self):
+        return 1
+
+    assert bare(None) == 1
+
+
 def test_an_actor_holds_no_cpu_unless_asked():
     """Ray's default: an actor needs no CPU to run, so tasks keep the pool's CPUs."""
     ray.init(num_cpus=1)

@@ -41,8 +41,17 @@ ACTOR_OPTIONS = ("name", "max_restarts", "max_task_retries", "num_cpus", "num_gp
                  "resources", "max_concurrency", "concurrency_groups", "lifetime", "namespace",
                  "get_if_exists", "runtime_env", "scheduling_strategy", "max_pending_calls",
                  "allow_out_of_order_execution", "object_store_memory", "enable_task_events")
-#: Options ``@method(...)`` takes, as Ray's ``ray.method``.
+#: Options ``@method(...)`` takes, as Ray's ``ray.method`` (``enable_task_events`` has no
+#: effect: the timeline records every call).
 METHOD_OPTIONS = ("num_returns", "concurrency_group", "enable_task_events")
+#: Ray's other ``ray.method`` options, refused with what to do instead.
+METHOD_REFUSED = {
+    "max_task_retries": "set it for the whole actor: @remote(max_task_retries=...)",
+    "retry_exceptions": "catch the exception in the method and try again there",
+    "tensor_transport": "values travel through the shared-memory object store",
+    "_generator_backpressure_num_objects": "methods return values, not streams",
+    "_num_objects_per_yield": "methods return values, not streams",
+}
 #: Ray's default ``max_concurrency`` of an actor with ``async def`` methods.
 ASYNC_MAX_CONCURRENCY = 1000
 #: The call every actor answers with True once its constructor has run (Ray's name).
@@ -62,6 +71,11 @@ def method(*args: Any, **options: Any) -> Any:
     if args:
         msg = f"@method takes keyword options only, e.g. @method(num_returns=2); got {args!r}"
         raise TypeError(msg)
+    refused = sorted(set(options) & set(METHOD_REFUSED))
+    if refused:
+        msg = (f"@method({refused[0]}=...) is not available on the local engine: "
+               f"{METHOD_REFUSED[refused[0]]}")
+        raise ValueError(msg)
     check_options(options, METHOD_OPTIONS, "@method")
     group = options.get("concurrency_group")
     if group is not None and (not isinstance(group, str) or not group):
