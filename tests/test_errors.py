@@ -61,9 +61,14 @@ def test_error_in_each_phase_then_pool_still_works(cluster, phase, body, error, 
     assert dk.get([ok.remote() for _ in range(4)], timeout=30) == ["ok"] * 4
 
 
+@dk.remote
+def echo(value):
+    return value
+
+
 def test_serialization_error_at_submit_names_the_member(cluster):
     with pytest.raises(dk.SerializationError, match=r"Unpicklable\(\.\.\.\)\.lock") as info:
-        ok.remote(Unpicklable())
+        echo.remote(Unpicklable())
     assert isinstance(info.value, TypeError)
     text = str(info.value)
     assert "__reduce__" in text and "register_serializer" in text and "wrapper" in text

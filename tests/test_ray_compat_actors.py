@@ -143,8 +143,6 @@ def test_get_actor_works_inside_tasks(cluster):
     ray.kill(keep)
 
 
-@pytest.mark.xfail(strict=True, reason="the worker client does not tell its actor's id yet "
-                                       "(WorkerClient.actor_id, engine side of issue 9)")
 def test_actor_ids_in_the_runtime_context(cluster):
     box = Box.remote()
     actor_id, task_id = ray.get(box.whoami.remote())

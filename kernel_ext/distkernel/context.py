@@ -34,17 +34,31 @@ class Client(Protocol):
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None: ...
 
+    def named_actor(self, name: str,
+                    namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None: ...
+
     def cancel(self, ref: ObjectRef, force: bool) -> None: ...
 
 
-_worker_client: Client | None = None
+class WorkerContext(Client, Protocol):
+    """The client inside a worker also knows where it runs."""
+
+    @property
+    def actor_id(self) -> str: ...
+
+    def task_id(self) -> str: ...
+
+    def gpu_ids(self) -> list[str]: ...
 
 
-def set_worker(client: Client) -> None:
+_worker_client: WorkerContext | None = None
+
+
+def set_worker(client: WorkerContext) -> None:
     """Called once in a worker process: every API call goes to the driver through it."""
     global _worker_client
     _worker_client = client
 
 
-def worker_client() -> Client | None:
+def worker_client() -> WorkerContext | None:
     return _worker_client

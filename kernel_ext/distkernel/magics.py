@@ -270,13 +270,9 @@ class DistMagics(Magics):
         return notice(f"scaling the pool to {args.workers} workers")
 
     def _dist_restart(self, args: argparse.Namespace) -> Any:
-        """Same size (as scaled) and store as before, fresh processes and memory."""
-        info = runtime.cluster_info()
-        backend = runtime.current_backend()
-        runtime.shutdown()
-        if info is None or backend is None:
-            return runtime.init()
-        return runtime.init(backend.num_workers, object_store_memory=info.object_store_memory)
+        """Same size (as scaled), store, resources, namespace and runtime_env as before;
+        fresh processes and memory."""
+        return runtime.restart()
 
     def _dist_shutdown(self, args: argparse.Namespace) -> Rendered:
         runtime.shutdown()

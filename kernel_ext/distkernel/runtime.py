@@ -432,35 +432,19 @@ def restart() -> ClusterInfo:
 def current_task_id() -> str | None:
     """The id of the task or actor call running in this thread; None in the driver."""
     client = context.worker_client()
-    if client is None:
-        return None
-    asked = getattr(client, "task_id", None)
-    if callable(asked):
-        return asked() or None
-    # Until the worker client answers it: the call of this thread or coroutine in an actor
-    # running calls at once, else the worker's one task.
-    calls = sys.modules.get("distkernel.worker_concurrency")
-    current = getattr(calls, "CURRENT_CALL", None)
-    task_id = current.get() if current is not None else ""
-    return task_id or getattr(getattr(client, "_worker", None), "current_task", "") or None
+    return (client.task_id() or None) if client is not None else None
 
 
 def current_actor_id() -> str | None:
     """The id of the actor this process hosts; None in the driver and in tasks (and where
     the engine does not tell)."""
     client = context.worker_client()
-    actor_id = getattr(client, "actor_id", None) if client is not None else None
-    return actor_id() if callable(actor_id) else (actor_id or None)
+    return (client.actor_id or None) if client is not None else None
 
 
 def in_actor() -> bool:
     """Whether the caller runs in an actor's process (in one of its methods)."""
-    client = context.worker_client()
-    if client is None:
-        return False
-    if current_actor_id() is not None:
-        return True
-    return getattr(getattr(client, "_worker", None), "actor", None) is not None
+    return current_actor_id() is not None
 
 
 def backend() -> Any:

@@ -318,7 +318,7 @@ def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
     from ``__new__``, ``args`` and ``__dict__``. One that still cannot travel is
     replaced by a RuntimeError carrying its type name and message.
     """
-    text = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
+    text = user_traceback(exc)
     exc.__traceback__ = None
     for reduce in (None, _rebuild_exception_reduce):
         try:
@@ -334,12 +334,24 @@ def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def _user_frames(tb: Any) -> Any:
-    """Skip the worker's own frames at the top: the traceback starts in the user's code."""
-    first = tb
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        tb = tb.tb_next
-    return tb if tb is not None else first
+def user_traceback(exc: BaseException) -> str:
+    """The formatted traceback of a task's exception, chained exceptions included, with
+    distkernel's own frames left out (the worker's loop above the task, a ``get`` inside
+    it that raised a nested task's error): what is left is the user's code. Where only
+    our frames are left, all are kept."""
+    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    seen: set[int] = set()
+    pending = [formatted]
+    while pending:
+        each = pending.pop()
+        if id(each) in seen:
+            continue
+        seen.add(id(each))
+        users = [f for f in each.stack if not f.filename.startswith(_PACKAGE_DIR)]
+        if users:
+            each.stack = traceback.StackSummary.from_list(users)
+        pending.extend(e for e in (each.__cause__, each.__context__) if e is not None)
+    return "".join(formatted.format())
 
 
 class _ExceptionState:

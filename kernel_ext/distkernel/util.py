@@ -39,10 +39,10 @@ def get_gpu_ids() -> list[int] | list[str]:
     GPUs: ints, or the device names when they are not numbers (UUIDs). The driver
     is given none, so it gets ``[]``, as in Ray.
     """
-    if context.worker_client() is None:
+    client = context.worker_client()
+    if client is None:
         return []
-    names = [n.strip() for n in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-             if n.strip()]
+    names = client.gpu_ids()
     if all(n.isdigit() for n in names):
         return [int(n) for n in names]
     return names

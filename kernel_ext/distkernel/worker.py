@@ -76,7 +76,6 @@ from distkernel.worker_concurrency import (
 from distkernel.worker_io import Mailbox, watch_for_hang_up
 from distkernel.worker_output import DriverStream
 
-
 #: The method every actor answers once it is up, as Ray's.
 READY_METHOD = "__ray_ready__"
 
@@ -194,15 +193,20 @@ class VisibleGpus:
         self._before = os.environ.get("CUDA_VISIBLE_DEVICES")
         self._physical = [d for d in (self._before or "").split(",") if d.strip()]
         self._restore = False
+        self.assigned: list[str] = []  # what the run (or the actor) was given
+        self._kept: list[str] = []  # an actor's, for its life
 
     def use(self, devices: tuple[int, ...], *, for_good: bool) -> None:
         names = [self._physical[d] if d < len(self._physical) else str(d) for d in devices]
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names)
+        self.assigned = names
         self._restore = not for_good
         if for_good:
             self._before = os.environ["CUDA_VISIBLE_DEVICES"]
+            self._kept = names
 
     def done(self) -> None:
+        self.assigned = self._kept
         if not self._restore:
             return
         self._restore = False
@@ -231,6 +235,7 @@ class Worker:
         self._interrupted = 0  # the run a Cancelled was raised in (at most once per run)
         self._stopping = False
         self.actor: Any = None  # the instance, in a worker that hosts an actor
+        self.actor_id = ""
         self.actor_error = ""
         self.stdout = DriverStream(self._send_output, "stdout")
         self.stderr = DriverStream(self._send_output, "stderr")
@@ -349,6 +354,7 @@ class Worker:
     def outcome_of(self, spec: TaskSpec, value: Any) -> Outcome:
         if spec.kind == "actor_create":
             self.actor, value = value, None
+            self.actor_id = spec.actor_id
         return Outcome(self._store_results(spec, value), value=value)
 
     def failure(self, spec: TaskSpec, exc: BaseException) -> Outcome:
@@ -451,13 +457,22 @@ class Worker:
         return tuple(self.client.store(serialize(v)) for v in values)
 
     def _error_value(self, task_name: str, exc: BaseException) -> InlineValue:
-        """The task's exception as a stored TaskError; plain text if even that fails."""
+        """The task's exception as a stored TaskError; plain text if even that fails.
+
+        A nested task's error (a TaskError a ``get`` in this task raised) already carries
+        its remote traceback in its message: it is written once, not once more from its
+        ``__cause__`` and once more in this message's first line.
+        """
+        summary = exception_text(exc)
+        if isinstance(exc, TaskError):
+            exc.__cause__, exc.__suppress_context__ = None, True
+            summary = summary.split("\n", 1)[0]
         try:
             exc_bytes, text = dumps_exception(exc)
             cause = pickle.loads(exc_bytes)
         except Exception:  # noqa: BLE001 - the error report must not take the worker down
             text, cause, exc_bytes = exception_text(exc), None, None
-        message = (f"{task_name} failed with {exception_text(exc)}\n\n"
+        message = (f"{task_name} failed with {summary}\n\n"
                    f"Remote traceback (worker {self.worker_id}, pid {os.getpid()}):\n{text}")
         error = TaskError(message, cause=cause, remote_traceback=text, task_name=task_name,
                           cause_bytes=exc_bytes)

@@ -35,6 +35,7 @@ from distkernel.protocol import (
 )
 from distkernel.refs import ObjectRef, new_id
 from distkernel.serialization import Serialized, serialize
+from distkernel.worker_concurrency import CURRENT_CALL
 
 if TYPE_CHECKING:
     from distkernel.worker import Worker
@@ -51,6 +52,19 @@ class WorkerClient:
         self._lock = threading.Lock()
         self._main = threading.main_thread().ident
         self._unsent: dict[tuple[str, int], tuple[int | None, Place]] = {}  # lent, not handed over
+
+    @property
+    def actor_id(self) -> str:
+        """The id of the actor this process hosts ("" in a task's worker)."""
+        return self._worker.actor_id
+
+    def task_id(self) -> str:
+        """The task or actor call running in this thread (or coroutine), "" between runs."""
+        return CURRENT_CALL.get() or self._worker.current_task
+
+    def gpu_ids(self) -> list[str]:
+        """The GPU devices the running task (or this actor) was given."""
+        return list(self._worker.gpus.assigned)
 
     def _call(self, request: Request, timeout: float | None = None) -> Reply | None:
         """Send and wait for the reply, reading the socket meanwhile (see ``worker_io``)."""
