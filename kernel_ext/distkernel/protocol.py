@@ -1,7 +1,12 @@
-"""Everything that crosses a process boundary, as frozen dataclasses.
+"""Everything that crosses a process boundary, as immutable dataclasses.
 
 Driver and workers exchange these over one duplex pipe per worker, pickled with
 the standard pickler (they hold only bytes, strings, numbers and tuples).
+
+Messages are frozen for the type checker (mypy refuses any assignment to a field),
+but built as plain slotted classes at run time: a frozen dataclass sets each field
+through ``object.__setattr__``, five times slower, and several messages are made and
+unpickled for every task (a task's round trip spent about 4 µs there).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ _T = TypeVar("_T")
 
 @dataclass_transform(frozen_default=True)
 def message(cls: type[_T]) -> type[_T]:
-    """A frozen, slotted dataclass that pickles as ``(cls, fields)``: ~2x faster than the
-    default reduction, and these cross a pipe for every task."""
-    cls = dataclass(frozen=True, slots=True)(cls)
+    """A slotted dataclass, frozen for type checkers, hashable by value, that pickles as
+    ``(cls, fields)``: ~2x faster than the default reduction, and these cross a pipe for
+    every task."""
+    cls = dataclass(slots=True, unsafe_hash=True)(cls)
     names = tuple(f for f in cls.__slots__ if not f.startswith("__"))  # type: ignore[attr-defined]
     if not names:
         def reduce(self: Any) -> tuple[Any, ...]:

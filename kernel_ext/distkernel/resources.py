@@ -21,7 +21,10 @@ _EPSILON = 1e-9
 
 
 def needs_of(resources: Iterable[tuple[str, float]]) -> Needs:
-    """A spec's ``resources`` tuple as a mapping; the empty tuple is one CPU."""
+    """A spec's ``resources`` tuple as a mapping; the empty tuple is one CPU (the very
+    mapping ``ONE_CPU``, which the hot paths recognise by identity)."""
+    if not resources:
+        return ONE_CPU
     needs = dict(resources)
     return needs if needs else ONE_CPU
 
@@ -56,6 +59,8 @@ class Resources:
         return None
 
     def fits(self, needs: Needs) -> bool:
+        if needs is ONE_CPU:  # nearly every task: no loop (this runs for every dispatch)
+            return self.in_use.get("CPU", 0.0) + 1.0 <= self.capacity["CPU"] + _EPSILON
         for name, amount in needs.items():
             if amount and self.in_use.get(name, 0.0) + amount > \
                     self.capacity.get(name, 0.0) + _EPSILON:
@@ -65,6 +70,9 @@ class Resources:
 
     def acquire(self, needs: Needs) -> tuple[int, ...]:
         """Take ``needs`` (which must fit); the GPU devices it was given."""
+        if needs is ONE_CPU:
+            self.in_use["CPU"] = self.in_use.get("CPU", 0.0) + 1.0
+            return ()
         for name, amount in needs.items():
             if amount:
                 self.in_use[name] = self.in_use.get(name, 0.0) + amount
@@ -78,6 +86,10 @@ class Resources:
         return devices
 
     def release(self, needs: Needs, devices: tuple[int, ...] = ()) -> None:
+        if needs is ONE_CPU:
+            left = self.in_use["CPU"] - 1.0
+            self.in_use["CPU"] = left if left > _EPSILON else 0.0
+            return
         for name, amount in needs.items():
             if amount:
                 left = self.in_use.get(name, 0.0) - amount

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from distkernel.protocol import TaskSpec
 from distkernel.resources import ONE_CPU, Needs, Resources, needs_of
 from distkernel.scheduler_types import (
+    NOTHING,
     ActorState,
     Dispatch,
     FailTask,
@@ -178,10 +179,11 @@ class Scheduler:
         """Start an extra worker when a queued task fits the free resources but no worker
         is idle: a parent blocked in get has given its CPU back to its children, or the
         tasks need no CPU (``num_cpus=0`` or a fraction)."""
-        if not (self.queue or self.special) or self._live_regular_count() < self.num_workers:
-            return []  # nothing waits, or regular workers are being (re)started anyway
+        if not (self.queue or self.special) or self._next_task() is None or \
+                self._live_regular_count() < self.num_workers:
+            return []  # nothing fits, or regular workers are being (re)started anyway
         regular = [w for w in self.workers.values() if not w.actor_id]
-        if any(w.state in ("idle", "starting") for w in regular) or self._next_task() is None:
+        if any(w.state in ("idle", "starting") for w in regular):
             return []
         extras = sum(1 for w in regular if w.extra and w.state != "stopping")
         return [StartWorker(extra=True)] if extras < self.max_extra_workers else []
@@ -228,7 +230,7 @@ class Scheduler:
     def submit(self, spec: TaskSpec, caller: str = "driver") -> list[Instruction]:
         if spec.actor_id:
             return self._submit_actor_call(spec, caller)
-        why = self.infeasible(needs_of(spec.resources))
+        why = self.infeasible(needs_of(spec.resources)) if spec.resources else None
         if why is not None:
             return [FailTask(spec, "infeasible", f"{spec.name} can never run here: {why}")]
         task = self._track(spec, caller)
@@ -256,7 +258,7 @@ class Scheduler:
         self._submitted += 1
         task = TaskState(spec, retries_left=spec.max_retries, caller=caller,
                          order=self._submitted,
-                         needs={} if spec.actor_id else needs_of(spec.resources))
+                         needs=NOTHING if spec.actor_id else needs_of(spec.resources))
         self.tasks[spec.task_id] = task
         for object_id in spec.top_level_refs:
             if not self._is_ready(object_id):
@@ -447,7 +449,12 @@ class Scheduler:
             return out
         for worker in self.workers.values():
             if worker.state == "idle" and not worker.actor_id:
-                task_id = self._next_task(take=True)
+                if self.special:
+                    task_id = self._next_task(take=True)
+                elif self.queue and self.resources.fits(ONE_CPU):  # the common case, inline
+                    task_id = self.queue.popleft()
+                else:
+                    task_id = None
                 if task_id is None:
                     break
                 out.append(self._assign(worker, task_id))
@@ -488,14 +495,14 @@ class Scheduler:
         """Give back what a task held (it finished, failed, or its worker died)."""
         if task.held:
             self.resources.release(task.held, task.gpu_ids)
-            task.held, task.gpu_ids = {}, ()
+            task.held, task.gpu_ids = NOTHING, ()
 
     def _take_over_cpu(self, worker: WorkerState) -> None:
         """The next run on a worker was sent ahead (pipelined) holding nothing: it takes the
         CPU its predecessor just gave back."""
-        if worker.running is None:
+        if not worker.assigned:
             return
-        task = self.tasks.get(self._runs.get(worker.running, ""))
+        task = self.tasks.get(self._runs.get(worker.assigned[0], ""))
         if task is not None and not task.held and task.needs is ONE_CPU:
             self.resources.acquire(ONE_CPU)
             task.held = ONE_CPU

@@ -6,11 +6,33 @@ Instructions are frozen: the engine carries them out (local_core.execute).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from distkernel.protocol import TaskSpec
+
+
+class _NoResources(Mapping[str, float]):
+    """The empty, immutable mapping of what actors' calls hold: shared by every task, so a
+    submission allocates none (and hashable, so a dataclass may take it as a default)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, name: str) -> float:
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __hash__(self) -> int:
+        return 0
+
+
+NOTHING: Mapping[str, float] = _NoResources()
 
 WorkerStateName = Literal["starting", "idle", "busy", "blocked", "stopping", "dead"]
 
@@ -92,8 +114,8 @@ class TaskState:
     cancel_requested: bool = False
     caller: str = "driver"  # actor calls keep submission order per caller
     order: int = 0
-    needs: Mapping[str, float] = field(default_factory=dict)  # while it runs (resources)
-    held: Mapping[str, float] = field(default_factory=dict)  # what it holds right now
+    needs: Mapping[str, float] = NOTHING  # while it runs (resources)
+    held: Mapping[str, float] = NOTHING  # what it holds right now
     gpu_ids: tuple[int, ...] = ()
 
 
@@ -112,7 +134,7 @@ class ActorState:
     releasing: bool = False  # no handle is left: stop once it has nothing to do
     death: str = ""
     restarts: int = 0
-    needs: Mapping[str, float] = field(default_factory=dict)  # held for its whole life
+    needs: Mapping[str, float] = NOTHING  # held for its whole life
     holding: bool = False
     gpu_ids: tuple[int, ...] = ()
     in_flight: int = 16  # calls sent to its worker at most (more if it runs them at once)

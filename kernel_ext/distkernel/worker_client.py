@@ -120,6 +120,8 @@ class WorkerClient:
 
     def handed_over(self, values: Sequence[Value]) -> None:
         """These values are on their way to the driver, which owns their room now."""
+        if not self._unsent:  # nothing lent: the common case, without the lock
+            return
         with self._lock:
             for value in values:
                 if isinstance(value, SharedValue):
@@ -133,6 +135,8 @@ class WorkerClient:
     def give_back_unsent(self) -> None:
         """After a run: room the main thread was lent but never handed over (a cancel
         landed between the allocation and the hand-over) goes back to the driver."""
+        if not self._unsent:
+            return
         with self._lock:
             left = [place for thread, place in self._unsent.values() if thread == self._main]
         for place in left:

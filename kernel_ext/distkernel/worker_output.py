@@ -50,6 +50,8 @@ class DriverStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if not self._pending:  # after every run: most print nothing
+            return
         with self._lock:
             if not self._pending:
                 return

@@ -127,8 +127,9 @@ class LocalBackend(EngineCore):
             if awaited.failed is not None:  # raise the first error in, at once
                 ids = [awaited.failed]
             self._pending_ids(ids)  # all still there (a shutdown meanwhile removes them)
-            for object_id in ids:
-                self.memory.restore(object_id)  # a spilled one, if it fits again
+            if self.store.spilled:  # bring spilled ones back, if they fit again
+                for object_id in ids:
+                    self.memory.restore(object_id)
             items = [(self.store.value(i), self.memory.view(i)) for i in ids]
         results = []
         for object_id, (value, view) in zip(ids, items):
@@ -187,7 +188,7 @@ class LocalBackend(EngineCore):
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                options: TaskOptions, *, actor_id: str = "", method: str = "") -> list[ObjectRef]:
         kind = "actor_method" if actor_id else "task"
-        if not actor_id:
+        if not actor_id and (options.num_cpus != 1 or options.num_gpus or options.resources):
             self._check_feasible(specs.task_resources(options), options.name or function.name)
         spec, serialized, args_id = self._prepare(function, args, kwargs, options, kind,
                                                   actor_id, method)

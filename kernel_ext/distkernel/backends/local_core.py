@@ -410,9 +410,11 @@ class EngineCore:
             record.worker_id = step.worker_id
             record.status = "running"
             record.bytes_in += sum(v.nbytes for _, v in resolved if v is not None)
-        for object_id in spec.top_level_refs:
-            self.store.touch(object_id)
-        self.memory.sent.hold(step.worker_id, step.seq, (spec.args, *(v for _, v in resolved)))
+        if resolved or type(spec.args) is SharedValue:  # shared memory goes along: hold it
+            for object_id in spec.top_level_refs:
+                self.store.touch(object_id)
+            self.memory.sent.hold(step.worker_id, step.seq,
+                                  (spec.args, *(v for _, v in resolved)))
         actor = self.actor_meta.get(spec.actor_id) if spec.kind == "actor_create" else None
         self.send(step.worker_id, RunTask(step.seq, spec, resolved, function,  # type: ignore[arg-type]
                                           self.scheduler.lightly_loaded(), step.gpu_ids,
@@ -431,7 +433,8 @@ class EngineCore:
 
     def handle(self, worker_id: int, message: Any) -> None:
         self._handle(worker_id, message)
-        self.requests.retry_allocations()  # what the message did may have freed memory
+        if self.requests.waiting:  # what the message did may have freed memory for them
+            self.requests.retry_allocations()
 
     def _handle(self, worker_id: int, message: Any) -> None:
         if isinstance(message, TaskDone):
@@ -498,6 +501,8 @@ class EngineCore:
     def _release_sent(self, worker_id: int, seq: int) -> None:
         """What went to a worker with run ``seq`` is no longer held for it. An actor running
         calls at once ends them in any order: its regions are held until it is idle."""
+        if not self.memory.sent.holding(worker_id):
+            return
         state = self.scheduler.workers.get(worker_id)
         options = self.actor_meta.get(state.actor_id) if state and state.actor_id else None
         if options is None or not (options.is_async or options.max_concurrency > 1 or

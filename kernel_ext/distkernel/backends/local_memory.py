@@ -144,12 +144,16 @@ class Memory:
     def accept(self, worker_id: int, value: Value) -> Value | None:
         """Take a value a worker wrote (lock held): counted against the capacity, or None
         when it is not acceptable (names room that was not lent to this worker)."""
+        if type(value) is InlineValue:
+            nbytes = value.nbytes
+            if self.store.fits(nbytes):  # nearly always: no spilling to think of
+                self.store.used += nbytes
+            else:
+                self.reserve(nbytes)
+            return value
         if isinstance(value, SharedValue):
             return value if self.lent.take(worker_id, value) else None
-        if not isinstance(value, InlineValue):
-            return None
-        self.reserve(value.nbytes)
-        return value
+        return None
 
     def views_reported(self, worker_id: int, opened: Iterable[tuple[str, int]],
                        closed: Iterable[tuple[str, int]]) -> None:

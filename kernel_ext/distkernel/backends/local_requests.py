@@ -159,6 +159,11 @@ class RequestHandler:
             self._backend.send(parked.worker_id,
                                Reply(parked.request.request_id, error=dumps(error)))
 
+    @property
+    def waiting(self) -> bool:
+        """Allocations wait for memory."""
+        return bool(self._waiting_room)
+
     def retry_allocations(self) -> None:
         """Memory may have come free: try the waiting allocations again, in order."""
         if not self._waiting_room:

@@ -97,6 +97,10 @@ class Sent:
                 self._by_worker.setdefault(worker_id, []).append(
                     (seq, value.segment, value.offset))
 
+    def holding(self, worker_id: int) -> bool:
+        """Whether anything is held for this worker (a cheap test for the common case)."""
+        return bool(self._by_worker.get(worker_id))
+
     def run_over(self, worker_id: int, seq: int) -> None:
         """The worker finished run ``seq``; runs go in order, so earlier ones are over too."""
         held = self._by_worker.get(worker_id)
