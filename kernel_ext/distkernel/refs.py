@@ -8,13 +8,15 @@ stored while any process still holds a ref to it.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import functools
 import itertools
 import os
 import secrets
 from collections.abc import Generator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 
 class RefTracker(Protocol):
@@ -63,10 +65,6 @@ class _IdMaker:
 new_id = _IdMaker()
 
 
-#: Threads that wait in get() for ``ref.future()`` and ``await ref``.
-_FUTURES = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="distkernel-await")
-
-
 class ObjectRef:
     """A reference to an object in the store; pass it to tasks or ``get`` its value."""
 
@@ -106,12 +104,22 @@ class ObjectRef:
         """A future of the value (as Ray's ``ref.future()``): ``get`` on a thread of its own."""
         from distkernel import api
 
-        return _FUTURES.submit(api.get, self)
+        return _waiting_threads().submit(api.get, self)
 
     def __await__(self) -> Generator[Any, None, Any]:
         """``await ref`` in an async actor method or any coroutine: waits without holding up
         the event loop."""
+        import asyncio  # only here: importing it costs every process ~12 ms at start-up
+
         return asyncio.wrap_future(self.future()).__await__()
+
+
+@functools.cache
+def _waiting_threads() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads that wait in get() for ``ref.future()`` and ``await ref``, made on first use."""
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(thread_name_prefix="distkernel-await")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other._id == self._id

@@ -24,7 +24,6 @@ removes them and exits.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import pickle
@@ -36,7 +35,7 @@ import time
 # The C function under signal.getsignal, which converts its answer to an enum member and
 # costs microseconds; this runs after every task.
 from _signal import getsignal as _current_handler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiprocess.connection import Connection
 
@@ -66,15 +65,13 @@ from distkernel.protocol import (
 from distkernel.reaper import Space
 from distkernel.serialization import deserialize, dumps_exception, registry, serialize
 from distkernel.wire import write_frame
+from distkernel.worker_calls import CURRENT_CALL, Outcome
 from distkernel.worker_client import WorkerClient
-from distkernel.worker_concurrency import (
-    CURRENT_CALL,
-    ConcurrentCalls,
-    Outcome,
-    concurrent_calls,
-)
 from distkernel.worker_io import Mailbox, watch_for_hang_up
 from distkernel.worker_output import DriverStream
+
+if TYPE_CHECKING:
+    from distkernel.worker_concurrency import ConcurrentCalls
 
 #: The method every actor answers once it is up, as Ray's.
 READY_METHOD = "__ray_ready__"
@@ -82,6 +79,12 @@ READY_METHOD = "__ray_ready__"
 
 def _ready() -> bool:
     return True
+
+
+def _cancelled_coroutine(exc: BaseException) -> bool:
+    """An async actor's call was cancelled (asyncio is imported only by async actors)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 class Cancelled(BaseException):
@@ -342,6 +345,8 @@ class Worker:
         del outcome
         self.link.flush_refs()
         if spec.kind == "actor_create" and message.actor is not None and self.actor is not None:
+            from distkernel.worker_concurrency import concurrent_calls  # asyncio: only here
+
             self.concurrency = concurrent_calls(self, message.actor)
 
     def call(self, message: RunTask) -> Outcome:
@@ -360,7 +365,7 @@ class Worker:
     def failure(self, spec: TaskSpec, exc: BaseException) -> Outcome:
         """What a call that raised reports: cancelled, its argument's error, the end of its
         actor (exit_actor), or its own error."""
-        if isinstance(exc, (Cancelled, asyncio.CancelledError)):
+        if isinstance(exc, Cancelled) or _cancelled_coroutine(exc):
             return Outcome(cancelled=True)
         if isinstance(exc, UpstreamFailed):
             return Outcome((exc.value,), failed=True)

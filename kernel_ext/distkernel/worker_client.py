@@ -35,7 +35,7 @@ from distkernel.protocol import (
 )
 from distkernel.refs import ObjectRef, new_id
 from distkernel.serialization import Serialized, serialize
-from distkernel.worker_concurrency import CURRENT_CALL
+from distkernel.worker_calls import CURRENT_CALL
 
 if TYPE_CHECKING:
     from distkernel.worker import Worker

@@ -27,29 +27,15 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from distkernel.protocol import ActorOptions, RunTask, Value
+from distkernel.protocol import ActorOptions, RunTask
+from distkernel.worker_calls import CURRENT_CALL, Outcome
 
 if TYPE_CHECKING:
     from distkernel.worker import Worker
 
-#: The task id of the call running in this thread or coroutine ("" outside one).
-CURRENT_CALL: contextvars.ContextVar[str] = contextvars.ContextVar("distkernel_call",
-                                                                   default="")
 DEFAULT_GROUP = ""
-
-
-@dataclass(slots=True)
-class Outcome:
-    """How a call ended: what TaskDone reports, and its value (refs inside must outlive it)."""
-
-    results: tuple[Value, ...] = ()
-    failed: bool = False
-    cancelled: bool = False
-    exited: bool = False  # exit_actor() ended the actor
-    value: Any = None
 
 
 def concurrent_calls(worker: Worker, options: ActorOptions) -> ConcurrentCalls | None:
