@@ -113,14 +113,6 @@ class ObjectRef:
 
         return asyncio.wrap_future(self.future()).__await__()
 
-
-@functools.cache
-def _waiting_threads() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that wait in get() for ``ref.future()`` and ``await ref``, made on first use."""
-    import concurrent.futures
-
-    return concurrent.futures.ThreadPoolExecutor(thread_name_prefix="distkernel-await")
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other._id == self._id
 
@@ -129,3 +121,11 @@ def _waiting_threads() -> concurrent.futures.ThreadPoolExecutor:
 
     def __repr__(self) -> str:
         return f"ObjectRef({self._id})"
+
+
+@functools.cache
+def _waiting_threads() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads that wait in get() for ``ref.future()`` and ``await ref``, made on first use."""
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(thread_name_prefix="distkernel-await")
