@@ -140,11 +140,12 @@ def sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
                                                       size["tput_repeats"])),
         ("batched_map", lambda e: workloads.batched_map(e, tasks, size["tput_n"])),
         ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB,
-                                                          size["big_repeats"])),
+                                                          size["big_repeats"], args.workers)),
     ]
     if size["huge_repeats"]:
         plan.append(("object_1GB", lambda e: workloads.large_object(e, tasks, 1024 * MB,
-                                                                   size["huge_repeats"])))
+                                                                   size["huge_repeats"],
+                                                                   args.workers)))
     plan.append(("actor", lambda e: workloads.actor(e, tasks, size["actor_n"],
                                                     size["actor_warmup"])))
     plan.append(("leborn_round", lambda e: workloads.leborn_round(e, tasks,

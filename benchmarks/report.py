@@ -172,7 +172,8 @@ one get of all. put = store a float64 array; get = read it back in the driver
 the ref, the task returns `arr.shape`; task with the array as argument = the array
 itself is the argument (distkernel and Ray store it implicitly; Pool pickles it through
 its pipe); task making and returning an array = the task fills a new array of the
-size (`np.ones`) and returns it, then the driver gets it (a view for distkernel and Ray,
+size (`np.ones`) and returns it, then the driver gets it (each worker once untimed first:
+its first array that large costs it fresh memory) (a view for distkernel and Ray,
 a copy through the pipe for Pool); the numpy copies are the same-size memcpy baselines
 for put. Medians over
 repeats, each repeat freeing its object. Idle memory = driver + every process the

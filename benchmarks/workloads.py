@@ -79,7 +79,8 @@ def copy_baseline(arr: np.ndarray, repeats: int) -> dict[str, float]:
     return {"copyto_s": statistics.median(into_empty), "copy_s": statistics.median(plain)}
 
 
-def large_object(engine: Engine, tasks: Any, nbytes: int, repeats: int) -> dict[str, Any]:
+def large_object(engine: Engine, tasks: Any, nbytes: int, repeats: int,
+                 workers: int) -> dict[str, Any]:
     """put / get / task-on-ref / task-with-array / task-returning-array of one float64
     array of ``nbytes``.
 
@@ -94,6 +95,13 @@ def large_object(engine: Engine, tasks: Any, nbytes: int, repeats: int) -> dict[
         result["store_skipped"] = str(exc)
     result["task_arg_s"] = _median_time(
         lambda: engine.get(engine.submit(tasks.shape_of, arr)), repeats)
+    # Each worker's first array this large costs its process fresh memory (about 2 s per
+    # GiB here, for every engine): warm every worker once, untimed, so that the repeats
+    # measure the steady state and not which worker happened to take them.
+    warm = [engine.submit(tasks.filled_array, arr.size) for _ in range(workers)]
+    for handle in warm:
+        _check_filled(engine.get(handle), arr.size)
+    del warm, handle
     result["task_result_s"] = _median_time(
         lambda: _check_filled(engine.get(engine.submit(tasks.filled_array, arr.size)),
                               arr.size), repeats)
