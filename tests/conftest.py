@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 import distkernel as dk
-from distkernel import config, reaper
+from distkernel.core import config
+from distkernel.store import reaper
 
 
 def our_workers() -> list[psutil.Process]:
@@ -25,7 +26,8 @@ def our_workers() -> list[psutil.Process]:
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "distkernel.worker" in " ".join(child.cmdline()) and child.status() != "zombie":
+            command = " ".join(child.cmdline())
+            if "distkernel.engine.worker" in command and child.status() != "zombie":
                 found.append(child)
         except psutil.NoSuchProcess:
             pass

@@ -10,7 +10,7 @@ from typing import Any
 
 import jupyter_client
 
-from distkernel import reaper
+from distkernel.store import reaper
 
 
 @dataclass

@@ -20,7 +20,7 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 
-from distkernel import config
+from distkernel.core import config
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNELS = ("distkernel", "python3")

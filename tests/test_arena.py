@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from distkernel.arena import MIN_CHUNK, PAGE, Arena
-from distkernel.reaper import Space
+from distkernel.store.arena import MIN_CHUNK, PAGE, Arena
+from distkernel.store.reaper import Space
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from distkernel.cellvars import (
+from distkernel.front.cellvars import (
     CellNames,
     CellSyntaxError,
     analyze_cell,

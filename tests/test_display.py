@@ -16,7 +16,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from distkernel.display import (
+from distkernel.core.timings import TaskRecord
+from distkernel.front.timings_view import (
     MAX_ROWS,
     format_bytes,
     format_duration,
@@ -24,7 +25,6 @@ from distkernel.display import (
     timeline_bundle,
     timings_bundle,
 )
-from distkernel.timings import TaskRecord
 
 T0 = 1_700_000_000.0  # realistic epoch seconds: float precision there is part of the test
 
@@ -424,7 +424,7 @@ def test_output_is_the_same_in_another_process_with_another_hash_seed():
     script = (
         "import sys; sys.path[:0] = " + repr(sys.path) + "\n"
         "from tests.test_display import sample\n"
-        "from distkernel.display import timings_bundle\n"
+        "from distkernel.front.timings_view import timings_bundle\n"
         "print(timings_bundle(sample(), mode='full')['text/html'])\n"
     )
     outputs = {

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from distkernel import reaper
+from distkernel.store import reaper
 
 from .conftest import process_alive, wait_until
 from .kernel_session import KernelSession

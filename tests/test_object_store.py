@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import distkernel as dk
-from distkernel import config
+from distkernel.core import config
 
 from .conftest import our_segments, wait_until
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import distkernel as ray
-from distkernel import serialization
+from distkernel.store import serialization
 
 
 @ray.remote

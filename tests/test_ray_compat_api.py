@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import distkernel as ray
-from distkernel import serialization
+from distkernel.store import serialization
 from tests.conftest import wait_until
 
 
@@ -164,7 +164,7 @@ def test_init_knows_every_named_keyword_of_the_installed_ray():
          "inspect.signature(ray.init).parameters.items() if p.kind != p.VAR_KEYWORD]))"],
         capture_output=True, text=True, timeout=120, check=True)
     theirs = json.loads(listed.stdout.strip().splitlines()[-1])
-    from distkernel import runtime
+    from distkernel.api import runtime
 
     known = (set(inspect.signature(ray.init).parameters) | set(runtime.IGNORED_INIT_OPTIONS)
              | set(runtime.REFUSED_INIT_OPTIONS))
@@ -226,7 +226,7 @@ def test_init_returns_a_context_like_rays():
 
 
 def test_restart_keeps_the_settings(tmp_path):
-    from distkernel import runtime
+    from distkernel.api import runtime
 
     first = ray.init(num_cpus=1, num_gpus=1, resources={"db": 1}, namespace="kept",
                      runtime_env={"env_vars": {"DK_KEPT": "yes"}, "working_dir": str(tmp_path)})

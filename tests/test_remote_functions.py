@@ -9,6 +9,7 @@ import time
 import pytest
 
 import distkernel as dk
+from distkernel.api import runtime
 from tests.conftest import wait_until
 
 
@@ -234,13 +235,18 @@ def test_every_line_printed_by_tasks_arrives_one_by_one_or_in_a_burst(cluster, c
     assert [dk.get(talk.remote(i)) for i in range(200)] == list(range(200))
     assert dk.get([talk.remote(i) for i in range(200, 600)], timeout=60) == list(range(200, 600))
     seen: set[str] = set()
+    errors: list[str] = []
 
     def all_lines_seen() -> bool:
-        seen.update(line.split(") ", 1)[-1] for line in capfd.readouterr().out.splitlines())
+        captured = capfd.readouterr()
+        errors.append(captured.err)
+        seen.update(line.split(") ", 1)[-1] for line in captured.out.splitlines())
         return all(f"line {i}" in seen for i in range(600))
 
-    assert wait_until(all_lines_seen, timeout=10), sorted(
-        set(range(600)) - {int(n.split()[1]) for n in seen if n.startswith("line ")})[:10]
+    def missing() -> list[int]:
+        return sorted(set(range(600)) - {int(n.split()[1]) for n in seen if n.startswith("line ")})
+
+    assert wait_until(all_lines_seen, timeout=10), (missing()[:10], "".join(errors)[-3000:])
 
 
 def test_status_reports_workers_and_store(cluster):
@@ -331,7 +337,7 @@ def test_function_is_shipped_and_unpickled_once_per_worker(cluster, tmp_path):
 
 def test_init_after_scaling_describes_the_pool_as_it_is():
     dk.init(2)
-    dk.runtime.backend().resize(3)
+    runtime.backend().resize(3)
     assert dk.init(3).num_workers == 3
     assert dk.status()["num_workers"] == 3
     with pytest.raises(dk.DistkernelError, match="already running with 3 workers"):

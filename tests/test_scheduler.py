@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from distkernel.protocol import InlineValue, TaskKind, TaskSpec
-from distkernel.scheduler import (
+from distkernel.core.protocol import InlineValue, TaskKind, TaskSpec
+from distkernel.engine.scheduler import (
     ACTOR_IN_FLIGHT,
     PREFETCH_BELOW,
     PREFETCH_DEPTH,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from distkernel.protocol import TaskSpec
-from distkernel.scheduler import Dispatch, FailTask, StartWorker
+from distkernel.core.protocol import TaskSpec
+from distkernel.engine.scheduler import Dispatch, FailTask, StartWorker
 from tests.test_scheduler import (
     SHORT,
     actor_create,

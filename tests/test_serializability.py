@@ -17,13 +17,13 @@ import time
 
 import pytest
 
-from distkernel.exceptions import SerializationError
-from distkernel.serializability import (
+from distkernel.core.exceptions import SerializationError
+from distkernel.store.serializability import (
     FailureTuple,
     explain_failure,
     inspect_serializability,
 )
-from distkernel.serialization import registry, serialize, try_dumps
+from distkernel.store.serialization import registry, serialize, try_dumps
 
 
 def explain(obj: object) -> SerializationError:

@@ -8,7 +8,7 @@ import sys
 
 DRIVER = """
 import distkernel as dk
-from distkernel import config
+from distkernel.core import config
 
 dk.init(num_workers=2)
 

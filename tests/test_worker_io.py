@@ -22,7 +22,9 @@ import psutil
 import pytest
 
 import distkernel as dk
-from distkernel import config, control, runtime, wire
+from distkernel.api import runtime
+from distkernel.core import config, wire
+from distkernel.engine import control
 
 from .conftest import kill_driver_after_first_line, segments_left_by, wait_until
 

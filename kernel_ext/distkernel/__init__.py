@@ -8,9 +8,9 @@
     dk.get([square.remote(i) for i in range(4)])   # [0, 1, 4, 9]
 """
 
-from distkernel import actor, util
-from distkernel.actors import ActorClass, ActorHandle, exit_actor, get_actor, kill, method
-from distkernel.api import (
+from distkernel import actor, exceptions, util
+from distkernel.api.actors import ActorClass, ActorHandle, exit_actor, get_actor, kill, method
+from distkernel.api.operations import (
     available_resources,
     cancel,
     cluster_resources,
@@ -21,7 +21,16 @@ from distkernel.api import (
     timeline,
     wait,
 )
-from distkernel.exceptions import (
+from distkernel.api.remote_function import RemoteFunction, remote
+from distkernel.api.runtime import ClusterInfo, init, is_initialized, shutdown
+from distkernel.api.util import (
+    RuntimeContext,
+    deregister_serializer,
+    get_gpu_ids,
+    get_runtime_context,
+    register_serializer,
+)
+from distkernel.core.exceptions import (
     ActorDiedError,
     DistkernelError,
     GetTimeoutError,
@@ -32,31 +41,22 @@ from distkernel.exceptions import (
     TaskError,
     WorkerCrashedError,
 )
-from distkernel.refs import ObjectRef
-from distkernel.remote_function import RemoteFunction, remote
-from distkernel.runtime import ClusterInfo, init, is_initialized, shutdown
-from distkernel.serializability import inspect_serializability
-from distkernel.timings import TaskRecord
-from distkernel.util import (
-    RuntimeContext,
-    deregister_serializer,
-    get_gpu_ids,
-    get_runtime_context,
-    register_serializer,
-)
+from distkernel.core.refs import ObjectRef
+from distkernel.core.timings import TaskRecord
+from distkernel.store.serializability import inspect_serializability
 
 __version__ = "0.1.0"
 
 
 def load_ipython_extension(shell: object) -> None:
     """``%load_ext distkernel`` (IPython imports the front only when asked)."""
-    from distkernel import extension
+    from distkernel.front import extension
 
     extension.load(shell)
 
 
 def unload_ipython_extension(shell: object) -> None:
-    from distkernel import extension
+    from distkernel.front import extension
 
     extension.unload(shell)
 
@@ -82,6 +82,7 @@ __all__ = [
     "cancel",
     "cluster_resources",
     "deregister_serializer",
+    "exceptions",
     "exit_actor",
     "get",
     "get_actor",

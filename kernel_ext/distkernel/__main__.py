@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distkernel import kernelspec
+from distkernel.front import kernelspec
 
 
 def main(argv: list[str] | None = None) -> int:

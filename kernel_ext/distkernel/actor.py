@@ -1,6 +1,4 @@
-"""Ray's ``ray.actor`` names, so that ``ray.actor.exit_actor()`` and
-``from ray.actor import ActorHandle`` run unchanged with ``import distkernel as ray``."""
+"""``distkernel.actor``: Ray's ``ray.actor`` names (kept here, where users import them)."""
 
-from distkernel.actors import ActorClass, ActorHandle, ActorMethod, exit_actor, method
-
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "method"]
+from distkernel.api.actor import *  # noqa: F403
+from distkernel.api.actor import __all__  # noqa: F401

@@ -21,7 +21,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from distkernel import config
+from distkernel.core import config
 
 THRESHOLD = config.INLINE_THRESHOLD
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from distkernel import config
+from distkernel.core import config
 from tests.conftest import process_alive, segments_left_by, wait_until
 from tests.kernel_session import KernelSession
 
@@ -89,7 +89,7 @@ def assert_has_every_kind_of_file(pid: int, spill_dir: Path) -> None:
 
 
 def workers_of(pid: int) -> list[psutil.Process]:
-    return [c for c in psutil.Process(pid).children() if "distkernel.worker" in
+    return [c for c in psutil.Process(pid).children() if "distkernel.engine.worker" in
             " ".join(c.cmdline())]
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 import distkernel as dk
-from distkernel import config, runtime
+from distkernel.api import runtime
+from distkernel.core import config
 from tests.conftest import our_segments, process_alive, wait_until
 
 MIB = 2**20

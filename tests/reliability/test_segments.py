@@ -17,7 +17,9 @@ import psutil
 import pytest
 
 import distkernel as dk
-from distkernel import config, reaper, runtime
+from distkernel.api import runtime
+from distkernel.core import config
+from distkernel.store import reaper
 from tests.conftest import our_segments, wait_until
 
 MIB = 2**20
@@ -142,8 +144,8 @@ def test_a_dead_drivers_files_are_swept_from_another_pid_namespace(tmp_path):
 
 FORGER = """
 def forge(targets):
-    from distkernel import context
-    from distkernel.protocol import Place, Request, SharedValue, RefDelta
+    from distkernel.core import context
+    from distkernel.core.protocol import Place, Request, SharedValue, RefDelta
     client = context.worker_client()
     outcomes = []
     for target in targets:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 import distkernel as dk
-from distkernel import runtime
+from distkernel.api import runtime
 
 MIB = 2**20
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import distkernel as dk
-from distkernel import runtime
+from distkernel.api import runtime
 
 MIB = 2**20
 

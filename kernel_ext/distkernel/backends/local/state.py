@@ -1,0 +1,564 @@
+"""The lock-held heart of the local engine: memory (``local_memory``) + scheduler + workers.
+
+Every method here runs with ``lock`` held, called by a caller thread (submit,
+put, get ...) or by whoever reads the workers' sockets (worker messages,
+exits): the I/O thread, or a caller waiting in get for a moment. Scheduler
+instructions are carried out at once: sends go to a worker's socket through the
+pool's ``Outbox``, which never blocks (what a busy worker's socket cannot take
+is queued and written by a helper thread), processes are started or killed,
+results are sealed and waiters woken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pickle
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distkernel.backends.local import pool
+from distkernel.backends.local.actor_names import ActorNames
+from distkernel.backends.local.memory import Memory
+from distkernel.backends.local.reader import IOLoop
+from distkernel.backends.local.regions import Borrowed
+from distkernel.backends.local.requests import RequestHandler
+from distkernel.core import config
+from distkernel.core.exceptions import (
+    ActorDiedError,
+    DistkernelError,
+    ObjectStoreFullError,
+    TaskCancelledError,
+    WorkerCrashedError,
+    describe_exit,
+)
+from distkernel.core.interrupts import DEFERRED_SIGINT, Sleepers
+from distkernel.core.protocol import (
+    ActorOptions,
+    InlineValue,
+    RefDelta,
+    Request,
+    RunTask,
+    SetSerializers,
+    SharedValue,
+    Stop,
+    TaskDone,
+    TaskSpec,
+    Value,
+    WorkerReady,
+)
+from distkernel.core.timings import TaskRecord, Timeline
+from distkernel.engine.scheduler import (
+    Dispatch,
+    FailTask,
+    Instruction,
+    InterruptWorker,
+    KillWorker,
+    Revoke,
+    Scheduler,
+    StartWorker,
+    StopWorker,
+)
+from distkernel.store import object_store
+from distkernel.store.reaper import Space
+from distkernel.store.serialization import registry, serialize
+
+OutputHandler = Callable[[int, str, str, str], None]  # worker id, task id, stream, text
+_MAX_TAGS = 20_000
+_MAX_CELLS = 200
+
+
+def _as_value(error: BaseException) -> InlineValue:
+    """An exception stored as an object's value: ``get`` raises it."""
+    return object_store.to_inline(serialize(error, out_of_band=False), is_error=True)
+
+
+class DriverRefs:
+    """RefTracker of the driver: queue every change; the core applies them in order.
+
+    ObjectRefs die in any thread, even inside a GC pass of a thread that holds
+    the lock, so a death only queues; whoever next holds the lock applies it.
+    """
+
+    def __init__(self, core: EngineCore) -> None:
+        self.ops: deque[tuple[str, int]] = deque()
+        self._core = core
+
+    def add(self, object_id: str) -> None:
+        self.ops.append((object_id, 1))
+
+    def remove(self, object_id: str) -> None:
+        self.ops.append((object_id, -1))
+        self._core.try_drain()
+
+
+class EngineCore:
+    """State shared by the caller threads and the I/O thread, under one lock.
+
+    In the driver's main thread, Ctrl-C waits while the lock is held
+    (``interrupts.DEFERRED_SIGINT``), so it never leaves this state half changed.
+    """
+
+    def __init__(self, settings: config.ClusterSettings, output_handler: OutputHandler) -> None:
+        self.settings = settings
+        num_workers, store_memory = settings.num_workers, settings.store_memory
+        self.cluster_id = secrets.token_hex(8)
+        self.driver_pid = os.getpid()
+        self.output_handler = output_handler
+        self.lock = threading.Lock()
+        self.sleepers = Sleepers(self.lock)  # callers waiting in get() / wait()
+        # Our files' names, and the lock that tells sweepers this driver is alive.
+        self.space, self._space_lock = Space.create(self.driver_pid)
+        self.memory = Memory(self.space, store_memory, self.try_drain)
+        self.store = self.memory.store
+        self.scheduler = Scheduler(num_workers, self.is_ready, config.MAX_EXTRA_WORKERS,
+                                   settings.resources)
+        self.timeline = Timeline(config.TIMELINE_CAPACITY)
+        self.records: dict[str, TaskRecord] = {}
+        self.functions: dict[str, bytes] = {}  # function hash -> pickled function or class
+        self.workers: dict[int, pool.WorkerProcess] = {}
+        self.producers: dict[str, str] = {}  # object id -> id of the task making it
+        self.task_pins: dict[str, list[str]] = {}
+        self.actor_meta: dict[str, ActorOptions] = {}
+        self.actor_pins: dict[str, list[str]] = {}  # constructor arguments, kept for restarts
+        self.actor_names = ActorNames(settings.namespace, self.actor_alive)
+        # Which notebook cell each task belongs to (output routing, timings, interrupts):
+        # ``tag_source`` names the current cell; tasks started by tasks inherit their tag.
+        self.tag_source: Callable[[], str | None] | None = None
+        self.task_tags: OrderedDict[str, str] = OrderedDict()
+        self.cell_records: dict[str, deque[TaskRecord]] = {}  # taken when the cell ends
+        self.borrowed_refs: Borrowed[str] = Borrowed()  # refs workers hold, counted for them
+        self.requests = RequestHandler(self)
+        self.refs = DriverRefs(self)
+        self.io = IOLoop(self)
+        self.closing = False
+        self.closed = False
+        self._registry_version = registry.version
+
+    @property
+    def num_workers(self) -> int:
+        """The pool's size (the scheduler's, so scaling has one source of truth)."""
+        return self.scheduler.num_workers
+
+    # -- references ------------------------------------------------------------------------
+
+    def try_drain(self) -> None:
+        if self.lock.acquire(blocking=False):
+            try:
+                self.drain()
+            finally:
+                self.lock.release()
+
+    def drain(self) -> None:
+        """Apply queued ObjectRef births and deaths, and arena views the driver let go."""
+        ops = self.refs.ops
+        if not (ops or self.memory.views_closed):
+            return
+        with DEFERRED_SIGINT:  # a change taken off the queue is applied, even on Ctrl-C
+            while ops:
+                object_id, change = ops.popleft()
+                if change > 0:
+                    self.store.add_refs(object_id, change)
+                else:
+                    self.forget(self.store.remove_refs(object_id, -change))
+            self.memory.apply_closed_views()
+            self.requests.retry_allocations()
+
+    def add_worker_ref(self, worker_id: int, object_id: str) -> None:
+        """A ref a worker holds, counted for it (given back if the worker dies)."""
+        self.store.add_refs(object_id)
+        self.borrowed_refs.add(worker_id, object_id)
+
+    def forget(self, freed: list[str]) -> None:
+        """Objects just freed; an actor whose last handle went is stopped."""
+        for object_id in freed:
+            self.producers.pop(object_id, None)
+            if object_id in self.actor_meta:
+                self._actor_released(object_id)
+
+    def _actor_released(self, actor_id: str) -> None:
+        self.actor_meta.pop(actor_id)
+        self.actor_names.release(actor_id)
+        self.forget(self.store.unpin_all(self.actor_pins.pop(actor_id, ())))
+        self.execute(self.scheduler.release_actor(actor_id))
+
+    def actor_alive(self, actor_id: str) -> bool:
+        actor = self.scheduler.actors.get(actor_id)
+        return actor is not None and actor.state != "dead" and actor_id in self.actor_meta
+
+    def stop_actor(self, actor_id: str, no_restart: bool) -> None:
+        """kill(): the actor stops now (lock held); with no_restart its name is free at once."""
+        self.execute(self.scheduler.kill_actor(actor_id, no_restart=no_restart))
+        options = self.actor_meta.get(actor_id)
+        if no_restart:
+            self.actor_names.release(actor_id)
+        if no_restart and options is not None and options.detached:
+            # Drop the detached actor's own reference: handles decide from now on.
+            self.actor_meta[actor_id] = dataclasses.replace(options, detached=False)
+            self.forget(self.store.remove_refs(actor_id))
+
+    def named_actor_ref(self, name: str, namespace: str | None) -> str | None:
+        """The id of the live actor with this name (lock held), or None."""
+        return self.actor_names.lookup(name, namespace)
+
+    def is_ready(self, object_id: str) -> bool:
+        entry = self.store.entry(object_id)
+        return entry is not None and entry.value is not None
+
+    def lost_message(self, object_id: str) -> str:
+        if self.closed:
+            return (f"ObjectRef({object_id}) is gone: its cluster was shut down. "
+                    f"Call init() and run the cells that create it again.")
+        return (f"ObjectRef({object_id}) is gone: it was freed when no reference to it was "
+                f"left (a ref kept only in a pickled or copied form is not counted). "
+                f"Keep the ObjectRef in a variable while you need it, and create it again.")
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def register_task(self, spec: TaskSpec, contained: Sequence[str], args_id: str,
+                      bytes_in: int, *, caller: str = "driver",
+                      actor: ActorOptions | None = None) -> None:
+        """Pin what the task needs, record it and hand it to the scheduler."""
+        pins = list(contained)
+        for object_id in pins:
+            self.store.pin(object_id)
+        if args_id:
+            pins.append(args_id)  # pinned when it was stored
+        self.task_pins[spec.task_id] = pins
+        for return_id in spec.return_ids:
+            self.producers[return_id] = spec.task_id
+        record = TaskRecord(spec.task_id, spec.name, spec.kind, None, time.time(), None, None,
+                            "pending", bytes_in, 0, None)
+        self.records[spec.task_id] = record
+        self.timeline.add(record)
+        tag = self._tag(spec.task_id, caller)
+        if tag is not None:
+            self._file_under_cell(tag, record, started_by_cell=caller == "driver")
+        self._sync_registry()
+        if actor is not None:
+            self.actor_meta[spec.actor_id] = actor
+            if actor.name:
+                self.actor_names.register(actor, spec.actor_id)
+            self.execute(self.scheduler.create_actor(
+                spec, actor.class_name, actor.max_restarts, actor.max_task_retries,
+                dict(actor.resources), max(actor.max_concurrency, 1)))
+        else:
+            self.execute(self.scheduler.submit(spec, caller))
+
+    def _tag(self, task_id: str, caller: str) -> str | None:
+        if caller.startswith("worker-"):
+            parent = self.scheduler.running_task(int(caller.split("-", 1)[1]))
+            tag = self.task_tags.get(parent.task_id) if parent is not None else None
+        else:
+            tag = self.tag_source() if self.tag_source is not None else None
+        if tag is not None:
+            self.task_tags[task_id] = tag
+            if len(self.task_tags) > _MAX_TAGS:
+                self.task_tags.popitem(last=False)
+        return tag
+
+    def _file_under_cell(self, tag: str, record: TaskRecord, *, started_by_cell: bool) -> None:
+        """Keep a running cell's records for its timings, so its end need not scan the
+        timeline. A child task started after its cell ended is not kept (nobody takes it)."""
+        records = self.cell_records.get(tag)
+        if records is None:
+            if not started_by_cell:
+                return
+            if len(self.cell_records) >= _MAX_CELLS:  # cells whose end nobody took
+                del self.cell_records[next(iter(self.cell_records))]
+            records = self.cell_records[tag] = deque(maxlen=config.TIMELINE_CAPACITY)
+        records.append(record)
+
+    def take_cell_records(self, tag: str) -> list[TaskRecord]:
+        """The records of the tasks a cell started (and their children), once (lock held)."""
+        return list(self.cell_records.pop(tag, ()))
+
+    def tasks_tagged(self, tag: str) -> list[str]:
+        """Ids of the tasks of one cell that have not finished yet."""
+        return [t for t, cell in self.task_tags.items()
+                if cell == tag and t in self.scheduler.tasks]
+
+    def complete(self, spec: TaskSpec, values: Sequence[Value], *, status: str,
+                 error: str | None = None, started: float | None = None,
+                 finished: float | None = None) -> list[Instruction]:
+        """Store a task's results, release what it pinned, wake whoever waits."""
+        out: list[Instruction] = []
+        bytes_out = 0
+        for return_id, value in zip(spec.return_ids, values):
+            bytes_out += value.nbytes
+            self.forget(self.store.seal(return_id, value))
+            self.producers.pop(return_id, None)
+            out.extend(self.scheduler.object_ready(return_id))
+        pins = self.task_pins.pop(spec.task_id, [])
+        if spec.kind == "actor_create" and spec.actor_id in self.actor_meta:
+            self.actor_pins.setdefault(spec.actor_id, []).extend(pins)  # for a restart
+        else:
+            self.forget(self.store.unpin_all(pins))
+        record = self.records.pop(spec.task_id, None)
+        if record is not None:
+            record.status = status  # type: ignore[assignment]
+            record.started = started if started is not None else record.started
+            record.finished = finished if finished is not None else time.time()
+            record.bytes_out = bytes_out
+            record.error = error
+        self.requests.objects_ready(spec.return_ids)
+        if status == "finished":
+            self.sleepers.ready(spec.return_ids)
+        else:  # a get of many objects raises this error as soon as it is in (as Ray)
+            self.sleepers.wake_all()
+        return out
+
+    def adopt(self, worker_id: int, value: Value) -> Value:
+        """A value a worker sent (lock held): accepted and counted, or an error value
+        that says why not (the store is full, or the worker named room it was not lent).
+        """
+        try:
+            accepted = self.memory.accept(worker_id, value)
+        except ObjectStoreFullError as exc:
+            return self.error_value(exc)
+        if accepted is None:
+            return self.error_value(DistkernelError(
+                f"worker {worker_id} sent a value that does not name shared memory the driver "
+                f"set aside for it; the value was refused (nothing was read or deleted)"))
+        return accepted
+
+    def error_value(self, error: BaseException) -> InlineValue:
+        """An error to store as an object's value, counted even when the store is full."""
+        value = _as_value(error)
+        self.memory.force_reserve(value.nbytes)
+        return value
+
+    def _fail(self, step: FailTask) -> list[Instruction]:
+        spec = step.spec
+        if step.reason == "cancelled":
+            error: BaseException = TaskCancelledError(
+                f"{spec.name} was cancelled ({step.message}); its result will never exist")
+        elif step.reason == "actor_died":
+            error = ActorDiedError(f"{spec.name} cannot run: {step.message}. Start a new actor "
+                                   f"(or give it max_restarts) to go on.")
+        elif step.reason == "infeasible":
+            error = DistkernelError(f"{step.message}. Ask for less, or start the cluster with "
+                                    f"more (see init's num_cpus, num_gpus and resources).")
+        else:
+            retries = spec.max_retries
+            tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+            error = WorkerCrashedError(
+                f"{step.message}{tried}. The pool replaced the worker and keeps working; "
+                f"if the task itself crashes the process (a segfault, os._exit, running out of "
+                f"memory), fix it or give it more memory.")
+        values = [self.error_value(error) for _ in spec.return_ids]
+        status = "cancelled" if step.reason == "cancelled" else "failed"
+        return self.complete(spec, values, status=status, error=str(error))
+
+    # -- instructions ------------------------------------------------------------------------
+
+    def execute(self, instructions: list[Instruction]) -> None:
+        """Carry out scheduler instructions; some produce more."""
+        work = deque(instructions)
+        while work:
+            step = work.popleft()
+            if isinstance(step, Dispatch):
+                self._dispatch(step)
+            elif isinstance(step, FailTask):
+                work.extend(self._fail(step))
+            elif isinstance(step, StartWorker):
+                self._start_worker(step.extra, step.actor_id)
+            elif isinstance(step, StopWorker):
+                self.send(step.worker_id, Stop())
+            elif isinstance(step, (InterruptWorker, Revoke, KillWorker)):
+                process = self.workers.get(step.worker_id)
+                if process is None or process.closed:
+                    continue
+                if isinstance(step, InterruptWorker):  # no message: a busy worker reads none
+                    process.interrupt(step.seq)
+                elif isinstance(step, Revoke):
+                    process.revoke(step.seqs)
+                else:
+                    pool.kill(process)
+
+    def send(self, worker_id: int, message: Any) -> None:
+        process = self.workers.get(worker_id)
+        if process is None or process.closed:
+            return
+        try:
+            process.send(message)
+        except OSError:
+            pass  # it died: the reader sees the sentinel and handles it
+
+    def _start_worker(self, extra: bool, actor_id: str) -> None:
+        if self.closing:
+            return
+        worker_id = self.scheduler.add_worker(extra=extra, actor_id=actor_id)
+        process = pool.start_worker(worker_id, self.space, self.cluster_id, registry.dump(),
+                                    self.settings.worker_env, self.settings.working_dir)
+        self.workers[worker_id] = process
+        self.io.watch(process)
+
+    def _dispatch(self, step: Dispatch) -> None:
+        spec = step.spec
+        process = self.workers[step.worker_id]
+        resolved = tuple((i, self.store.value(i)) for i in spec.top_level_refs)
+        function = None
+        if spec.function_hash and spec.function_hash not in process.functions:
+            function = self.functions.get(spec.function_hash)
+            process.functions.add(spec.function_hash)
+        record = self.records.get(spec.task_id)
+        if record is not None:
+            record.worker_id = step.worker_id
+            record.status = "running"
+            record.bytes_in += sum(v.nbytes for _, v in resolved if v is not None)
+        if resolved or type(spec.args) is SharedValue:  # shared memory goes along: hold it
+            for object_id in spec.top_level_refs:
+                self.store.touch(object_id)
+            self.memory.sent.hold(step.worker_id, step.seq,
+                                  (spec.args, *(v for _, v in resolved)))
+        actor = self.actor_meta.get(spec.actor_id) if spec.kind == "actor_create" else None
+        self.send(step.worker_id, RunTask(step.seq, spec, resolved, function,  # type: ignore[arg-type]
+                                          self.scheduler.lightly_loaded(), step.gpu_ids,
+                                          actor))
+
+    def _sync_registry(self) -> None:
+        """Ship the serializer registry to every worker when it changed."""
+        if registry.version == self._registry_version:
+            return
+        self._registry_version = registry.version
+        message = SetSerializers(registry.dump())
+        for worker_id in list(self.workers):
+            self.send(worker_id, message)
+
+    # -- worker messages (the reader) ----------------------------------------------------------
+
+    def handle(self, worker_id: int, message: Any) -> None:
+        self._handle(worker_id, message)
+        if self.requests.waiting:  # what the message did may have freed memory for them
+            self.requests.retry_allocations()
+
+    def _handle(self, worker_id: int, message: Any) -> None:
+        if isinstance(message, TaskDone):
+            self._on_task_done(worker_id, message)
+        elif isinstance(message, RefDelta):
+            self.memory.views_reported(worker_id, message.views_opened, ())
+            for object_id in message.added:
+                self.add_worker_ref(worker_id, object_id)
+            for object_id in message.removed:
+                self.borrowed_refs.add(worker_id, object_id, -1)
+                self.forget(self.store.remove_refs(object_id))
+            self.memory.views_reported(worker_id, (), message.views_closed)
+        elif isinstance(message, Request):
+            self.execute(self.requests.handle(worker_id, message))
+        elif isinstance(message, WorkerReady):
+            self.execute(self.scheduler.worker_ready(worker_id, message.pid))
+
+    def _on_task_done(self, worker_id: int, done: TaskDone) -> None:
+        spec = self.scheduler.task_of_run(done.seq)
+        ran = done.finished - done.started if not (done.failed or done.cancelled) else None
+        self._release_sent(worker_id, done.seq)
+        results = [self.adopt(worker_id, value) for value in done.results]
+        retry = done.failed and spec is not None and self._retry_on(spec, results) and \
+            self.scheduler.retries_left(done.seq) > 0
+        out = self.scheduler.task_done(worker_id, done.seq, ran, retry=retry)
+        if done.actor_exited and spec is not None:
+            out.extend(self.scheduler.kill_actor(
+                spec.actor_id, reason=f"the actor {spec.name.split('.')[0]} ended itself with "
+                                      f"exit_actor() in {spec.name}"))
+        if spec is None or retry:  # taken back, failed already, or to run again: not needed
+            for value in results:
+                self.store.discard(value)
+        elif done.cancelled:
+            error = TaskCancelledError(f"{spec.name} was cancelled while it ran")
+            self._finish(spec, [self.error_value(error) for _ in spec.return_ids], "cancelled",
+                         str(error), done, out)
+        elif done.failed or len(results) != len(spec.return_ids):
+            values = results[:1] or [self.error_value(DistkernelError(
+                f"{spec.name}: the worker sent {len(results)} results for "
+                f"{len(spec.return_ids)} return values"))]
+            text = _error_summary(values[0])
+            values += [self.error_value_copy(values[0]) for _ in spec.return_ids[1:]]
+            if spec.kind == "actor_create":
+                out.extend(self.scheduler.actor_creation_failed(
+                    spec.actor_id, f"its constructor raised {text}"))
+            self._finish(spec, values, "failed", text, done, out)
+        else:
+            self._finish(spec, results, "finished", None, done, out)
+        self.execute(out)
+
+    def _retry_on(self, spec: TaskSpec, results: Sequence[Value]) -> bool:
+        """retry_exceptions: whether the exception a task raised is one to run it again for."""
+        if not spec.retry_exceptions or not results or not isinstance(results[0], InlineValue):
+            return False
+        if spec.retry_exceptions is True:
+            return True
+        try:
+            kinds = exception_kinds(spec.retry_exceptions)  # type: ignore[arg-type]
+            error = object_store.load(results[0])
+        except Exception:  # noqa: BLE001 - cannot tell: do not retry
+            return False
+        return isinstance(getattr(error, "cause", None), kinds)
+
+    def _release_sent(self, worker_id: int, seq: int) -> None:
+        """What went to a worker with run ``seq`` is no longer held for it. An actor running
+        calls at once ends them in any order: its regions are held until it is idle."""
+        if not self.memory.sent.holding(worker_id):
+            return
+        state = self.scheduler.workers.get(worker_id)
+        options = self.actor_meta.get(state.actor_id) if state and state.actor_id else None
+        if options is None or not (options.is_async or options.max_concurrency > 1 or
+                                   options.concurrency_groups):
+            self.memory.sent.run_over(worker_id, seq)
+        elif state is not None and list(state.assigned) == [seq]:
+            self.memory.sent.worker_gone(worker_id)
+
+    def _finish(self, spec: TaskSpec, values: Sequence[Value], status: str, text: str | None,
+                done: TaskDone, out: list[Instruction]) -> None:
+        out.extend(self.complete(spec, values, status=status, error=text,
+                                 started=done.started, finished=done.finished))
+
+    def error_value_copy(self, value: Value) -> Value:
+        """The same error stored once more (one per return value), counted as such."""
+        if isinstance(value, SharedValue):
+            return self.error_value(DistkernelError("the task failed; see its first result"))
+        self.memory.force_reserve(value.nbytes)
+        return value
+
+    def on_exit(self, worker_id: int) -> None:
+        """A worker's process ended: expected (stopped) or not (crashed, killed)."""
+        process = self.workers.pop(worker_id, None)
+        if process is None:
+            return
+        self.io.unwatch(process)
+        code = process.exit_code(timeout=2.0)
+        state = self.scheduler.workers.get(worker_id)
+        spec = self.scheduler.running_task(worker_id)
+        process.close()
+        self.memory.worker_gone(worker_id)  # what it was writing or reading is given back
+        for object_id, count in self.borrowed_refs.worker_gone(worker_id).items():
+            self.forget(self.store.remove_refs(object_id, count))
+        self.requests.worker_gone(worker_id)
+        if state is not None and state.state == "stopping" and not state.assigned:
+            stopped = self.scheduler.worker_stopped(worker_id)
+            self.execute(stopped if not self.closing else [])
+            return
+        what = f"while running {spec.name} (task {spec.task_id})" if spec else "while idle"
+        describe = (f"worker {worker_id} (pid {process.pid}) died with {describe_exit(code)} "
+                    f"{what}")
+        self.execute(self.scheduler.worker_died(worker_id, describe))
+
+
+@functools.lru_cache(maxsize=256)
+def exception_kinds(pickled: bytes) -> tuple[type[BaseException], ...]:
+    """The exception classes a task's retry_exceptions names (pickled once per function)."""
+    kinds = pickle.loads(pickled)
+    return tuple(kinds) if isinstance(kinds, (tuple, list)) else (kinds,)
+
+
+def _error_summary(value: Value) -> str:
+    try:
+        error = object_store.load(value)
+        return f"{type(error.cause).__name__}: {error.cause}" if error.cause else str(error)
+    except Exception:  # noqa: BLE001 - a summary only; get() reports the full error
+        return "the task raised an error"

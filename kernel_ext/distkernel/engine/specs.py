@@ -1,0 +1,74 @@
+"""Turning a call ``f.remote(*args, **kwargs)`` into a TaskSpec, in the driver or a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distkernel.core.exceptions import SerializationError
+from distkernel.core.protocol import FunctionPayload, TaskOptions, TaskSpec
+from distkernel.core.refs import ObjectRef, new_id
+from distkernel.store.serializability import explain_failure
+from distkernel.store.serialization import Serialized, serialize, try_dumps
+
+
+def serialize_arguments(args: tuple[Any, ...], kwargs: dict[str, Any],
+                        call: str = "the task") -> Serialized:
+    """Pickle the call's arguments once; refs inside stay refs (SPEC §2).
+
+    When one cannot travel, the error names which argument, then the path inside it.
+    """
+    try:
+        return serialize((args, kwargs))
+    except SerializationError as exc:
+        raise _name_argument(args, kwargs, call, exc) from exc.__cause__
+
+
+def _name_argument(args: tuple[Any, ...], kwargs: dict[str, Any], call: str,
+                   fallback: SerializationError) -> SerializationError:
+    named = [(f"argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"keyword argument {k}=", v) for k, v in kwargs.items()]
+    for label, value in named:
+        error = try_dumps(value)
+        if error is not None:
+            inner = explain_failure(value, error)
+            outer = SerializationError(f"{label} of {call}: {inner}")
+            outer.path = getattr(inner, "path", "")  # type: ignore[attr-defined]
+            outer.culprit_type = getattr(inner, "culprit_type", "")  # type: ignore[attr-defined]
+            return outer
+    return fallback
+
+
+def top_level_refs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
+    """Ids of refs passed directly as arguments: the task waits for their values."""
+    found = [a.hex() for a in args if type(a) is ObjectRef]
+    found.extend(v.hex() for v in kwargs.values() if type(v) is ObjectRef)
+    return tuple(dict.fromkeys(found))
+
+
+def make_spec(function: FunctionPayload, options: TaskOptions, args_value: Any,
+              top_level: tuple[str, ...], *, kind: str = "task", actor_id: str = "",
+              method: str = "") -> TaskSpec:
+    """A task, an actor method call (``method``) or an actor creation (returns ``actor_id``)."""
+    if kind == "actor_create":
+        return_ids: tuple[str, ...] = (actor_id,)
+    else:
+        return_ids = tuple(new_id() for _ in range(options.num_returns))
+    if kind == "task":
+        kind = options.kind
+    return TaskSpec(task_id=new_id(), name=options.name or function.name, kind=kind,  # type: ignore[arg-type]
+                    function_hash=function.function_hash, args=args_value,
+                    top_level_refs=top_level, return_ids=return_ids,
+                    max_retries=options.max_retries, actor_id=actor_id, method=method,
+                    pin_worker=options.pin_worker,
+                    resources=task_resources(options) if kind in ("task", "cell") else (),
+                    retry_exceptions=options.retry_exceptions)
+
+
+def task_resources(options: TaskOptions) -> tuple[tuple[str, float], ...]:
+    """What a task holds while it runs; () for the common case, one CPU and nothing else."""
+    if options.num_cpus == 1 and not options.num_gpus and not options.resources:
+        return ()
+    needs = [("CPU", float(options.num_cpus))]
+    if options.num_gpus:
+        needs.append(("GPU", float(options.num_gpus)))
+    return (*needs, *((name, float(amount)) for name, amount in options.resources))

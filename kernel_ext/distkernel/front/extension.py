@@ -1,0 +1,180 @@
+"""``%load_ext distkernel``: magics, the cluster, inline timings, output routing, errors.
+
+Loading registers the ``%%remote`` and ``%dist`` magics, starts the local
+cluster (workers start in the background, so the cell returns at once), and
+hooks into the shell:
+
+- every cluster this shell starts routes task output to the submitting cell
+  and tags tasks with the running cell (``CellOutput``);
+- after a cell that ran tasks, their timings are shown under it;
+- an interrupted cell has its tasks cancelled (SIGINT to the workers running
+  them, then their workers replaced if they have not stopped within a grace
+  period);
+- a task's error shows the remote traceback, with notebook cell lines.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, Literal
+
+from IPython.display import display
+
+from distkernel.api import runtime
+from distkernel.backends.local.engine import print_output
+from distkernel.core.exceptions import TaskError
+from distkernel.front.cell_output import CellOutput
+from distkernel.front.timings_view import timings_bundle
+
+#: Seconds an interrupted task may take to stop before its worker is replaced.
+INTERRUPT_GRACE = 2.0
+
+
+class Extension:
+    """What one loaded extension holds, so unloading can undo it."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.timings = "summary"  # on | off | summary | full
+        self.output = CellOutput(getattr(shell, "kernel", None), self._tag_of, print_output)
+
+    def _tag_of(self, task_id: str) -> str | None:
+        backend = runtime.current_backend()
+        return backend.task_tags.get(task_id) if backend is not None else None
+
+    def quiet_cell(self) -> None:
+        """No streamed output and no timings for the running cell."""
+        tag = self.output.current_tag()
+        if tag is not None:
+            self.output.mute(tag)
+
+    def attach(self, backend: Any) -> None:
+        """Start hook: each new cluster routes output and tags tasks through this shell."""
+        if hasattr(backend, "tag_source"):
+            backend.tag_source = self.output.current_tag
+            backend.output_handler = self.output.write
+
+    # -- shell events ---------------------------------------------------------------------
+
+    def post_run_cell(self, result: Any) -> None:
+        backend = runtime.current_backend()
+        tag = self.output.current_tag()
+        if backend is None or tag is None:
+            return
+        self.output.flush(tag)
+        if isinstance(result.error_in_exec, KeyboardInterrupt):
+            self.cancel_cell(backend, tag)
+        with backend.lock:
+            records = backend.take_cell_records(tag)
+        if self.timings == "off" or self.output.muted(tag):
+            return
+        if records:
+            mode: Literal["summary", "full"] = "full" if self.timings == "full" else "summary"
+            display(timings_bundle(records, mode=mode, lane_names=lane_names(backend)),
+                    raw=True)
+
+    def cancel_cell(self, backend: Any, tag: str) -> None:
+        """Interrupt the cell's tasks now; replace the workers of those that do not stop."""
+        with backend.lock:
+            task_ids = backend.tasks_tagged(tag)
+        if not task_ids:
+            return
+        backend.cancel_tasks(task_ids)
+
+        def escalate() -> None:
+            with backend.lock:
+                stubborn = [t for t in task_ids if t in backend.scheduler.tasks]
+            if stubborn and not backend.closing:
+                backend.cancel_tasks(stubborn, force=True)
+
+        timer = threading.Timer(INTERRUPT_GRACE, escalate)
+        timer.daemon = True
+        timer.start()
+
+    def show_task_error(self, shell: Any, etype: type, evalue: BaseException, tb: Any,
+                        tb_offset: int | None = None) -> list[str]:
+        """Custom exception handler: the remote traceback, as if the error were local."""
+        remote = getattr(evalue, "remote_traceback", "") or ""
+        cause = getattr(evalue, "cause", None)
+        headline = f"{type(cause).__name__}: {cause}" if cause is not None else str(evalue)
+        lines = [f"Remote error in {getattr(evalue, 'task_name', 'a task')}:"]
+        lines.extend(with_cell_sources(remote, shell).rstrip("\n").splitlines())
+        if not remote:
+            lines.append(headline)
+        shell._showtraceback(type(cause) if cause is not None else etype, evalue, lines)
+        return lines
+
+
+def lane_names(backend: Any) -> dict[int, str]:
+    """Chart lanes of actor workers are named after their actor's class."""
+    with backend.lock:
+        return {w.worker_id: f"{actor.class_name} actor"
+                for w in backend.scheduler.workers.values()
+                if w.actor_id and (actor := backend.scheduler.actors.get(w.actor_id))}
+
+
+_CODE_LINE = re.compile(r'^(\s*)File "([^"]+)", line (\d+)(, in .*)?$')
+
+
+def with_cell_sources(traceback_text: str, shell: Any) -> str:
+    """Name notebook cells (``Cell In[5]``) and add their source lines, which a worker lacks."""
+    import linecache
+
+    compiler = getattr(shell, "compile", None)
+    out: list[str] = []
+    lines = traceback_text.splitlines()
+    for index, line in enumerate(lines):
+        match = _CODE_LINE.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        indent, filename, lineno, rest = match.groups()
+        label = compiler.format_code_name(filename) if compiler is not None else None
+        where = f"{label[0]} {label[1]}" if label else f'File "{filename}"'
+        out.append(f"{indent}{where}, line {lineno}{rest or ''}")
+        source = linecache.getline(filename, int(lineno)).strip()
+        following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+        if source and following != source:
+            out.append(f"{indent}    {source}")
+    return "\n".join(out) + "\n"
+
+
+_loaded: Extension | None = None
+
+
+def load(shell: Any) -> None:
+    """``%load_ext distkernel``."""
+    global _loaded
+    from distkernel.front.magics import DistMagics
+
+    if _loaded is not None:
+        unload(shell)
+    extension = Extension(shell)
+    _loaded = extension
+    shell.register_magics(DistMagics(shell, extension))
+    shell.events.register("post_run_cell", extension.post_run_cell)
+    shell.set_custom_exc((TaskError,), extension.show_task_error)
+    runtime.add_start_hook(extension.attach)
+    info = runtime.init() if not runtime.is_initialized() else runtime.cluster_info()
+    extension.attach(runtime.backend())
+    display(info)
+
+
+def unload(shell: Any) -> None:
+    """``%unload_ext distkernel``: shut the cluster down and undo the hooks."""
+    global _loaded
+    extension, _loaded = _loaded, None
+    if extension is None:
+        return
+    runtime.remove_start_hook(extension.attach)
+    try:
+        shell.events.unregister("post_run_cell", extension.post_run_cell)
+    except ValueError:
+        pass
+    shell.set_custom_exc((), None)
+    runtime.shutdown()
+
+
+def loaded() -> Extension | None:
+    return _loaded

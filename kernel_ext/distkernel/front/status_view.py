@@ -1,0 +1,83 @@
+"""``%dist status`` and friends: pure rendering of ``status()`` and short notices."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from distkernel.front.timings_view import format_bytes
+
+_STYLE = (".jp-Distkernel-status table{border-collapse:collapse;font-size:90%}"
+          ".jp-Distkernel-status th,.jp-Distkernel-status td{padding:2px 8px;text-align:left;"
+          "border-bottom:1px solid var(--jp-border-color2,#ddd)}"
+          ".jp-Distkernel-status caption{text-align:left;font-weight:bold;padding:4px 0}")
+
+
+class Rendered:
+    """An object that shows itself as HTML in a notebook and as text elsewhere."""
+
+    def __init__(self, html_text: str, plain: str) -> None:
+        self.html_text = html_text
+        self.plain = plain
+
+    def _repr_html_(self) -> str:
+        return self.html_text
+
+    def __repr__(self) -> str:
+        return self.plain
+
+
+def notice(text: str) -> Rendered:
+    """A one-line message (``%dist scale 4`` -> 'scaling to 4 workers')."""
+    return Rendered(f'<div class="jp-Distkernel-notice">{html.escape(text)}</div>', text)
+
+
+def _cpu(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f} %"
+
+
+def _rss(value: int | None) -> str:
+    return "—" if value is None else format_bytes(value)
+
+
+def _table(caption: str, header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+            for row in [header, *rows]]
+
+
+def status_view(status: dict[str, Any]) -> Rendered:
+    """Workers, actors and the object store, as a table each."""
+    store = status["object_store"]
+    spilled = store.get("spilled_bytes", 0)
+    spill_text = (f", {format_bytes(spilled)} in {store.get('spilled_objects', 0)} objects "
+                  f"spilled to disk" if spilled else "")
+    store_line = (f"object store: {format_bytes(store['used_bytes'])} of "
+                  f"{format_bytes(store['capacity'])} used, {store['num_objects']} objects"
+                  f"{spill_text}; {status.get('queued_tasks', 0)} tasks queued")
+    worker_header = ["worker", "pid", "state", "current task", "cpu", "memory"]
+    workers = [[str(w["id"]) + (" (extra)" if w.get("extra") else "")
+                + (" (actor)" if w.get("actor_id") else ""),
+                str(w["pid"] or "—"), w["state"], w["current_task"] or "—",
+                _cpu(w.get("cpu_percent")), _rss(w.get("rss"))] for w in status["workers"]]
+    actor_header = ["actor", "name", "state", "pid", "queued calls", "restarts"]
+    actors = [[a["class_name"], a.get("name") or "—", a["state"], str(a.get("pid") or "—"),
+               str(a["queued_calls"]), str(a.get("restarts", 0))]
+              for a in status.get("actors", [])]
+    title = f"distkernel {status['backend']} cluster: {status['num_workers']} workers"
+    parts = [f"<style>{_STYLE}</style>", f"<b>{html.escape(title)}</b>",
+             _table("workers", worker_header, workers)]
+    text = [title, *_text_table(worker_header, workers)]
+    if actors:
+        parts.append(_table("actors", actor_header, actors))
+        text += ["", *_text_table(actor_header, actors)]
+    parts.append(f"<div>{html.escape(store_line)}</div>")
+    text += ["", store_line]
+    return Rendered(f'<div class="jp-Distkernel-status">{"".join(parts)}</div>', "\n".join(text))
