@@ -423,7 +423,7 @@ def test_colors_stable_by_name_red_for_failed_grey_for_cancelled():
 def test_output_is_the_same_in_another_process_with_another_hash_seed():
     script = (
         "import sys; sys.path[:0] = " + repr(sys.path) + "\n"
-        "from tests.test_display import sample\n"
+        "from tests.front.test_display import sample\n"
         "from distkernel.front.timings_view import timings_bundle\n"
         "print(timings_bundle(sample(), mode='full')['text/html'])\n"
     )

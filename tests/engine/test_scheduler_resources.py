@@ -7,7 +7,7 @@ import dataclasses
 
 from distkernel.core.protocol import TaskSpec
 from distkernel.engine.scheduler import Dispatch, FailTask, StartWorker
-from tests.test_scheduler import (
+from tests.engine.test_scheduler import (
     SHORT,
     actor_create,
     add_started,

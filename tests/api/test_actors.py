@@ -9,8 +9,7 @@ import time
 import pytest
 
 import distkernel as dk
-
-from .conftest import our_workers, process_alive, wait_until
+from tests.conftest import our_workers, process_alive, wait_until
 
 
 @dk.remote

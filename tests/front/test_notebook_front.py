@@ -12,9 +12,8 @@ import time
 import pytest
 
 from distkernel.store import reaper
-
-from .conftest import process_alive, wait_until
-from .kernel_session import KernelSession
+from tests.conftest import process_alive, wait_until
+from tests.kernel_session import KernelSession
 
 TASKS = """
 import time, distkernel as dk
@@ -267,7 +266,7 @@ def test_main_job_serves_notebooks_with_the_distkernel_kernel(tmp_path):
     import urllib.request
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

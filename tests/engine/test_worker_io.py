@@ -25,8 +25,7 @@ import distkernel as dk
 from distkernel.api import runtime
 from distkernel.core import config, wire
 from distkernel.engine import control
-
-from .conftest import kill_driver_after_first_line, segments_left_by, wait_until
+from tests.conftest import kill_driver_after_first_line, segments_left_by, wait_until
 
 
 def work(path: str, tag: int, delay: float = 0.0, child_delay: float | None = None) -> int:

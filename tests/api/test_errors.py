@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import distkernel as dk
-
-from .conftest import (
+from tests.conftest import (
     kill_driver_after_first_line,
     process_alive,
     segments_left_by,

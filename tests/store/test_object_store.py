@@ -11,8 +11,7 @@ import pytest
 
 import distkernel as dk
 from distkernel.core import config
-
-from .conftest import our_segments, wait_until
+from tests.conftest import our_segments, wait_until
 
 
 def store_stats():

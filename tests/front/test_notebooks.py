@@ -14,8 +14,8 @@ import re
 import nbformat
 import pytest
 
-from .conftest import wait_until
-from .notebook_helpers import (
+from tests.conftest import wait_until
+from tests.notebook_helpers import (
     KERNELS,
     NOTEBOOKS,
     NotebookRun,
