@@ -158,7 +158,8 @@ def test_cancel_running_task_interrupts_it(cluster):
             time.sleep(0.05)
 
     ref = forever.remote()
-    wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"]))
+    assert wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"])), \
+        "forever() never showed up as a worker's current task"
     started = time.monotonic()
     dk.cancel(ref)
     with pytest.raises(dk.TaskCancelledError):
@@ -177,7 +178,8 @@ def test_cancel_swallowing_task_with_force_kills_worker(cluster):
                 pass
 
     ref = stubborn.remote()
-    wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"]))
+    assert wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"])), \
+        "stubborn() never showed up as a worker's current task"
     pids_before = {w["pid"] for w in dk.status()["workers"]}
     dk.cancel(ref, force=True)
     with pytest.raises(dk.TaskCancelledError):
@@ -194,7 +196,8 @@ def test_sigint_to_workers_without_cancel_is_ignored(cluster):
         return "rested"
 
     ref = nap.remote()
-    wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"]))
+    assert wait_until(lambda: any(w["current_task"] for w in dk.status()["workers"])), \
+        "nap() never showed up as a worker's current task"
     for worker in dk.status()["workers"]:
         os.kill(worker["pid"], signal.SIGINT)  # as Jupyter's interrupt of the process group
     assert dk.get(ref) == "rested"
