@@ -337,7 +337,7 @@ def test_function_is_shipped_and_unpickled_once_per_worker(cluster, tmp_path):
 
 def test_init_after_scaling_describes_the_pool_as_it_is():
     dk.init(2)
-    runtime.backend().resize(3)
+    runtime.engine().resize(3)
     assert dk.init(3).num_workers == 3
     assert dk.status()["num_workers"] == 3
     with pytest.raises(dk.DistkernelError, match="already running with 3 workers"):

@@ -50,7 +50,7 @@ def ran(path) -> list[int]:
 
 
 def scheduler():
-    return runtime.current_backend().scheduler
+    return runtime.current_engine().scheduler
 
 
 def make_short(remote_work, path) -> None:
@@ -62,7 +62,7 @@ def make_short(remote_work, path) -> None:
 
 def prefetched() -> bool:
     """A worker was sent a second run while its first one runs."""
-    with runtime.current_backend().lock:
+    with runtime.current_engine().lock:
         return any(len(w.assigned) == 2 for w in scheduler().workers.values())
 
 

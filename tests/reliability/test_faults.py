@@ -184,7 +184,7 @@ def assert_nothing_left_reserved(baseline: int) -> None:
     gc.collect()
     assert wait_until(pool_idle, timeout=5)
     assert wait_until(lambda: used_bytes() == baseline, timeout=1), dk.status()["object_store"]
-    backend = runtime.backend()
+    backend = runtime.engine()
     with backend.lock:
         backend.memory.arena.trim()
     assert wait_until(lambda: not our_segments(), timeout=2), our_segments()

@@ -47,7 +47,7 @@ def test_names_someone_else_took_first_are_skipped(monkeypatch):
             handle.write(b"not yours")
     try:
         dk.init(1)
-        space = runtime.backend().space
+        space = runtime.engine().space
         # ... and the next random name, taken in the instant before we try it.
         taken = f"{space.prefix}-{'0' * 16}"
         with open(os.path.join(config.SHM_DIR, taken), "wb") as handle:
@@ -68,7 +68,7 @@ def test_names_someone_else_took_first_are_skipped(monkeypatch):
 
 def test_files_are_private_and_the_lock_hidden(cluster):
     ref = dk.put(np.arange(MIB))
-    space = runtime.backend().space
+    space = runtime.engine().space
     for name in our_segments():
         assert space.owns(name)
         assert stat.S_IMODE(os.stat(os.path.join(config.SHM_DIR, name)).st_mode) == 0o600
@@ -145,18 +145,18 @@ def test_a_dead_drivers_files_are_swept_from_another_pid_namespace(tmp_path):
 FORGER = """
 def forge(targets):
     from distkernel.core import context
-    from distkernel.core.protocol import Place, Request, SharedValue, RefDelta
+    from distkernel.core.protocol import Place, PutRequest, RefDelta, ReleaseRequest, SharedValue
     client = context.worker_client()
     outcomes = []
     for target in targets:
         value = SharedValue(target, 4096, 1, ((64, 8),))
         try:
-            client._call(Request(client._next_id(), "put", object_ids=("forged",), value=value))
+            client._call(PutRequest(client._next_id(), "forged", value))
             outcomes.append("accepted")
         except Exception as error:
             outcomes.append(type(error).__name__)
         link = client._worker.link
-        link.send(Request(0, "release", place=Place(target, 0, 4096), needs_reply=False))
+        link.send(ReleaseRequest(Place(target, 0, 4096)))
         link.send(RefDelta(views_opened=((target, 0),), views_closed=((target, 0),)))
     return outcomes
 """
@@ -189,7 +189,7 @@ def test_a_worker_cannot_make_the_driver_adopt_or_delete_a_file(cluster, tmp_pat
 
 
 def test_names_from_messages_are_checked_on_both_sides(cluster):
-    space = runtime.backend().space
+    space = runtime.engine().space
     for bad in ["../x", "/etc/passwd", f"{space.prefix}-../../x", f"{space.prefix}-ABC",
                 space.prefix, f"distkernel-1-{'a' * 12}-{'b' * 16}", ""]:
         assert not space.owns(bad)

@@ -126,7 +126,7 @@ def test_a_spilled_object_is_freed_from_disk_with_its_last_ref(spill_dir):
     assert list(folder.iterdir())
     del refs
     gc.collect()
-    runtime.backend().memory.reclaimer.close()  # unlinks happen off the caller's thread
+    runtime.engine().memory.reclaimer.close()  # unlinks happen off the caller's thread
     assert list(folder.iterdir()) == []
     assert stats()["spilled_bytes"] == 0
     assert os.path.isdir(folder)

@@ -76,13 +76,13 @@ def timeline(last: int | None = None) -> list[TaskRecord]:
     if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
         msg = f"timeline(last=...) must be None or an int >= 0, got {last!r}"
         raise ValueError(msg)
-    engine = runtime.current_backend()
-    return [] if engine is None else engine.timeline.last(last)
+    engine = runtime.current_engine()
+    return [] if engine is None else engine.timeline(last)
 
 
 def status() -> dict[str, Any]:
     """Workers (id, pid, state, current task, cpu %, rss), object store and backend."""
-    return runtime.backend().status()
+    return runtime.engine().snapshot().as_status()
 
 
 def cluster_resources() -> dict[str, float]:

@@ -23,14 +23,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from distkernel.backends.base import Client, Engine
 from distkernel.core import config, context
 from distkernel.core.exceptions import DistkernelError, safe_repr
 
 _lock = threading.RLock()
-_backend: Any = None
+_engine: Engine | None = None
 _info: ClusterInfo | None = None
 _settings: config.ClusterSettings | None = None
-_start_hooks: list[Callable[[Any], None]] = []
+_start_hooks: list[Callable[[Engine], None]] = []
 
 LOCAL_ADDRESSES = (None, "local")
 #: The machine's address, as Ray reports a one-node cluster started on it.
@@ -151,8 +152,7 @@ def init(address_or_workers: str | int | None = None, /, *, address: str | None 
         msg = "init() cannot be called inside a task or actor: the cluster is already running"
         raise DistkernelError(msg)
     address, num_workers = _first_argument(address_or_workers, address, num_workers)
-    if address not in LOCAL_ADDRESSES:
-        _reject_address(address)
+    _check_address(address)
     _check_ray_options(ray_options)
     _set_logging(logging_level, ray_options)
     if include_dashboard:
@@ -161,14 +161,14 @@ def init(address_or_workers: str | int | None = None, /, *, address: str | None 
     wanted = _wanted_settings(num_workers, num_cpus, num_gpus, resources, object_store_memory,
                               namespace, runtime_env, log_to_driver)
     with _lock:
-        if _backend is not None:
+        if _engine is not None:
             return _check_compatible(wanted, ignore_reinit_error)
-        return _start(wanted)
+        return _start(address, wanted)
 
 
-def _start(wanted: dict[str, Any]) -> ClusterInfo:
-    """Start the local engine with ``wanted`` (lock held) over the defaults."""
-    global _backend, _info, _settings
+def _start(address: str | None, wanted: dict[str, Any]) -> ClusterInfo:
+    """Start the engine at ``address`` with ``wanted`` (lock held) over the defaults."""
+    global _engine, _info, _settings
     settings = config.ClusterSettings(
         num_workers=wanted.get("num_workers") or config.resolve_num_workers(None),
         store_memory=wanted.get("store_memory") or config.resolve_store_memory(None),
@@ -178,17 +178,22 @@ def _start(wanted: dict[str, Any]) -> ClusterInfo:
     # Workers learn the namespace from their environment (get_runtime_context there).
     settings = dataclasses.replace(settings, worker_env={
         **settings.worker_env, NAMESPACE_VARIABLE: settings.namespace})
-    from distkernel.backends.local.engine import LocalBackend
-
-    _backend = LocalBackend(settings)
+    engine = _engine = _new_engine(address, settings)
     _settings = settings
-    space = getattr(_backend, "space", None)
-    store_address = os.path.join(space.shm_dir, space.prefix) if space is not None else ""
-    _info = ClusterInfo("local", settings.num_workers, settings.store_memory, "local",
-                        _backend.cluster_id, store_address, settings.namespace)
+    _info = ClusterInfo(engine.name, settings.num_workers, settings.store_memory,
+                        address or "local", engine.cluster_id, engine.store_address,
+                        settings.namespace)
     for hook in list(_start_hooks):
-        hook(_backend)
+        hook(engine)
     return _info
+
+
+def _new_engine(address: str | None, settings: config.ClusterSettings) -> Engine:
+    """The one place where an address picks the engine (imported on first use)."""
+    _check_address(address)
+    from distkernel.backends.local.engine import LocalEngine
+
+    return LocalEngine(settings)
 
 
 def _first_argument(first: Any, address: str | None,
@@ -212,7 +217,9 @@ def _first_argument(first: Any, address: str | None,
     return first, num_workers
 
 
-def _reject_address(address: Any) -> None:
+def _check_address(address: Any) -> None:
+    if address in LOCAL_ADDRESSES:
+        return
     if isinstance(address, str) and (address in ("ray", "auto") or address.startswith("ray://")):
         msg = (f"init(address={address!r}): running on a Ray cluster is not available in this "
                f"version of distkernel yet; use init() for the local engine")
@@ -366,8 +373,9 @@ def _check_compatible(wanted: dict[str, Any], ignore_reinit_error: bool) -> Clus
     """The running cluster if ``wanted`` agrees with it (lock held)."""
     global _info
     assert _info is not None and _settings is not None
-    if _backend.num_workers != _info.num_workers:  # scaled since: describe the pool as it is
-        _info = dataclasses.replace(_info, num_workers=_backend.num_workers)
+    assert _engine is not None
+    if _engine.num_workers != _info.num_workers:  # scaled since: describe the pool as it is
+        _info = dataclasses.replace(_info, num_workers=_engine.num_workers)
     current = dataclasses.replace(_settings, num_workers=_info.num_workers,
                                   worker_env=_user_env(_settings.worker_env))
     differ = [key for key, value in wanted.items() if getattr(current, key) != value]
@@ -392,7 +400,7 @@ def _user_env(worker_env: Mapping[str, str]) -> dict[str, str]:
 
 def is_initialized() -> bool:
     """True once a cluster runs (always inside a task or actor, as in Ray)."""
-    return _backend is not None or context.worker_client() is not None
+    return _engine is not None or context.worker_client() is not None
 
 
 def shutdown() -> None:
@@ -402,24 +410,25 @@ def shutdown() -> None:
     another thread meanwhile waits and then starts a new cluster (as any call after a
     shutdown does) instead of racing the old one's clean-up.
     """
-    global _backend, _info, _settings
+    global _engine, _info, _settings
     with _lock:
-        backend = _backend
+        engine = _engine
         try:
-            if backend is not None:
-                backend.shutdown()
+            if engine is not None:
+                engine.shutdown()
         finally:
-            _backend, _info, _settings = None, None, None
+            _engine, _info, _settings = None, None, None
 
 
 def restart() -> ClusterInfo:
     """A new cluster with the running one's settings (and its current size)."""
     with _lock:
-        settings, size = _settings, _backend.num_workers if _backend is not None else None
+        settings, info = _settings, _info
+        size = _engine.num_workers if _engine is not None else None
         shutdown()
-        if settings is None:
+        if settings is None or info is None:
             return init()
-        return _start({"num_workers": size, "store_memory": settings.store_memory,
+        return _start(info.address, {"num_workers": size, "store_memory": settings.store_memory,
                        "resources": settings.resources,
                        "worker_env": _user_env(settings.worker_env),
                        "working_dir": settings.working_dir,
@@ -447,20 +456,21 @@ def in_actor() -> bool:
     return current_actor_id() is not None
 
 
-def backend() -> Any:
+def engine() -> Engine:
     """The driver's engine, started with defaults on first use."""
-    current = _backend
+    current = _engine
     if current is None or current.closing:  # none, or being shut down: wait, then start
         with _lock:
-            if _backend is None:
+            if _engine is None:
                 init()
-            current = _backend
+            current = _engine
+    assert current is not None
     return current
 
 
-def current_backend() -> Any:
+def current_engine() -> Engine | None:
     """The running engine, or None (never starts one)."""
-    return _backend
+    return _engine
 
 
 def settings() -> config.ClusterSettings | None:
@@ -468,20 +478,20 @@ def settings() -> config.ClusterSettings | None:
     return _settings
 
 
-def add_start_hook(hook: Callable[[Any], None]) -> None:
+def add_start_hook(hook: Callable[[Engine], None]) -> None:
     """Call ``hook(engine)`` for every cluster started from now on (the notebook front)."""
     if hook not in _start_hooks:
         _start_hooks.append(hook)
 
 
-def remove_start_hook(hook: Callable[[Any], None]) -> None:
+def remove_start_hook(hook: Callable[[Engine], None]) -> None:
     if hook in _start_hooks:
         _start_hooks.remove(hook)
 
 
-def client() -> Any:
+def client() -> Client:
     """Where API calls go: the driver link inside a worker, else the engine."""
-    return context.worker_client() or backend()
+    return context.worker_client() or engine()
 
 
 def cluster_info() -> ClusterInfo | None:

@@ -81,7 +81,7 @@ class RuntimeContext:
             return settings.namespace
         if context.worker_client() is not None:
             return os.environ.get(runtime.NAMESPACE_VARIABLE, "")
-        return runtime.backend().settings.namespace  # type: ignore[no-any-return]
+        return runtime.engine().settings.namespace
 
 
 def get_runtime_context() -> RuntimeContext:

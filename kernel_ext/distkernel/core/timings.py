@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from distkernel.core.protocol import TaskKind
 
 TaskStatus = Literal["pending", "running", "finished", "failed", "cancelled"]
 
@@ -16,7 +19,7 @@ class TaskRecord:
 
     task_id: str
     name: str
-    kind: str
+    kind: TaskKind
     worker_id: int | None
     submitted: float
     started: float | None
@@ -50,9 +53,52 @@ class Timeline:
 
     def last(self, count: int | None = None) -> list[TaskRecord]:
         with self._lock:
-            records = list(self._records)
-        return records if count is None else records[-count:] if count > 0 else []
+            return _newest(self._records, count)
 
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
+
+
+class CellTimelines:
+    """The records of recent notebook cells' tasks, by cell tag: what a cell's timings
+    show, also when a late task ends after the cell did.
+
+    Bounded by ``max_records`` in all: the oldest cells are forgotten first. Only a
+    task the cell itself submitted opens a cell's entry; its children join it.
+    """
+
+    def __init__(self, max_records: int) -> None:
+        self._cells: dict[str, deque[TaskRecord]] = {}
+        self._max_records = max_records
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, cell: str, record: TaskRecord, *, opens: bool) -> None:
+        with self._lock:
+            records = self._cells.get(cell)
+            if records is None:
+                if not opens:
+                    return
+                records = self._cells[cell] = deque(maxlen=self._max_records)
+            if len(records) < self._max_records:
+                self._count += 1
+            records.append(record)
+            while self._count > self._max_records and len(self._cells) > 1:
+                oldest = next(iter(self._cells))
+                self._count -= len(self._cells.pop(oldest))
+
+    def of(self, cell: str, count: int | None = None) -> list[TaskRecord]:
+        """The cell's records, oldest first (all kept, or the newest ``count``)."""
+        with self._lock:
+            return _newest(self._cells.get(cell, ()), count)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cells.clear()
+            self._count = 0
+
+
+def _newest(records: Iterable[TaskRecord], count: int | None) -> list[TaskRecord]:
+    kept = list(records)
+    return kept if count is None else kept[-count:] if count > 0 else []

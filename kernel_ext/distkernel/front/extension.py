@@ -22,7 +22,7 @@ from typing import Any, Literal
 from IPython.display import display
 
 from distkernel.api import runtime
-from distkernel.backends.local.engine import print_output
+from distkernel.backends.base import Engine, print_output
 from distkernel.core.exceptions import TaskError
 from distkernel.front.cell_output import CellOutput
 from distkernel.front.timings_view import timings_bundle
@@ -40,8 +40,8 @@ class Extension:
         self.output = CellOutput(getattr(shell, "kernel", None), self._tag_of, print_output)
 
     def _tag_of(self, task_id: str) -> str | None:
-        backend = runtime.current_backend()
-        return backend.task_tags.get(task_id) if backend is not None else None
+        engine = runtime.current_engine()
+        return engine.cell_of_task(task_id) if engine is not None else None
 
     def quiet_cell(self) -> None:
         """No streamed output and no timings for the running cell."""
@@ -49,44 +49,36 @@ class Extension:
         if tag is not None:
             self.output.mute(tag)
 
-    def attach(self, backend: Any) -> None:
+    def attach(self, engine: Engine) -> None:
         """Start hook: each new cluster routes output and tags tasks through this shell."""
-        if hasattr(backend, "tag_source"):
-            backend.tag_source = self.output.current_tag
-            backend.output_handler = self.output.write
+        engine.route_output(self.output.current_tag, self.output.write)
 
     # -- shell events ---------------------------------------------------------------------
 
     def post_run_cell(self, result: Any) -> None:
-        backend = runtime.current_backend()
+        engine = runtime.current_engine()
         tag = self.output.current_tag()
-        if backend is None or tag is None:
+        if engine is None or tag is None:
             return
         self.output.flush(tag)
         if isinstance(result.error_in_exec, KeyboardInterrupt):
-            self.cancel_cell(backend, tag)
-        with backend.lock:
-            records = backend.take_cell_records(tag)
+            self.cancel_cell(engine, tag)
         if self.timings == "off" or self.output.muted(tag):
             return
+        records = engine.timeline(cell=tag)
         if records:
             mode: Literal["summary", "full"] = "full" if self.timings == "full" else "summary"
-            display(timings_bundle(records, mode=mode, lane_names=lane_names(backend)),
+            display(timings_bundle(records, mode=mode, lane_names=lane_names(engine)),
                     raw=True)
 
-    def cancel_cell(self, backend: Any, tag: str) -> None:
+    def cancel_cell(self, engine: Engine, tag: str) -> None:
         """Interrupt the cell's tasks now; replace the workers of those that do not stop."""
-        with backend.lock:
-            task_ids = backend.tasks_tagged(tag)
-        if not task_ids:
+        if not engine.cancel_cell(tag):
             return
-        backend.cancel_tasks(task_ids)
 
         def escalate() -> None:
-            with backend.lock:
-                stubborn = [t for t in task_ids if t in backend.scheduler.tasks]
-            if stubborn and not backend.closing:
-                backend.cancel_tasks(stubborn, force=True)
+            if not engine.closing:
+                engine.cancel_cell(tag, force=True)
 
         timer = threading.Timer(INTERRUPT_GRACE, escalate)
         timer.daemon = True
@@ -106,12 +98,12 @@ class Extension:
         return lines
 
 
-def lane_names(backend: Any) -> dict[int, str]:
+def lane_names(engine: Engine) -> dict[int, str]:
     """Chart lanes of actor workers are named after their actor's class."""
-    with backend.lock:
-        return {w.worker_id: f"{actor.class_name} actor"
-                for w in backend.scheduler.workers.values()
-                if w.actor_id and (actor := backend.scheduler.actors.get(w.actor_id))}
+    snapshot = engine.snapshot()
+    classes = {actor.actor_id: actor.class_name for actor in snapshot.actors}
+    return {w.worker_id: f"{classes[w.actor_id]} actor" for w in snapshot.workers
+            if w.actor_id and w.actor_id in classes}
 
 
 _CODE_LINE = re.compile(r'^(\s*)File "([^"]+)", line (\d+)(, in .*)?$')
@@ -157,7 +149,7 @@ def load(shell: Any) -> None:
     shell.set_custom_exc((TaskError,), extension.show_task_error)
     runtime.add_start_hook(extension.attach)
     info = runtime.init() if not runtime.is_initialized() else runtime.cluster_info()
-    extension.attach(runtime.backend())
+    extension.attach(runtime.engine())
     display(info)
 
 
@@ -174,7 +166,3 @@ def unload(shell: Any) -> None:
         pass
     shell.set_custom_exc((), None)
     runtime.shutdown()
-
-
-def loaded() -> Extension | None:
-    return _loaded

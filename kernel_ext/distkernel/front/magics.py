@@ -208,10 +208,8 @@ class DistMagics(Magics):
             raise _usage_error(msg, magic="%%remote", usage=_REMOTE_HINT)
         if not args.all and args.num is None:
             return [0]
-        backend = runtime.backend()
-        with backend.lock:
-            workers = sorted(w.worker_id for w in backend.scheduler.workers.values()
-                             if not w.extra and not w.actor_id and w.state != "stopping")
+        workers = sorted(w.worker_id for w in runtime.engine().snapshot().workers
+                         if not w.extra and not w.actor_id and w.state != "stopping")
         if args.all:
             return workers
         if args.num < 1 or args.num > len(workers):
@@ -257,7 +255,7 @@ class DistMagics(Magics):
         return getattr(self, f"_dist_{args.command}")(args)
 
     def _dist_status(self, args: argparse.Namespace) -> Rendered:
-        return status_view(api.status())
+        return status_view(runtime.engine().snapshot())
 
     def _dist_init(self, args: argparse.Namespace) -> Any:
         """``init`` knows which sizes, counts and addresses it takes; its refusal of what
@@ -268,7 +266,7 @@ class DistMagics(Magics):
             raise _usage_error(str(exc), magic="%dist init") from exc
 
     def _dist_scale(self, args: argparse.Namespace) -> Rendered:
-        runtime.backend().resize(args.workers)
+        runtime.engine().resize(args.workers)
         return notice(f"scaling the pool to {args.workers} workers")
 
     def _dist_restart(self, args: argparse.Namespace) -> Any:
@@ -283,7 +281,7 @@ class DistMagics(Magics):
     def _dist_timeline(self, args: argparse.Namespace) -> None:
         records = api.timeline(last=args.last)
         title = f"last {len(records)} tasks" if records else None
-        lanes = lane_names(runtime.backend())
+        lanes = lane_names(runtime.engine())
         display(timeline_bundle(records, title=title, lane_names=lanes), raw=True)
 
     def _dist_timings(self, args: argparse.Namespace) -> Rendered:

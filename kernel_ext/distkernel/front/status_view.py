@@ -1,10 +1,10 @@
-"""``%dist status`` and friends: pure rendering of ``status()`` and short notices."""
+"""``%dist status`` and friends: pure rendering of a cluster snapshot and short notices."""
 
 from __future__ import annotations
 
 import html
-from typing import Any
 
+from distkernel.backends.snapshot import ClusterSnapshot
 from distkernel.front.timings_view import format_bytes
 
 _STYLE = (".jp-Distkernel-status table{border-collapse:collapse;font-size:90%}"
@@ -53,25 +53,23 @@ def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
             for row in [header, *rows]]
 
 
-def status_view(status: dict[str, Any]) -> Rendered:
+def status_view(snapshot: ClusterSnapshot) -> Rendered:
     """Workers, actors and the object store, as a table each."""
-    store = status["object_store"]
-    spilled = store.get("spilled_bytes", 0)
-    spill_text = (f", {format_bytes(spilled)} in {store.get('spilled_objects', 0)} objects "
-                  f"spilled to disk" if spilled else "")
-    store_line = (f"object store: {format_bytes(store['used_bytes'])} of "
-                  f"{format_bytes(store['capacity'])} used, {store['num_objects']} objects"
-                  f"{spill_text}; {status.get('queued_tasks', 0)} tasks queued")
+    store = snapshot.store
+    spill_text = (f", {format_bytes(store.spilled_bytes)} in {store.spilled_objects} objects "
+                  f"spilled to disk" if store.spilled_bytes else "")
+    store_line = (f"object store: {format_bytes(store.used_bytes)} of "
+                  f"{format_bytes(store.capacity)} used, {store.num_objects} objects"
+                  f"{spill_text}; {snapshot.queued} tasks queued, {snapshot.running} running")
     worker_header = ["worker", "pid", "state", "current task", "cpu", "memory"]
-    workers = [[str(w["id"]) + (" (extra)" if w.get("extra") else "")
-                + (" (actor)" if w.get("actor_id") else ""),
-                str(w["pid"] or "—"), w["state"], w["current_task"] or "—",
-                _cpu(w.get("cpu_percent")), _rss(w.get("rss"))] for w in status["workers"]]
+    workers = [[str(w.worker_id) + (" (extra)" if w.extra else "")
+                + (" (actor)" if w.actor_id else ""),
+                str(w.pid or "—"), w.state, w.current_task or "—",
+                _cpu(w.cpu_percent), _rss(w.rss)] for w in snapshot.workers]
     actor_header = ["actor", "name", "state", "pid", "queued calls", "restarts"]
-    actors = [[a["class_name"], a.get("name") or "—", a["state"], str(a.get("pid") or "—"),
-               str(a["queued_calls"]), str(a.get("restarts", 0))]
-              for a in status.get("actors", [])]
-    title = f"distkernel {status['backend']} cluster: {status['num_workers']} workers"
+    actors = [[a.class_name, a.name or "—", a.state, str(a.pid or "—"), str(a.queued_calls),
+               str(a.restarts)] for a in snapshot.actors]
+    title = f"distkernel {snapshot.backend} cluster: {snapshot.num_workers} workers"
     parts = [f"<style>{_STYLE}</style>", f"<b>{html.escape(title)}</b>",
              _table("workers", worker_header, workers)]
     text = [title, *_text_table(worker_header, workers)]

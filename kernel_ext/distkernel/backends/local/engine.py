@@ -17,16 +17,25 @@ memory, unpickling) outside the lock and take it only to register or look up;
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
 
+from distkernel.backends.base import CellSource, Engine, OutputHandler, print_output
 from distkernel.backends.local import pool
-from distkernel.backends.local.state import EngineCore, OutputHandler
+from distkernel.backends.local.state import EngineCore
+from distkernel.backends.snapshot import (
+    ActorSnapshot,
+    ClusterSnapshot,
+    Counters,
+    StoreSnapshot,
+    WorkerSnapshot,
+)
 from distkernel.core import config, refs
 from distkernel.core.exceptions import (
     DistkernelError,
@@ -45,14 +54,16 @@ from distkernel.core.protocol import (
     Value,
 )
 from distkernel.core.refs import ObjectRef
+from distkernel.core.timings import TaskRecord
 from distkernel.engine import specs
 from distkernel.engine.resources import needs_of
+from distkernel.engine.scheduler_types import ActorState, WorkerState
 from distkernel.store import object_store, reaper
 from distkernel.store.arena import Region
 from distkernel.store.serialization import Serialized, serialize
 
 
-class LocalBackend(EngineCore):
+class LocalEngine(EngineCore, Engine):
     """The engine behind ``init()``: public operations on top of the lock-held core."""
 
     name = "local"
@@ -61,6 +72,7 @@ class LocalBackend(EngineCore):
                  output_handler: OutputHandler | None = None) -> None:
         super().__init__(settings, output_handler or print_output)
         self.started_at = time.time()
+        self.store_address = os.path.join(self.space.shm_dir, self.space.prefix)
         reaper.sweep_dead_drivers()
         refs.set_tracker(self.refs)
         with DEFERRED_SIGINT, self.lock:
@@ -287,50 +299,76 @@ class LocalBackend(EngineCore):
             if task_id is not None:
                 self.execute(self.scheduler.cancel(task_id, force=force))
 
-    def cancel_tasks(self, task_ids: Sequence[str], force: bool = False) -> None:
-        with DEFERRED_SIGINT, self.lock:
-            for task_id in task_ids:
-                self.execute(self.scheduler.cancel(task_id, force=force))
-
     def resize(self, num_workers: int) -> None:
         with DEFERRED_SIGINT, self.lock:
             self.execute(self.scheduler.resize(num_workers))
 
     # -- inspection ---------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def snapshot(self) -> ClusterSnapshot:
         with DEFERRED_SIGINT, self.lock:
             self.drain()
-            rows = [self._worker_row(worker_id, state)
-                    for worker_id, state in sorted(self.scheduler.workers.items())]
-            actors = [{"actor_id": actor_id, "class_name": actor.class_name,
-                       "name": self.actor_meta[actor_id].name if actor_id in self.actor_meta
-                       else "",
-                       "state": actor.state, "worker_id": actor.worker_id,
-                       "pid": self._pid_of(actor.worker_id), "queued_calls": actor.queued,
-                       "restarts": actor.restarts}
-                      for actor_id, actor in self.scheduler.actors.items()]
+            scheduler = self.scheduler
+            workers = [(self._worker_snapshot(worker_id, state), self.workers.get(worker_id))
+                       for worker_id, state in sorted(scheduler.workers.items())]
+            actors = tuple(self._actor_snapshot(actor_id, actor)
+                           for actor_id, actor in scheduler.actors.items())
             store = self.store.stats()
-            queued = len(self.scheduler.queue) + len(self.scheduler.special)
-            resources = {"total": dict(self.scheduler.resources.capacity),
-                         "available": self.scheduler.resources.available()}
-        for row in rows:
-            row["cpu_percent"], row["rss"] = _process_stats(row.pop("_process"))
-        return {"backend": self.name, "cluster_id": self.cluster_id,
-                "num_workers": self.num_workers, "workers": rows, "actors": actors,
-                "object_store": store, "queued_tasks": queued, "resources": resources}
+            queued = len(scheduler.queue) + len(scheduler.special)
+            running = sum(len(w.assigned) for w in scheduler.workers.values())
+            total = tuple(scheduler.resources.capacity.items())
+            available = tuple(scheduler.resources.available().items())
+            counts = self.counts
+            counters = Counters(counts["submitted"], counts["finished"], counts["failed"],
+                                counts["cancelled"], counts["workers_started"],
+                                counts["workers_died"])
+        # Reading /proc takes a while: outside the lock.
+        rows = tuple(dataclasses.replace(row, **_process_stats(process))
+                     for row, process in workers)
+        return ClusterSnapshot(
+            self.name, self.cluster_id, self.started_at, time.time(), self.num_workers, rows,
+            actors, StoreSnapshot(store["capacity"], store["used_bytes"], store["num_objects"],
+                                  store["spilled_bytes"], store["spilled_objects"]),
+            queued, running, total, available, counters)
 
-    def _worker_row(self, worker_id: int, state: Any) -> dict[str, Any]:
+    def _worker_snapshot(self, worker_id: int, state: WorkerState) -> WorkerSnapshot:
         spec = self.scheduler.running_task(worker_id)
-        return {"id": worker_id, "pid": self._pid_of(worker_id), "state": state.state,
-                "current_task": spec.name if spec else None,
-                "current_task_id": spec.task_id if spec else None,
-                "extra": state.extra, "actor_id": state.actor_id or None,
-                "_process": self.workers.get(worker_id)}
+        return WorkerSnapshot(worker_id, self._pid_of(worker_id), state.state,
+                              spec.name if spec else None, spec.task_id if spec else None,
+                              state.actor_id or None, state.extra, None, None)
+
+    def _actor_snapshot(self, actor_id: str, actor: ActorState) -> ActorSnapshot:
+        options = self.actor_meta.get(actor_id)
+        return ActorSnapshot(actor_id, actor.class_name, options.name if options else "",
+                             actor.state, actor.worker_id, self._pid_of(actor.worker_id),
+                             actor.queued, actor.restarts)
 
     def _pid_of(self, worker_id: int | None) -> int | None:
         process = self.workers.get(worker_id) if worker_id is not None else None
         return process.pid if process is not None else None
+
+    def timeline(self, last: int | None = None, *, cell: str | None = None) -> list[TaskRecord]:
+        records = self.history.last(last) if cell is None else self.cell_timelines.of(cell, last)
+        with DEFERRED_SIGINT, self.lock:  # copies: the engine updates records under its lock
+            return [copy.copy(record) for record in records]
+
+    # -- the notebook cell behind each task ----------------------------------------------------
+
+    def route_output(self, current_cell: CellSource | None, write: OutputHandler) -> None:
+        with DEFERRED_SIGINT, self.lock:
+            self.tag_source = current_cell
+            self.output_handler = write
+
+    def cell_of_task(self, task_id: str) -> str | None:
+        with DEFERRED_SIGINT, self.lock:
+            return self.task_tags.get(task_id)
+
+    def cancel_cell(self, cell: str, *, force: bool = False) -> list[str]:
+        with DEFERRED_SIGINT, self.lock:
+            task_ids = self.tasks_tagged(cell)
+            for task_id in task_ids:
+                self.execute(self.scheduler.cancel(task_id, force=force))
+        return task_ids
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -481,24 +519,15 @@ def _load_failure(object_id: str, error: Exception) -> SerializationError:
     return SerializationError(msg)
 
 
-def _process_stats(process: pool.WorkerProcess | None) -> tuple[float | None, int | None]:
+def _process_stats(process: pool.WorkerProcess | None) -> dict[str, Any]:
+    """A worker's CPU use (since the last look) and resident memory, if it can be read."""
     if process is None or process.closed:
-        return None, None
+        return {}
     try:
         if process.stats is None:
             process.stats = psutil.Process(process.pid)
             process.stats.cpu_percent(None)
-        return process.stats.cpu_percent(None), process.stats.memory_info().rss
+        return {"cpu_percent": process.stats.cpu_percent(None),
+                "rss": process.stats.memory_info().rss}
     except Exception:  # noqa: BLE001 - the process went away between the snapshot and now
-        return None, None
-
-
-def print_output(worker_id: int, task_id: str, stream: str, text: str) -> None:
-    """Default: the driver's stdout / stderr, each line prefixed with the worker id."""
-    target = sys.stderr if stream == "stderr" else sys.stdout
-    prefix = f"(worker {worker_id}) "
-    lines = text.splitlines(keepends=True)
-    target.write("".join(prefix + line for line in lines))
-    if not text.endswith("\n"):
-        target.write("\n")
-    target.flush()
+        return {}

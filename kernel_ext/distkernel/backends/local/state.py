@@ -18,10 +18,11 @@ import pickle
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
 from typing import Any
 
+from distkernel.backends.base import CellSource, OutputHandler
 from distkernel.backends.local import pool
 from distkernel.backends.local.actor_names import ActorNames
 from distkernel.backends.local.memory import Memory
@@ -52,7 +53,7 @@ from distkernel.core.protocol import (
     Value,
     WorkerReady,
 )
-from distkernel.core.timings import TaskRecord, Timeline
+from distkernel.core.timings import CellTimelines, TaskRecord, Timeline
 from distkernel.engine.scheduler import (
     Dispatch,
     FailTask,
@@ -68,9 +69,7 @@ from distkernel.store import object_store
 from distkernel.store.reaper import Space
 from distkernel.store.serialization import registry, serialize
 
-OutputHandler = Callable[[int, str, str, str], None]  # worker id, task id, stream, text
 _MAX_TAGS = 20_000
-_MAX_CELLS = 200
 
 
 def _as_value(error: BaseException) -> InlineValue:
@@ -118,7 +117,7 @@ class EngineCore:
         self.store = self.memory.store
         self.scheduler = Scheduler(num_workers, self.is_ready, config.MAX_EXTRA_WORKERS,
                                    settings.resources)
-        self.timeline = Timeline(config.TIMELINE_CAPACITY)
+        self.history = Timeline(config.TIMELINE_CAPACITY)
         self.records: dict[str, TaskRecord] = {}
         self.functions: dict[str, bytes] = {}  # function hash -> pickled function or class
         self.workers: dict[int, pool.WorkerProcess] = {}
@@ -129,9 +128,10 @@ class EngineCore:
         self.actor_names = ActorNames(settings.namespace, self.actor_alive)
         # Which notebook cell each task belongs to (output routing, timings, interrupts):
         # ``tag_source`` names the current cell; tasks started by tasks inherit their tag.
-        self.tag_source: Callable[[], str | None] | None = None
+        self.tag_source: CellSource | None = None
         self.task_tags: OrderedDict[str, str] = OrderedDict()
-        self.cell_records: dict[str, deque[TaskRecord]] = {}  # taken when the cell ends
+        self.cell_timelines = CellTimelines(2 * config.TIMELINE_CAPACITY)
+        self.counts: Counter[str] = Counter()  # tasks by how they ended; workers started, died
         self.borrowed_refs: Borrowed[str] = Borrowed()  # refs workers hold, counted for them
         self.requests = RequestHandler(self)
         self.refs = DriverRefs(self)
@@ -235,10 +235,11 @@ class EngineCore:
         record = TaskRecord(spec.task_id, spec.name, spec.kind, None, time.time(), None, None,
                             "pending", bytes_in, 0, None)
         self.records[spec.task_id] = record
-        self.timeline.add(record)
+        self.history.add(record)
+        self.counts["submitted"] += 1
         tag = self._tag(spec.task_id, caller)
         if tag is not None:
-            self._file_under_cell(tag, record, started_by_cell=caller == "driver")
+            self.cell_timelines.add(tag, record, opens=caller == "driver")
         self._sync_registry()
         if actor is not None:
             self.actor_meta[spec.actor_id] = actor
@@ -262,22 +263,6 @@ class EngineCore:
                 self.task_tags.popitem(last=False)
         return tag
 
-    def _file_under_cell(self, tag: str, record: TaskRecord, *, started_by_cell: bool) -> None:
-        """Keep a running cell's records for its timings, so its end need not scan the
-        timeline. A child task started after its cell ended is not kept (nobody takes it)."""
-        records = self.cell_records.get(tag)
-        if records is None:
-            if not started_by_cell:
-                return
-            if len(self.cell_records) >= _MAX_CELLS:  # cells whose end nobody took
-                del self.cell_records[next(iter(self.cell_records))]
-            records = self.cell_records[tag] = deque(maxlen=config.TIMELINE_CAPACITY)
-        records.append(record)
-
-    def take_cell_records(self, tag: str) -> list[TaskRecord]:
-        """The records of the tasks a cell started (and their children), once (lock held)."""
-        return list(self.cell_records.pop(tag, ()))
-
     def tasks_tagged(self, tag: str) -> list[str]:
         """Ids of the tasks of one cell that have not finished yet."""
         return [t for t, cell in self.task_tags.items()
@@ -299,6 +284,7 @@ class EngineCore:
             self.actor_pins.setdefault(spec.actor_id, []).extend(pins)  # for a restart
         else:
             self.forget(self.store.unpin_all(pins))
+        self.counts[status] += 1
         record = self.records.pop(spec.task_id, None)
         if record is not None:
             record.status = status  # type: ignore[assignment]
@@ -394,6 +380,7 @@ class EngineCore:
         if self.closing:
             return
         worker_id = self.scheduler.add_worker(extra=extra, actor_id=actor_id)
+        self.counts["workers_started"] += 1
         process = pool.start_worker(worker_id, self.space, self.cluster_id, registry.dump(),
                                     self.settings.worker_env, self.settings.working_dir)
         self.workers[worker_id] = process
@@ -543,6 +530,7 @@ class EngineCore:
             stopped = self.scheduler.worker_stopped(worker_id)
             self.execute(stopped if not self.closing else [])
             return
+        self.counts["workers_died"] += 1
         what = f"while running {spec.name} (task {spec.task_id})" if spec else "while idle"
         describe = (f"worker {worker_id} (pid {process.pid}) died with {describe_exit(code)} "
                     f"{what}")
