@@ -10,6 +10,7 @@
 
 from distkernel import actor, exceptions, util
 from distkernel.api.actors import ActorClass, ActorHandle, exit_actor, get_actor, kill, method
+from distkernel.api.decorator import remote
 from distkernel.api.operations import (
     available_resources,
     cancel,
@@ -21,7 +22,7 @@ from distkernel.api.operations import (
     timeline,
     wait,
 )
-from distkernel.api.remote_function import RemoteFunction, remote
+from distkernel.api.remote_function import RemoteFunction
 from distkernel.api.runtime import ClusterInfo, init, is_initialized, shutdown
 from distkernel.api.util import (
     RuntimeContext,

@@ -18,12 +18,13 @@ import time
 import pytest
 
 from distkernel.core.exceptions import SerializationError
+from distkernel.store.pickler import registry, try_dumps
 from distkernel.store.serializability import (
     FailureTuple,
     explain_failure,
     inspect_serializability,
 )
-from distkernel.store.serialization import registry, serialize, try_dumps
+from distkernel.store.serialization import serialize
 
 
 def explain(obj: object) -> SerializationError:

@@ -23,12 +23,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from distkernel.api import runtime
-from distkernel.api.remote_function import (
-    argument_check,
-    check_options,
-    checked_resources,
-    make_payload,
-)
+from distkernel.api.options import check_options, checked_resources
+from distkernel.api.remote_function import argument_check, make_payload
 from distkernel.core.exceptions import ActorExit, safe_repr
 from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
 from distkernel.core.refs import ObjectRef

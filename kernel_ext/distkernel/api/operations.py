@@ -11,7 +11,7 @@ from typing import Any
 from distkernel.api import runtime
 from distkernel.core import context
 from distkernel.core.exceptions import DistkernelError, safe_repr
-from distkernel.core.refs import ObjectRef
+from distkernel.core.refs import ObjectRef, set_value_getter
 from distkernel.core.timings import TaskRecord
 
 #: Waits at least this long (seconds) have no limit: lock and poll timeouts stop here.
@@ -33,6 +33,9 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
         return runtime.client().get([refs], timeout)[0]
     ref_list = _ref_list(refs, "get")
     return runtime.client().get(ref_list, timeout) if ref_list else []
+
+
+set_value_getter(get)  # for ref.future() and await ref
 
 
 def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,

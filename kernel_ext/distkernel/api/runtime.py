@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from distkernel.api.options import checked_resources
 from distkernel.backends.base import Client, Engine
 from distkernel.core import config, context
 from distkernel.core.exceptions import DistkernelError, safe_repr
@@ -315,8 +316,6 @@ def _pool_size(num_workers: int | None, num_cpus: Any) -> int | None:
 
 def _cluster_resources(num_gpus: Any, resources: Mapping[str, float] | None) -> dict[str, float]:
     """GPUs and custom resources the cluster has: what tasks and actors may ask for."""
-    from distkernel.api.remote_function import checked_resources
-
     found = dict(checked_resources(resources, "init()"))
     if num_gpus is not None:
         if isinstance(num_gpus, float) and num_gpus.is_integer():

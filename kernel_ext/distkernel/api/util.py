@@ -9,8 +9,8 @@ from typing import Any
 
 from distkernel.api import runtime
 from distkernel.core import context
+from distkernel.store.pickler import registry
 from distkernel.store.serializability import FailureTuple, inspect_serializability
-from distkernel.store.serialization import registry
 
 
 def register_serializer(cls: type, *, serializer: Callable[[Any], Any],

@@ -12,7 +12,7 @@ import functools
 import itertools
 import os
 import secrets
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -34,6 +34,21 @@ class _NoTracker:
 
 
 _tracker: RefTracker = _NoTracker()
+
+
+def _no_getter(ref: ObjectRef) -> Any:
+    msg = f"{ref!r}.future() needs distkernel's API: import distkernel first"
+    raise RuntimeError(msg)
+
+
+#: How ``future()`` and ``await`` read a value: the public ``get``, which the API layer
+#: (above this one) sets when it is imported.
+_get_value: Callable[[ObjectRef], Any] = _no_getter
+
+
+def set_value_getter(getter: Callable[[ObjectRef], Any]) -> None:
+    global _get_value
+    _get_value = getter
 
 
 def set_tracker(tracker: RefTracker | None) -> None:
@@ -102,9 +117,7 @@ class ObjectRef:
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A future of the value (as Ray's ``ref.future()``): ``get`` on a thread of its own."""
-        from distkernel.api import operations as api
-
-        return _waiting_threads().submit(api.get, self)
+        return _waiting_threads().submit(_get_value, self)
 
     def __await__(self) -> Generator[Any, None, Any]:
         """``await ref`` in an async actor method or any coroutine: waits without holding up

@@ -7,8 +7,9 @@ from typing import Any
 from distkernel.core.exceptions import SerializationError
 from distkernel.core.protocol import FunctionPayload, TaskOptions, TaskSpec
 from distkernel.core.refs import ObjectRef, new_id
+from distkernel.store.pickler import try_dumps
 from distkernel.store.serializability import explain_failure
-from distkernel.store.serialization import Serialized, serialize, try_dumps
+from distkernel.store.serialization import Serialized, serialize
 
 
 def serialize_arguments(args: tuple[Any, ...], kwargs: dict[str, Any],

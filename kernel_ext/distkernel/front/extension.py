@@ -25,7 +25,8 @@ from distkernel.api import runtime
 from distkernel.backends.base import Engine, print_output
 from distkernel.core.exceptions import TaskError
 from distkernel.front.cell_output import CellOutput
-from distkernel.front.timings_view import timings_bundle
+from distkernel.front.magics import DistMagics
+from distkernel.front.timings_view import lane_names, timings_bundle
 
 #: Seconds an interrupted task may take to stop before its worker is replaced.
 INTERRUPT_GRACE = 2.0
@@ -68,7 +69,7 @@ class Extension:
         records = engine.timeline(cell=tag)
         if records:
             mode: Literal["summary", "full"] = "full" if self.timings == "full" else "summary"
-            display(timings_bundle(records, mode=mode, lane_names=lane_names(engine)),
+            display(timings_bundle(records, mode=mode, lane_names=lane_names(engine.snapshot())),
                     raw=True)
 
     def cancel_cell(self, engine: Engine, tag: str) -> None:
@@ -96,14 +97,6 @@ class Extension:
             lines.append(headline)
         shell._showtraceback(type(cause) if cause is not None else etype, evalue, lines)
         return lines
-
-
-def lane_names(engine: Engine) -> dict[int, str]:
-    """Chart lanes of actor workers are named after their actor's class."""
-    snapshot = engine.snapshot()
-    classes = {actor.actor_id: actor.class_name for actor in snapshot.actors}
-    return {w.worker_id: f"{classes[w.actor_id]} actor" for w in snapshot.workers
-            if w.actor_id and w.actor_id in classes}
 
 
 _CODE_LINE = re.compile(r'^(\s*)File "([^"]+)", line (\d+)(, in .*)?$')
@@ -138,8 +131,6 @@ _loaded: Extension | None = None
 def load(shell: Any) -> None:
     """``%load_ext distkernel``."""
     global _loaded
-    from distkernel.front.magics import DistMagics
-
     if _loaded is not None:
         unload(shell)
     extension = Extension(shell)

@@ -30,9 +30,8 @@ from distkernel.api.remote_function import RemoteFunction
 from distkernel.core.exceptions import DistkernelError, GetTimeoutError
 from distkernel.front import cellrun
 from distkernel.front.cellvars import CellNames, analyze_cell, names_to_pull, names_to_send
-from distkernel.front.extension import lane_names
 from distkernel.front.status_view import Rendered, notice, status_view
-from distkernel.front.timings_view import timeline_bundle
+from distkernel.front.timings_view import lane_names, timeline_bundle
 
 _RUN_CELL = RemoteFunction(cellrun.run_cell, {"max_retries": 0})
 _TIMINGS_MODES = ("on", "off", "summary", "full")
@@ -281,7 +280,7 @@ class DistMagics(Magics):
     def _dist_timeline(self, args: argparse.Namespace) -> None:
         records = api.timeline(last=args.last)
         title = f"last {len(records)} tasks" if records else None
-        lanes = lane_names(runtime.engine())
+        lanes = lane_names(runtime.engine().snapshot())
         display(timeline_bundle(records, title=title, lane_names=lanes), raw=True)
 
     def _dist_timings(self, args: argparse.Namespace) -> Rendered:

@@ -1,8 +1,8 @@
 """Inline timings under a cell: a summary line, a per-task table and a task-stream chart.
 
-Pure rendering (SPEC §6): ``TaskRecord`` lists in, Jupyter mime bundles out. No IPython and no
-engine imports, so the magics, the kernel and ``%dist timeline`` share it and tests need no
-cluster.
+Pure rendering (SPEC §6): ``TaskRecord`` lists (and a cluster snapshot, for lane names) in,
+Jupyter mime bundles out. No IPython and no engine imports, so the magics, the kernel and
+``%dist timeline`` share it and tests need no cluster.
 
 Notebook outputs are shown in JupyterLab (light and dark themes, trusted or not), in exported
 HTML and through sanitizers that drop scripts, ``<style>`` and ``<svg>``. So the HTML is one
@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
+from distkernel.backends.snapshot import ClusterSnapshot
 from distkernel.core.timings import TaskRecord
 
 MAX_ROWS = 50
@@ -476,3 +477,10 @@ def timeline_bundle(
         "text/html": _html([task_stream_html(records, lane_names=lane_names)], title),
         "text/plain": _text(text_lines, title),
     }
+
+
+def lane_names(snapshot: ClusterSnapshot) -> dict[int, str]:
+    """Chart lanes of actor workers are named after their actor's class."""
+    classes = {actor.actor_id: actor.class_name for actor in snapshot.actors}
+    return {w.worker_id: f"{classes[w.actor_id]} actor" for w in snapshot.workers
+            if w.actor_id and w.actor_id in classes}

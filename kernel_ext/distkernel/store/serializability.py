@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
 from distkernel.core.exceptions import SerializationError, exception_text, safe_repr
-from distkernel.store.serialization import PROTOCOL, registry, try_dumps
+from distkernel.store.pickler import PROTOCOL, registry, try_dumps
 
 MAX_DEPTH = 20
 _MAX_PROBES = 2000  # bounds the time spent on a huge value; the first culprits are enough

@@ -66,8 +66,9 @@ from distkernel.engine.scheduler import (
     StopWorker,
 )
 from distkernel.store import object_store
+from distkernel.store.pickler import registry
 from distkernel.store.reaper import Space
-from distkernel.store.serialization import registry, serialize
+from distkernel.store.serialization import serialize
 
 _MAX_TAGS = 20_000
 

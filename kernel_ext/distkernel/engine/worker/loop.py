@@ -69,8 +69,9 @@ from distkernel.engine.worker.client import WorkerClient
 from distkernel.engine.worker.mailbox import Mailbox, watch_for_hang_up
 from distkernel.engine.worker.output import DriverStream
 from distkernel.store import object_store
+from distkernel.store.pickler import registry
 from distkernel.store.reaper import Space
-from distkernel.store.serialization import deserialize, dumps_exception, registry, serialize
+from distkernel.store.serialization import deserialize, dumps_exception, serialize
 
 if TYPE_CHECKING:
     from distkernel.engine.worker.concurrency import ConcurrentCalls
