@@ -19,7 +19,6 @@ import pytest
 from distkernel.core.timings import TaskRecord
 from distkernel.front.timings_view import (
     MAX_ROWS,
-    format_bytes,
     format_duration,
     task_stream_html,
     timeline_bundle,
@@ -162,30 +161,6 @@ def table_rows(html_text: str) -> list[ET.Element]:
 )
 def test_format_duration(seconds, expected):
     assert format_duration(seconds) == expected
-
-
-@pytest.mark.parametrize(
-    ("n", "expected"),
-    [
-        (0, "0 B"),
-        (1, "1 B"),
-        (1023, "1023 B"),
-        (1024, "1.0 KiB"),
-        (1536, "1.5 KiB"),
-        (1024**2 - 1, "1.0 MiB"),  # 1023.999 KiB would print as "1024.0 KiB"
-        (2 * 1024**2, "2.0 MiB"),
-        (int(3.25 * 1024**3), "3.2 GiB"),
-        (5 * 1024**4, "5.0 TiB"),
-        (2048 * 1024**4, "2048.0 TiB"),
-    ],
-)
-def test_format_bytes(n, expected):
-    assert format_bytes(n) == expected
-
-
-def test_format_bytes_rejects_negative():
-    with pytest.raises(ValueError, match="got -1"):
-        format_bytes(-1)
 
 
 # ---------------------------------------------------------------- summary

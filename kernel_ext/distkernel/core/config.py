@@ -127,12 +127,18 @@ def resolve_num_workers(num_workers: int | None) -> int:
 
 
 def format_bytes(size: float) -> str:
-    """``1536`` -> ``'1.5 KiB'``: sizes as people read them."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
+    """``1536`` -> ``'1.5 KiB'``: sizes as people read them, in binary units with one
+    decimal, rounded before the unit is picked (1048575 B is '1.0 MiB', not '1024.0 KiB')."""
+    if size < 0:
+        msg = f"a byte count must be >= 0, got {size!r}"
+        raise ValueError(msg)
+    if size < 1024:
+        return f"{size:.0f} B"
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    value, power = float(size), 0
+    while round(value, 1) >= 1024 and power < len(units) - 1:
+        value, power = value / 1024, power + 1
+    return f"{value:.1f} {units[power]}"
 
 
 def spill_base() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 
 from distkernel.backends.snapshot import ClusterSnapshot
-from distkernel.front.timings_view import format_bytes
+from distkernel.core.config import format_bytes
 
 _STYLE = (".jp-Distkernel-status table{border-collapse:collapse;font-size:90%}"
           ".jp-Distkernel-status th,.jp-Distkernel-status td{padding:2px 8px;text-align:left;"

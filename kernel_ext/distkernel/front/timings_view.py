@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from distkernel.backends.snapshot import ClusterSnapshot
+from distkernel.core.config import format_bytes
 from distkernel.core.timings import TaskRecord
 
 MAX_ROWS = 50
@@ -69,20 +70,6 @@ def format_duration(seconds: float | None) -> str:
     if whole < 3600:
         return f"{whole // 60} min {whole % 60} s"
     return f"{whole // 3600} h {whole % 3600 // 60} min"
-
-
-def format_bytes(n: int) -> str:
-    """A byte count in binary units with one decimal ('0 B', '1.5 KiB', '2.0 MiB')."""
-    if n < 0:
-        msg = f"a byte count must be >= 0, got {n!r}"
-        raise ValueError(msg)
-    if n < 1024:
-        return f"{n} B"
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    value, power = float(n), 0
-    while round(value, 1) >= 1024 and power < len(units) - 1:
-        value, power = value / 1024, power + 1
-    return f"{value:.1f} {units[power]}"
 
 
 # ---------------------------------------------------------------- strings
