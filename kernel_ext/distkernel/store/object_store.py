@@ -24,7 +24,7 @@ import queue
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,6 +336,16 @@ class ObjectStore:
             return []
         entry.pins -= 1
         return self._maybe_free(object_id, entry)
+
+    def hold_until_freed(self, object_id: str, pinned: Sequence[str]) -> list[str]:
+        """``pinned`` (already pinned) stay until ``object_id`` is freed, as the refs inside
+        a value do: an actor keeps its constructor's arguments for a restart. If it is gone
+        already, they are let go now; returns ids freed."""
+        entry = self._entries.get(object_id)
+        if entry is None:
+            return self.unpin_all(pinned)
+        entry.contained += tuple(pinned)
+        return []
 
     def unpin_all(self, object_ids: Iterable[str]) -> list[str]:
         freed: list[str] = []

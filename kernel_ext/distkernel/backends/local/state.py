@@ -125,7 +125,6 @@ class EngineCore:
         self.producers: dict[str, str] = {}  # object id -> id of the task making it
         self.task_pins: dict[str, list[str]] = {}
         self.actor_meta: dict[str, ActorOptions] = {}
-        self.actor_pins: dict[str, list[str]] = {}  # constructor arguments, kept for restarts
         self.actor_names = ActorNames(settings.namespace, self.actor_alive)
         # Which notebook cell each task belongs to (output routing, timings, interrupts):
         # ``tag_source`` names the current cell; tasks started by tasks inherit their tag.
@@ -185,7 +184,6 @@ class EngineCore:
     def _actor_released(self, actor_id: str) -> None:
         self.actor_meta.pop(actor_id)
         self.actor_names.release(actor_id)
-        self.forget(self.store.unpin_all(self.actor_pins.pop(actor_id, ())))
         self.execute(self.scheduler.release_actor(actor_id))
 
     def actor_alive(self, actor_id: str) -> bool:
@@ -282,7 +280,7 @@ class EngineCore:
             out.extend(self.scheduler.object_ready(return_id))
         pins = self.task_pins.pop(spec.task_id, [])
         if spec.kind == "actor_create" and spec.actor_id in self.actor_meta:
-            self.actor_pins.setdefault(spec.actor_id, []).extend(pins)  # for a restart
+            self.forget(self.store.hold_until_freed(spec.actor_id, pins))  # for a restart
         else:
             self.forget(self.store.unpin_all(pins))
         self.counts[status] += 1
