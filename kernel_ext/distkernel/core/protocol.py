@@ -51,7 +51,11 @@ def message(cls: type[_T]) -> type[_T]:
     cls.__reduce__ = reduce  # type: ignore[method-assign,assignment]
     return cls
 
-TaskKind = Literal["task", "actor_method", "actor_create", "cell"]
+#: What a remote function's call runs as: a task, or the body of a ``%%remote`` cell.
+FunctionTaskKind = Literal["task", "cell"]
+#: What a task is (a ``TaskRecord``'s ``kind``, SPEC §6).
+TaskKind = Literal[FunctionTaskKind, "actor_method", "actor_create"]
+OutputStream = Literal["stdout", "stderr"]
 
 
 # --- stored values -------------------------------------------------------------------------
@@ -119,8 +123,9 @@ class TaskSpec:
     top_level_refs: tuple[str, ...]  # ids of refs that are positional or keyword arguments
     return_ids: tuple[str, ...]
     max_retries: int = 0
-    actor_id: str = ""  # set for actor methods: the method name is ``name``'s last part
-    method: str = ""
+    # The actor a method call goes to, or the one a creation makes ("" for a plain task).
+    actor_id: str = ""
+    method: str = ""  # an actor method call: the method (also ``name``'s last part)
     pin_worker: int = 0  # run only on this worker (``%%remote --all``); 0: anywhere
     # What it needs while it runs, by name ("CPU", "GPU", custom); () means one CPU.
     resources: tuple[tuple[str, float], ...] = ()
@@ -144,14 +149,16 @@ class RunTask:
 
 @message
 class Reply:
-    """Answer to a worker's ``Request``; ``values`` for get, ``ready`` for wait."""
+    """Answer to a worker's request that has a ``request_id``; ``error`` for any of them."""
 
     request_id: int
-    values: tuple[tuple[str, Value], ...] = ()
-    ready: tuple[str, ...] = ()
+    values: tuple[tuple[str, Value], ...] = ()  # GetRequest
+    ready: tuple[str, ...] = ()  # WaitRequest: the ids that are ready
     error: bytes | None = None  # a pickled exception to raise in the worker
-    place: Place | None = None  # for allocate
-    actor: ActorOptions | None = None  # for get_actor: the named actor's options
+    place: Place | None = None  # AllocateRequest
+    # CreateActorRequest, GetActorRequest: the actor ("" : no actor of that name)
+    actor_id: str = ""
+    actor: ActorOptions | None = None  # GetActorRequest: the named actor's options
 
 
 @message
@@ -187,30 +194,115 @@ class Output:
     """Text a task printed, to show in the driver."""
 
     task_id: str
-    stream: Literal["stdout", "stderr"]
+    stream: OutputStream
     text: str
 
 
-@message
 class Request:
-    """A call into the driver from inside a task: get, wait, put, submit, cancel; and
-    allocate / release of room for a large value the worker writes."""
+    """What a task asks of the driver (``get``, ``put``, ``.remote`` ... called in a worker).
+
+    One class per kind, each with only its fields, so the driver dispatches on the type.
+    Those with a ``request_id`` are answered with a ``Reply`` the worker waits for; the
+    others are fire-and-forget, so a task can fan out without a round trip.
+    """
+
+    __slots__ = ()  # keeps the subclasses' instances free of a __dict__
+
+
+@message
+class GetRequest(Request):
+    """``get()``: answered with the values once all are in, or with the first error in.
+
+    A timeout is the worker's own: it stops waiting for the reply.
+    """
 
     request_id: int
-    op: Literal["get", "wait", "put", "submit", "cancel", "create_actor", "kill_actor",
-                "allocate", "release", "get_actor"]
-    object_ids: tuple[str, ...] = ()
-    value: Value | None = None
-    spec: TaskSpec | None = None
-    function: bytes | None = None
-    num_returns: int = 1
-    timeout: float | None = None
-    force: bool = False
-    needs_reply: bool = True
-    actor: ActorOptions | None = None
-    size: int = 0  # allocate: bytes wanted
-    place: Place | None = None  # release: room not used after all
-    namespace: str | None = None  # get_actor: where to look (None: the cluster's)
+    object_ids: tuple[str, ...]
+
+
+@message
+class WaitRequest(Request):
+    """``wait()``: answered with the ready ids once ``num_returns`` are, or at once when
+    ``timeout`` is 0 (the worker asks so after waiting ``timeout`` itself)."""
+
+    request_id: int
+    object_ids: tuple[str, ...]
+    num_returns: int
+    timeout: float | None
+
+
+@message
+class PutRequest(Request):
+    """``put()``: store ``value`` as ``object_id`` (an id the worker made)."""
+
+    request_id: int
+    object_id: str
+    value: Value
+
+
+@message
+class SubmitRequest(Request):
+    """``.remote()`` of a function or an actor method; fire-and-forget (the ids are in
+    ``spec``)."""
+
+    spec: TaskSpec
+    function: bytes | None = None  # pickled, the first time this worker submits it
+
+
+@message
+class CreateActorRequest(Request):
+    """``.remote()`` of an actor class. Fire-and-forget for an unnamed actor; for a named
+    one the worker waits for the actor's id (its name may be taken, or name a live actor
+    that ``get_if_exists`` returns instead)."""
+
+    request_id: int  # 0 for an unnamed actor: there is no reply
+    spec: TaskSpec
+    function: bytes | None
+    actor: ActorOptions
+
+    @property
+    def needs_reply(self) -> bool:
+        return bool(self.actor.name)
+
+
+@message
+class KillActorRequest(Request):
+    """``kill()``; fire-and-forget."""
+
+    actor_id: str
+    no_restart: bool
+
+
+@message
+class CancelRequest(Request):
+    """``cancel()`` of the task that makes ``object_id``; fire-and-forget."""
+
+    object_id: str
+    force: bool
+
+
+@message
+class GetActorRequest(Request):
+    """``get_actor()``: the live actor of that name (a reply without one: none)."""
+
+    request_id: int
+    name: str
+    namespace: str | None  # None: the cluster's
+
+
+@message
+class AllocateRequest(Request):
+    """Room in the driver's arena for a large value the worker is about to write."""
+
+    request_id: int
+    size: int  # bytes
+
+
+@message
+class ReleaseRequest(Request):
+    """Room lent by an ``AllocateRequest`` that the worker did not use; fire-and-forget."""
+
+    place: Place
 
 
 @message
@@ -274,7 +366,7 @@ class TaskOptions:
     max_retries: int = 3
     num_cpus: float = 1
     name: str = ""
-    kind: str = "task"  # "cell" for a %%remote cell body
+    kind: FunctionTaskKind = "task"
     pin_worker: int = 0
     num_gpus: float = 0
     resources: tuple[tuple[str, float], ...] = ()  # custom resources by name

@@ -35,6 +35,9 @@ class _NoResources(Mapping[str, float]):
 NOTHING: Mapping[str, float] = _NoResources()
 
 WorkerStateName = Literal["starting", "idle", "busy", "blocked", "stopping", "dead"]
+ActorStateName = Literal["starting", "alive", "dead"]
+#: Why a task fails without a result of its own (its results become the error).
+FailReason = Literal["crashed", "cancelled", "actor_died", "infeasible"]
 
 
 # --- instructions --------------------------------------------------------------------------
@@ -50,7 +53,7 @@ class Dispatch:
 @dataclass(frozen=True, slots=True)
 class FailTask:
     spec: TaskSpec
-    reason: Literal["crashed", "cancelled", "actor_died", "infeasible"]
+    reason: FailReason
     message: str
 
 
@@ -129,7 +132,7 @@ class ActorState:
     task_retries: int
     worker_id: int | None = None
     queues: dict[str, deque[str]] = field(default_factory=dict)
-    state: Literal["starting", "alive", "dead"] = "starting"
+    state: ActorStateName = "starting"
     created: bool = False  # the creation task was sent to the current worker
     releasing: bool = False  # no handle is left: stop once it has nothing to do
     death: str = ""

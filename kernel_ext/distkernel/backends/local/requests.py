@@ -1,95 +1,124 @@
 """Calls from inside tasks: ``get`` / ``wait`` / ``put`` / ``.remote`` / ``cancel`` in a worker.
 
-A worker sends a ``Request`` and (except for submit) blocks on the ``Reply``.
-A ``get`` or ``wait`` that cannot be answered yet is parked here and answered
-when the objects are sealed; while it is parked the worker counts as blocked,
-so the scheduler may start an extra worker for the children it waits on.
-Runs on whichever thread reads the workers' sockets (``local_io``), with the
-backend's lock held.
+A worker sends one of the ``Request`` messages; those with a ``request_id`` block
+it until the ``Reply``, the others (submit, cancel, kill, release) do not.
+``handle`` dispatches on the message's class. A ``get`` or ``wait`` that cannot
+be answered yet is parked here and answered when the objects are sealed; while
+it is parked the worker counts as blocked, so the scheduler may start an extra
+worker for the children it waits on. Runs on whichever thread reads the
+workers' sockets (``local_io``), with the backend's lock held.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from distkernel.core import refs
 from distkernel.core.exceptions import DistkernelError, ObjectLostError, ObjectStoreFullError
-from distkernel.core.protocol import Reply, Request, SharedValue, TaskSpec, Value
+from distkernel.core.protocol import (
+    ActorOptions,
+    AllocateRequest,
+    CancelRequest,
+    CreateActorRequest,
+    GetActorRequest,
+    GetRequest,
+    KillActorRequest,
+    PutRequest,
+    ReleaseRequest,
+    Reply,
+    Request,
+    SharedValue,
+    SubmitRequest,
+    TaskSpec,
+    Value,
+    WaitRequest,
+)
 from distkernel.engine.scheduler import Instruction
 from distkernel.store.serialization import dumps
 
 if TYPE_CHECKING:
     from distkernel.backends.local.state import EngineCore
 
+_R = TypeVar("_R", bound=Request)
+
 
 @dataclass(slots=True)
-class _Parked:
+class _Parked(Generic[_R]):
+    """A request answered later: a get or wait for objects, an allocation for memory."""
+
     worker_id: int
-    request: Request
+    request: _R
 
 
 class RequestHandler:
     def __init__(self, backend: EngineCore) -> None:
         self._backend = backend
-        self._parked: list[_Parked] = []
-        self._waiting_room: list[_Parked] = []  # allocations waiting for memory
+        self._parked: list[_Parked[GetRequest | WaitRequest]] = []
+        self._waiting_room: list[_Parked[AllocateRequest]] = []  # waiting for memory
+        self._handlers: dict[type[Request], Callable[[int, Any], list[Instruction]]] = {
+            GetRequest: self._get,
+            WaitRequest: self._wait,
+            PutRequest: self._put,
+            SubmitRequest: self._submit,
+            CreateActorRequest: self._create_actor,
+            KillActorRequest: self._kill_actor,
+            CancelRequest: self._cancel,
+            GetActorRequest: self._get_actor,
+            AllocateRequest: self._allocate,
+            ReleaseRequest: self._release,
+        }
 
     def handle(self, worker_id: int, request: Request) -> list[Instruction]:
-        op = request.op
-        if op == "get" or op == "wait":
-            return self._get_or_wait(worker_id, request)
-        if op == "put":
-            return self._put(worker_id, request)
-        if op == "submit" or op == "create_actor":
-            return self._submit(worker_id, request)
-        if op == "kill_actor":
-            self._backend.stop_actor(request.object_ids[0], request.force)
-            return []
-        if op == "get_actor":
-            return self._get_actor(worker_id, request)
-        if op == "cancel":
-            return self._cancel(request)
-        if op == "allocate":
-            return self._allocate(worker_id, request)
-        if op == "release":
-            place = self._backend.memory.lent.give_back(worker_id, request.place)
-            if place is not None:
-                self._backend.memory.give_back(place)
-        return []
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            msg = f"worker {worker_id} sent a request of unknown kind: {request!r}"
+            raise TypeError(msg)
+        return handler(worker_id, request)
 
-    def _lost(self, request: Request) -> list[str]:
-        return [i for i in request.object_ids if i not in self._backend.store]
+    def _lost(self, object_ids: tuple[str, ...]) -> list[str]:
+        return [i for i in object_ids if i not in self._backend.store]
 
-    def _ready(self, request: Request) -> list[str]:
+    def _ready(self, object_ids: tuple[str, ...]) -> list[str]:
         store = self._backend.store
-        return [i for i in request.object_ids if store.value(i) is not None]
+        return [i for i in object_ids if store.value(i) is not None]
 
-    def _get_or_wait(self, worker_id: int, request: Request) -> list[Instruction]:
-        if self._try_answer(worker_id, request):
+    def _get(self, worker_id: int, request: GetRequest) -> list[Instruction]:
+        if self._try_get(worker_id, request):
             return []
         self._parked.append(_Parked(worker_id, request))
-        if request.op == "get":
-            return self._backend.scheduler.worker_blocked(worker_id)
+        return self._backend.scheduler.worker_blocked(worker_id)
+
+    def _wait(self, worker_id: int, request: WaitRequest) -> list[Instruction]:
+        if not self._try_wait(worker_id, request):
+            self._parked.append(_Parked(worker_id, request))
         return []
 
-    def _try_answer(self, worker_id: int, request: Request) -> bool:
+    def _try_answer(self, worker_id: int, request: GetRequest | WaitRequest) -> bool:
+        if isinstance(request, GetRequest):
+            return self._try_get(worker_id, request)
+        return self._try_wait(worker_id, request)
+
+    def _try_get(self, worker_id: int, request: GetRequest) -> bool:
         backend = self._backend
-        if request.op == "get":
-            lost = self._lost(request)
-            if lost:
-                error = ObjectLostError(backend.lost_message(lost[0]))
-                backend.send(worker_id, Reply(request.request_id, error=dumps(error)))
-                return True
-            ready = self._ready(request)
-            failed = [i for i in ready if backend.store.value(i).is_error]  # type: ignore[union-attr]
-            if len(ready) < len(request.object_ids) and not failed:
-                return False
-            # An error is raised as soon as it is in, without waiting for the others.
-            values = tuple((i, backend.store.value(i)) for i in failed or request.object_ids)
-            backend.memory.sent.hold(worker_id, self._run_of(worker_id), (v for _, v in values))
-            backend.send(worker_id, Reply(request.request_id, values=values))  # type: ignore[arg-type]
+        lost = self._lost(request.object_ids)
+        if lost:
+            error = ObjectLostError(backend.lost_message(lost[0]))
+            backend.send(worker_id, Reply(request.request_id, error=dumps(error)))
             return True
+        ready = self._ready(request.object_ids)
+        failed = [i for i in ready if backend.store.value(i).is_error]  # type: ignore[union-attr]
+        if len(ready) < len(request.object_ids) and not failed:
+            return False
+        # An error is raised as soon as it is in, without waiting for the others.
+        values = tuple((i, backend.store.value(i)) for i in failed or request.object_ids)
+        backend.memory.sent.hold(worker_id, self._run_of(worker_id), (v for _, v in values))
+        backend.send(worker_id, Reply(request.request_id, values=values))  # type: ignore[arg-type]
+        return True
+
+    def _try_wait(self, worker_id: int, request: WaitRequest) -> bool:
+        backend = self._backend
         ready = [i for i in request.object_ids
                  if backend.store.value(i) is not None or i not in backend.store]
         if len(ready) >= request.num_returns or request.timeout == 0:
@@ -102,11 +131,11 @@ class RequestHandler:
         if not self._parked:
             return
         wanted = set(object_ids)
-        still: list[_Parked] = []
+        still: list[_Parked[GetRequest | WaitRequest]] = []
         for parked in self._parked:
             if wanted.intersection(parked.request.object_ids) and \
                     self._try_answer(parked.worker_id, parked.request):
-                if parked.request.op == "get":
+                if isinstance(parked.request, GetRequest):
                     self._backend.execute(
                         self._backend.scheduler.worker_unblocked(parked.worker_id))
                 continue
@@ -124,7 +153,7 @@ class RequestHandler:
         running = state.running if state is not None else None
         return running if running is not None else self._backend.scheduler.next_seq
 
-    def _allocate(self, worker_id: int, request: Request) -> list[Instruction]:
+    def _allocate(self, worker_id: int, request: AllocateRequest) -> list[Instruction]:
         """Room for a large value the worker is about to write (a result, a put, arguments).
 
         When the store is full of values other workers are still writing, the request
@@ -135,7 +164,7 @@ class RequestHandler:
             self._wait_or_fail(_Parked(worker_id, request), error)
         return []
 
-    def _try_allocate(self, worker_id: int, request: Request) -> BaseException | None:
+    def _try_allocate(self, worker_id: int, request: AllocateRequest) -> BaseException | None:
         """Lend room and answer; or the error that stopped it."""
         backend = self._backend
         size = request.size
@@ -149,7 +178,7 @@ class RequestHandler:
         backend.send(worker_id, Reply(request.request_id, place=place))
         return None
 
-    def _wait_or_fail(self, parked: _Parked, error: BaseException) -> None:
+    def _wait_or_fail(self, parked: _Parked[AllocateRequest], error: BaseException) -> None:
         waiting = {p.worker_id for p in self._waiting_room} | {parked.worker_id}
         others_writing = self._backend.memory.lent.writers() - waiting
         if isinstance(error, ObjectStoreFullError) and others_writing and \
@@ -174,10 +203,16 @@ class RequestHandler:
             if error is not None:
                 self._wait_or_fail(parked, error)
 
-    def _put(self, worker_id: int, request: Request) -> list[Instruction]:
+    def _release(self, worker_id: int, request: ReleaseRequest) -> list[Instruction]:
+        place = self._backend.memory.lent.give_back(worker_id, request.place)
+        if place is not None:
+            self._backend.memory.give_back(place)
+        return []
+
+    def _put(self, worker_id: int, request: PutRequest) -> list[Instruction]:
         backend = self._backend
-        object_id = request.object_ids[0] if request.object_ids else None
-        value = backend.adopt(worker_id, request.value)  # type: ignore[arg-type]
+        object_id = request.object_id
+        value = backend.adopt(worker_id, request.value)
         refused = None
         if value.is_error:  # the store is full, or the value names room not lent
             refused = value.header  # type: ignore[union-attr]
@@ -188,33 +223,47 @@ class RequestHandler:
             backend.send(worker_id, Reply(request.request_id, error=refused))
             return []
         # Counted now, for the ObjectRef the worker makes from this reply (ObjectRef.counted).
-        backend.store.expect(object_id)  # type: ignore[arg-type]
-        backend.add_worker_ref(worker_id, object_id)  # type: ignore[arg-type]
-        backend.forget(backend.store.seal(object_id, value))  # type: ignore[arg-type]
+        backend.store.expect(object_id)
+        backend.add_worker_ref(worker_id, object_id)
+        backend.forget(backend.store.seal(object_id, value))
         backend.send(worker_id, Reply(request.request_id))
         return []
 
-    def _get_actor(self, worker_id: int, request: Request) -> list[Instruction]:
+    def _get_actor(self, worker_id: int, request: GetActorRequest) -> list[Instruction]:
         backend = self._backend
-        name = request.object_ids[0] if request.object_ids else ""
-        actor_id = backend.named_actor_ref(name, request.namespace)
+        actor_id = backend.named_actor_ref(request.name, request.namespace)
         if actor_id is None:
             backend.send(worker_id, Reply(request.request_id))
             return []
         backend.add_worker_ref(worker_id, actor_id)  # for the handle the worker makes
-        backend.send(worker_id, Reply(request.request_id, ready=(actor_id,),
+        backend.send(worker_id, Reply(request.request_id, actor_id=actor_id,
                                       actor=backend.actor_meta[actor_id]))
         return []
 
-    def _submit(self, worker_id: int, request: Request) -> list[Instruction]:
-        backend = self._backend
-        spec = request.spec
-        assert spec is not None
-        if request.function is not None:
-            backend.functions.setdefault(spec.function_hash, request.function)
-        if request.actor is not None and request.actor.name and \
-                not self._name_free(worker_id, request):
+    def _submit(self, worker_id: int, request: SubmitRequest) -> list[Instruction]:
+        self._keep_function(request.spec, request.function)
+        self._register(worker_id, request.spec, None)
+        return []
+
+    def _create_actor(self, worker_id: int, request: CreateActorRequest) -> list[Instruction]:
+        self._keep_function(request.spec, request.function)
+        if request.actor.name and not self._name_free(worker_id, request):
             return []
+        if self._register(worker_id, request.spec, request.actor) and \
+                request.needs_reply:  # a named actor: the worker waits for its id
+            self._backend.send(worker_id, Reply(request.request_id,
+                                                actor_id=request.spec.actor_id))
+        return []
+
+    def _keep_function(self, spec: TaskSpec, function: bytes | None) -> None:
+        """A worker sends a function (or class) with its first submission only."""
+        if function is not None:
+            self._backend.functions.setdefault(spec.function_hash, function)
+
+    def _register(self, worker_id: int, spec: TaskSpec, actor: ActorOptions | None) -> bool:
+        """Hand a task (or an actor's creation) from a worker to the scheduler; False when
+        its arguments were refused (it fails with the reason, and never runs)."""
+        backend = self._backend
         for return_id in spec.return_ids:
             # Counted now, for the worker's ObjectRef.counted of each result.
             backend.store.expect(return_id)
@@ -222,23 +271,20 @@ class RequestHandler:
         args_id = ""
         if isinstance(spec.args, SharedValue):  # large arguments, written by the worker
             value = backend.adopt(worker_id, spec.args)
-            if value.is_error:  # refused: the task fails with the reason, and never runs
+            if value.is_error:
                 self._fail_unrun(spec, value)
-                return []
+                return False
             args_id = refs.new_id()
             backend.store.expect(args_id).pins += 1
             backend.store.seal(args_id, value)
         backend.register_task(spec, spec.args.contained, args_id, spec.args.nbytes,
-                              caller=f"worker-{worker_id}", actor=request.actor)
-        if request.needs_reply:  # a named actor: the worker waits for its id
-            backend.send(worker_id, Reply(request.request_id, ready=spec.return_ids))
-        return []
+                              caller=f"worker-{worker_id}", actor=actor)
+        return True
 
-    def _name_free(self, worker_id: int, request: Request) -> bool:
+    def _name_free(self, worker_id: int, request: CreateActorRequest) -> bool:
         """A named actor created from a task: go on (True), or answer with the live actor
         of that name (get_if_exists) or the error that it is taken (False)."""
         backend, spec = self._backend, request.spec
-        assert spec is not None and request.actor is not None
         try:
             existing = backend.actor_names.claim(request.actor)
         except ValueError as exc:
@@ -247,7 +293,7 @@ class RequestHandler:
             if existing is None:
                 return True
             backend.add_worker_ref(worker_id, existing)
-            reply = Reply(request.request_id, ready=(existing,))
+            reply = Reply(request.request_id, actor_id=existing)
         if isinstance(spec.args, SharedValue):  # its arguments are not needed after all
             backend.store.discard(backend.adopt(worker_id, spec.args))
         backend.send(worker_id, reply)
@@ -262,9 +308,13 @@ class RequestHandler:
         self.objects_ready(spec.return_ids)
         backend.sleepers.ready(spec.return_ids)
 
-    def _cancel(self, request: Request) -> list[Instruction]:
+    def _kill_actor(self, worker_id: int, request: KillActorRequest) -> list[Instruction]:
+        self._backend.stop_actor(request.actor_id, request.no_restart)
+        return []
+
+    def _cancel(self, worker_id: int, request: CancelRequest) -> list[Instruction]:
         backend = self._backend
-        task_id = backend.producers.get(request.object_ids[0])
+        task_id = backend.producers.get(request.object_id)
         if task_id is None:
             return []
         return backend.scheduler.cancel(task_id, force=request.force)

@@ -1,4 +1,4 @@
-"""The public API inside a worker: every call becomes a Request to the driver.
+"""The public API inside a worker: every call becomes a request message to the driver.
 
 ``get`` and ``wait`` block on the reply (the driver may start an extra worker
 meanwhile, so a task can wait for its own children); ``.remote`` is sent
@@ -17,21 +17,31 @@ import itertools
 import pickle
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from distkernel.core import config
 from distkernel.core.exceptions import GetTimeoutError
 from distkernel.core.interrupts import DEFERRED_SIGINT
 from distkernel.core.protocol import (
     ActorOptions,
+    AllocateRequest,
+    CancelRequest,
+    CreateActorRequest,
     FunctionPayload,
+    GetActorRequest,
+    GetRequest,
+    KillActorRequest,
     Place,
+    PutRequest,
+    ReleaseRequest,
     Reply,
-    Request,
     SharedValue,
+    SubmitRequest,
+    TaskKind,
     TaskOptions,
     TaskSpec,
     Value,
+    WaitRequest,
 )
 from distkernel.core.refs import ObjectRef, new_id
 from distkernel.engine import specs
@@ -41,6 +51,10 @@ from distkernel.store.serialization import Serialized, serialize
 
 if TYPE_CHECKING:
     from distkernel.engine.worker.loop import Worker
+
+#: The requests a task waits on: the driver answers each with a ``Reply``.
+_Answered = Union[GetRequest, WaitRequest, PutRequest, CreateActorRequest, GetActorRequest,
+                  AllocateRequest]
 
 
 class WorkerClient:
@@ -68,7 +82,7 @@ class WorkerClient:
         """The GPU devices the running task (or this actor) was given."""
         return list(self._worker.gpus.assigned)
 
-    def _call(self, request: Request, timeout: float | None = None) -> Reply | None:
+    def _call(self, request: _Answered, timeout: float | None = None) -> Reply | None:
         """Send and wait for the reply, reading the socket meanwhile (see ``worker_io``)."""
         worker = self._worker
         worker.link.send(request)
@@ -88,7 +102,7 @@ class WorkerClient:
     def put(self, value: Any) -> ObjectRef:
         object_id = new_id()
         stored = self.store(serialize(value))
-        request = Request(self._next_id(), "put", object_ids=(object_id,), value=stored)
+        request = PutRequest(self._next_id(), object_id, stored)
         self.handed_over((stored,))
         self._call(request)
         return ObjectRef.counted(object_id, self.cluster_id)
@@ -111,7 +125,7 @@ class WorkerClient:
     def _allocate(self, size: int) -> Place:
         """Ask the driver for room; a cancel waits until the answer is in (and noted)."""
         with DEFERRED_SIGINT:
-            reply = self._call(Request(self._next_id(), "allocate", size=size))
+            reply = self._call(AllocateRequest(self._next_id(), size))
             place = reply.place  # type: ignore[union-attr]
             if not isinstance(place, Place) or not self._worker.space.owns(place.segment):
                 msg = f"the driver answered an allocation with {place!r}"
@@ -132,7 +146,7 @@ class WorkerClient:
     def _give_back(self, place: Place) -> None:
         with self._lock:
             self._unsent.pop((place.segment, place.offset), None)
-        self._worker.link.send(Request(0, "release", place=place, needs_reply=False))
+        self._worker.link.send(ReleaseRequest(place))
 
     def give_back_unsent(self) -> None:
         """After a run: room the main thread was lent but never handed over (a cancel
@@ -146,8 +160,7 @@ class WorkerClient:
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         ids = tuple(r.hex() for r in refs)
-        request = Request(self._next_id(), "get", object_ids=ids, timeout=timeout)
-        reply = self._call(request, timeout)
+        reply = self._call(GetRequest(self._next_id(), ids), timeout)
         if reply is None:
             msg = (f"get() timed out after {timeout} s inside a task; the tasks it waits for "
                    f"keep running")
@@ -161,21 +174,17 @@ class WorkerClient:
     def wait(self, refs: Sequence[ObjectRef], num_returns: int,
              timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
         ids = tuple(r.hex() for r in refs)
-        request = Request(self._next_id(), "wait", object_ids=ids, num_returns=num_returns,
-                          timeout=timeout)
-        reply = self._call(request, timeout)
+        reply = self._call(WaitRequest(self._next_id(), ids, num_returns, timeout), timeout)
         if reply is None:  # timed out: ask for what is ready right now
-            now = Request(self._next_id(), "wait", object_ids=ids, num_returns=num_returns,
-                          timeout=0)
-            reply = self._call(now)
+            reply = self._call(WaitRequest(self._next_id(), ids, num_returns, 0))
         chosen = set(reply.ready[:num_returns])  # type: ignore[union-attr]
         return ([r for r in refs if r.hex() in chosen], [r for r in refs if r.hex() not in chosen])
 
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                options: TaskOptions, *, actor_id: str = "", method: str = "") -> list[ObjectRef]:
-        kind = "actor_method" if actor_id else "task"
+        kind: TaskKind = "actor_method" if actor_id else "task"
         spec = self._spec(function, args, kwargs, options, kind, actor_id, method)
-        self._send_submit("submit", spec, function)
+        self._send_submit(SubmitRequest(spec, self._first_time(function)))
         return [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
 
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -183,44 +192,41 @@ class WorkerClient:
         spec = self._spec(cls, args, kwargs, TaskOptions(max_retries=0, name=options.class_name),
                           "actor_create", new_id(), "")
         if not options.name:
-            self._send_submit("create_actor", spec, cls, options)
+            self._send_submit(CreateActorRequest(0, spec, self._first_time(cls), options))
             return ObjectRef.counted(spec.actor_id, self.cluster_id)
         # A name may be taken (an error) or reused (get_if_exists): the driver says which.
         self.handed_over((spec.args,))
-        reply = self._call(Request(self._next_id(), "create_actor", spec=spec,
-                                   function=cls.data, actor=options))
-        return ObjectRef.counted(reply.ready[0], self.cluster_id)  # type: ignore[union-attr]
+        reply = self._call(CreateActorRequest(self._next_id(), spec, cls.data, options))
+        return ObjectRef.counted(reply.actor_id, self.cluster_id)  # type: ignore[union-attr]
 
     def named_actor(self, name: str,
                     namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None:
         """The live actor named ``name`` (as the driver's engine answers it), or None."""
-        reply = self._call(Request(self._next_id(), "get_actor", object_ids=(name,),
-                                   namespace=namespace))
-        if reply is None or not reply.ready or reply.actor is None:
+        reply = self._call(GetActorRequest(self._next_id(), name, namespace))
+        if reply is None or not reply.actor_id or reply.actor is None:
             return None
-        return ObjectRef.counted(reply.ready[0], self.cluster_id), reply.actor
+        return ObjectRef.counted(reply.actor_id, self.cluster_id), reply.actor
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
-        self._worker.link.send(Request(0, "kill_actor", object_ids=(actor_id,),
-                                       force=no_restart, needs_reply=False))
+        self._worker.link.send(KillActorRequest(actor_id, no_restart))
 
     def _spec(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
-              options: TaskOptions, kind: str, actor_id: str, method: str) -> TaskSpec:
+              options: TaskOptions, kind: TaskKind, actor_id: str, method: str) -> TaskSpec:
         serialized = specs.serialize_arguments(args, kwargs, f"{function.name}.remote(...)")
         args_value = self.store(serialized)
         return specs.make_spec(function, options, args_value, specs.top_level_refs(args, kwargs),
                                kind=kind, actor_id=actor_id, method=method)
 
-    def _send_submit(self, op: str, spec: TaskSpec, function: FunctionPayload,
-                     actor: ActorOptions | None = None) -> None:
-        """Sent without waiting for an answer; the function travels the first time only."""
+    def _first_time(self, function: FunctionPayload) -> bytes | None:
+        """The pickled function, the first time this worker submits it (the driver keeps it)."""
         first_time = bool(function.data) and function.function_hash not in self._functions_sent
         self._functions_sent.add(function.function_hash)
-        self.handed_over((spec.args,))
-        self._worker.link.send(Request(0, op, spec=spec,  # type: ignore[arg-type]
-                                       function=function.data if first_time else None,
-                                       needs_reply=False, actor=actor))
+        return function.data if first_time else None
+
+    def _send_submit(self, request: SubmitRequest | CreateActorRequest) -> None:
+        """Sent without waiting for an answer: the arguments are the driver's from now on."""
+        self.handed_over((request.spec.args,))
+        self._worker.link.send(request)
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
-        self._worker.link.send(Request(0, "cancel", object_ids=(ref.hex(),), force=force,
-                                       needs_reply=False))
+        self._worker.link.send(CancelRequest(ref.hex(), force))
