@@ -9,10 +9,9 @@ tables, and two engines (local, Ray) look the same from above.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-WorkerState = Literal["starting", "idle", "busy", "blocked", "stopping", "dead"]
-ActorState = Literal["starting", "alive", "dead"]
+from distkernel.engine.scheduler_types import ActorStateName, WorkerStateName
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +20,7 @@ class WorkerSnapshot:
 
     worker_id: int
     pid: int | None
-    state: WorkerState
+    state: WorkerStateName
     current_task: str | None  # the running task's name
     current_task_id: str | None
     actor_id: str | None  # the actor it hosts
@@ -35,7 +34,7 @@ class ActorSnapshot:
     actor_id: str
     class_name: str
     name: str  # "" for an unnamed actor
-    state: ActorState
+    state: ActorStateName
     worker_id: int | None
     pid: int | None
     queued_calls: int

@@ -17,7 +17,7 @@ import itertools
 import pickle
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from distkernel.core import config
 from distkernel.core.exceptions import GetTimeoutError
@@ -45,12 +45,9 @@ from distkernel.core.protocol import (
 )
 from distkernel.core.refs import ObjectRef, new_id
 from distkernel.engine import specs
-from distkernel.engine.worker.calls import CURRENT_CALL
+from distkernel.engine.worker.calls import CURRENT_CALL, ClientHost
 from distkernel.store import object_store
 from distkernel.store.serialization import Serialized, serialize
-
-if TYPE_CHECKING:
-    from distkernel.engine.worker.loop import Worker
 
 #: The requests a task waits on: the driver answers each with a ``Reply``.
 _Answered = Union[GetRequest, WaitRequest, PutRequest, CreateActorRequest, GetActorRequest,
@@ -60,7 +57,7 @@ _Answered = Union[GetRequest, WaitRequest, PutRequest, CreateActorRequest, GetAc
 class WorkerClient:
     """Client (see ``context``) for code running inside a worker process."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: ClientHost) -> None:
         self._worker = worker
         self.cluster_id = worker.cluster_id
         self._request_ids = itertools.count(1)
@@ -80,7 +77,7 @@ class WorkerClient:
 
     def gpu_ids(self) -> list[str]:
         """The GPU devices the running task (or this actor) was given."""
-        return list(self._worker.gpus.assigned)
+        return self._worker.gpu_ids()
 
     def _call(self, request: _Answered, timeout: float | None = None) -> Reply | None:
         """Send and wait for the reply, reading the socket meanwhile (see ``worker_io``)."""

@@ -27,18 +27,15 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from distkernel.core.protocol import ActorOptions, RunTask
-from distkernel.engine.worker.calls import CURRENT_CALL, Outcome
-
-if TYPE_CHECKING:
-    from distkernel.engine.worker.loop import Worker
+from distkernel.engine.worker.calls import CURRENT_CALL, CallRunner, Outcome
 
 DEFAULT_GROUP = ""
 
 
-def concurrent_calls(worker: Worker, options: ActorOptions) -> ConcurrentCalls | None:
+def concurrent_calls(worker: CallRunner, options: ActorOptions) -> ConcurrentCalls | None:
     """How an actor's calls run once it exists: None for one at a time, in order."""
     if options.is_async:
         return AsyncCalls(worker, options)
@@ -50,7 +47,7 @@ def concurrent_calls(worker: Worker, options: ActorOptions) -> ConcurrentCalls |
 class ConcurrentCalls(ABC):
     """Calls of one actor, several at once. ``submit`` is called by the main thread."""
 
-    def __init__(self, worker: Worker, options: ActorOptions) -> None:
+    def __init__(self, worker: CallRunner, options: ActorOptions) -> None:
         self._worker = worker
         self._limits = {DEFAULT_GROUP: max(1, options.max_concurrency),
                         **dict(options.concurrency_groups)}
@@ -86,7 +83,7 @@ class ConcurrentCalls(ABC):
 class ThreadedCalls(ConcurrentCalls):
     """``max_concurrency=N``: up to N calls at once on threads, per concurrency group."""
 
-    def __init__(self, worker: Worker, options: ActorOptions) -> None:
+    def __init__(self, worker: CallRunner, options: ActorOptions) -> None:
         super().__init__(worker, options)
         self._pools = {group: ThreadPoolExecutor(limit, f"actor-{group or 'calls'}")
                        for group, limit in self._limits.items()}
@@ -105,7 +102,7 @@ class AsyncCalls(ConcurrentCalls):
     thread of their own, at most ``max_concurrency`` at once per group. A plain method
     of such an actor runs on the loop too (and holds it while it runs, as in Ray)."""
 
-    def __init__(self, worker: Worker, options: ActorOptions) -> None:
+    def __init__(self, worker: CallRunner, options: ActorOptions) -> None:
         super().__init__(worker, options)
         self._loop = asyncio.new_event_loop()
         self._running: dict[int, asyncio.Task[Any]] = {}  # seq -> its coroutine's task

@@ -441,6 +441,10 @@ class Worker:
             raise
         return object_store.load(value, view)
 
+    def gpu_ids(self) -> list[str]:
+        """The GPU devices the running task (or this actor) was given."""
+        return list(self.gpus.assigned)
+
     def load(self, value: Value) -> Any:
         result = self.open(value)
         if value.is_error:
