@@ -31,15 +31,33 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from distkernel.backends.base import OutputHandler
 from distkernel.backends.local.pool import WorkerProcess
 from distkernel.core import config
-from distkernel.core.interrupts import DEFERRED_SIGINT
+from distkernel.core.config import ClusterSettings
+from distkernel.core.interrupts import DEFERRED_SIGINT, Sleepers
 from distkernel.core.protocol import Output
+from distkernel.engine.scheduler import Scheduler
 
-if TYPE_CHECKING:
-    from distkernel.backends.local.state import EngineCore
+
+class ReaderHost(Protocol):
+    """What reading the workers needs of the engine's lock-held state (``state.EngineCore``):
+    where each message goes, and whom to tell that a worker exited."""
+
+    lock: threading.Lock
+    sleepers: Sleepers
+    scheduler: Scheduler
+    settings: ClusterSettings
+    workers: dict[int, WorkerProcess]
+    output_handler: OutputHandler
+
+    def drain(self) -> None: ...
+
+    def handle(self, worker_id: int, message: Any) -> None: ...
+
+    def on_exit(self, worker_id: int) -> None: ...
 
 Outputs = list[tuple[int, Output]]
 #: Submissions closer together than this (seconds) are a burst: the submitter reads results.
@@ -47,7 +65,7 @@ _PUMP_WINDOW = 200e-6
 
 
 class IOLoop:
-    def __init__(self, core: EngineCore) -> None:
+    def __init__(self, core: ReaderHost) -> None:
         self._core = core
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()

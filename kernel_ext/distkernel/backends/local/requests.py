@@ -6,17 +6,20 @@ it until the ``Reply``, the others (submit, cancel, kill, release) do not.
 be answered yet is parked here and answered when the objects are sealed; while
 it is parked the worker counts as blocked, so the scheduler may start an extra
 worker for the children it waits on. Runs on whichever thread reads the
-workers' sockets (``local_io``), with the backend's lock held.
+workers' sockets (``reader``), with the engine's lock held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from distkernel.backends.local.actor_names import ActorNames
+from distkernel.backends.local.memory import Memory
 from distkernel.core import refs
 from distkernel.core.exceptions import DistkernelError, ObjectLostError, ObjectStoreFullError
+from distkernel.core.interrupts import Sleepers
 from distkernel.core.protocol import (
     ActorOptions,
     AllocateRequest,
@@ -35,11 +38,45 @@ from distkernel.core.protocol import (
     Value,
     WaitRequest,
 )
-from distkernel.engine.scheduler import Instruction
+from distkernel.engine.scheduler import Instruction, Scheduler
+from distkernel.store.object_store import ObjectStore
 from distkernel.store.serialization import dumps
 
-if TYPE_CHECKING:
-    from distkernel.backends.local.state import EngineCore
+
+class RequestHost(Protocol):
+    """What answering a worker's requests needs of the engine's lock-held state
+    (``state.EngineCore``): its tables, and the steps every submission takes."""
+
+    store: ObjectStore
+    memory: Memory
+    scheduler: Scheduler
+    sleepers: Sleepers
+    actor_names: ActorNames
+    actor_meta: dict[str, ActorOptions]
+    functions: dict[str, bytes]
+    producers: dict[str, str]
+
+    def add_worker_ref(self, worker_id: int, object_id: str) -> None: ...
+
+    def adopt(self, worker_id: int, value: Value) -> Value: ...
+
+    def error_value_copy(self, value: Value) -> Value: ...
+
+    def execute(self, instructions: list[Instruction]) -> None: ...
+
+    def forget(self, freed: list[str]) -> None: ...
+
+    def lost_message(self, object_id: str) -> str: ...
+
+    def named_actor_ref(self, name: str, namespace: str | None) -> str | None: ...
+
+    def register_task(self, spec: TaskSpec, contained: Sequence[str], args_id: str,
+                      bytes_in: int, *, caller: str = "driver",
+                      actor: ActorOptions | None = None) -> None: ...
+
+    def send(self, worker_id: int, message: Any) -> None: ...
+
+    def stop_actor(self, actor_id: str, no_restart: bool) -> None: ...
 
 _R = TypeVar("_R", bound=Request)
 
@@ -53,7 +90,7 @@ class _Parked(Generic[_R]):
 
 
 class RequestHandler:
-    def __init__(self, backend: EngineCore) -> None:
+    def __init__(self, backend: RequestHost) -> None:
         self._backend = backend
         self._parked: list[_Parked[GetRequest | WaitRequest]] = []
         self._waiting_room: list[_Parked[AllocateRequest]] = []  # waiting for memory
