@@ -98,7 +98,7 @@ def add_started(sched: Scheduler, instructions: Iterable[Instruction]) -> list[i
 
 
 def ready_worker(sched: Scheduler, worker_id: int) -> list[Instruction]:
-    return sched.worker_ready(worker_id, pid=100 + worker_id)
+    return sched.worker_ready(worker_id)
 
 
 def booted(num_workers: int = 1, *, max_extra_workers: int = 2,

@@ -339,9 +339,6 @@ class ActorOptions:
 class WorkerReady:
     """First message of a worker: it is up and listening."""
 
-    pid: int
-    id_prefix: str  # every object id the worker makes starts with this
-
 
 DriverMessage = Union[RunTask, Reply, SetSerializers, Stop]
 WorkerMessage = Union[TaskDone, Output, Request, RefDelta, WorkerReady]

@@ -95,9 +95,8 @@ class Scheduler:
         missing = self.num_workers - self._live_regular_count()
         return [StartWorker() for _ in range(max(0, missing))]
 
-    def worker_ready(self, worker_id: int, pid: int) -> list[Instruction]:
+    def worker_ready(self, worker_id: int) -> list[Instruction]:
         worker = self.workers[worker_id]
-        worker.pid = pid
         if worker.state == "starting":
             worker.state = "idle"
         if worker.actor_id:

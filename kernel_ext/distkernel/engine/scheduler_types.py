@@ -99,7 +99,6 @@ class WorkerState:
     state: WorkerStateName = "starting"
     extra: bool = False
     assigned: deque[int] = field(default_factory=deque)  # seqs sent; the first one runs
-    pid: int | None = None
     actor_id: str = ""  # set for a worker that hosts one actor
 
     @property

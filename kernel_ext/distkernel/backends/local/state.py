@@ -438,7 +438,7 @@ class EngineCore:
         elif isinstance(message, Request):
             self.execute(self.requests.handle(worker_id, message))
         elif isinstance(message, WorkerReady):
-            self.execute(self.scheduler.worker_ready(worker_id, message.pid))
+            self.execute(self.scheduler.worker_ready(worker_id))
 
     def _on_task_done(self, worker_id: int, done: TaskDone) -> None:
         spec = self.scheduler.task_of_run(done.seq)

@@ -511,7 +511,7 @@ def main(argv: list[str]) -> None:
         refs.set_tracker(worker.link)
         context.set_worker(worker.client)
         worker.take_over_process()
-        worker.link.send(WorkerReady(os.getpid(), refs.new_id.prefix))
+        worker.link.send(WorkerReady())
         worker.serve()
     except (EOFError, OSError):  # the driver went away: same clean-up as the watchdog's
         worker.driver_gone()
