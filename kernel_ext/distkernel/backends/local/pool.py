@@ -121,7 +121,9 @@ def start_worker(worker_id: int, space: Space, cluster_id: str, registry: bytes,
     try:
         command = [sys.executable, "-m", "distkernel.engine.worker", str(child.fileno()),
                    str(worker_id), cluster_id, str(control.fd), *space.describe()]
-        env = dict(os.environ, **(extra_env or {}), PYTHONUNBUFFERED="1")
+        # A dict display, not dict(**...): a runtime_env that sets PYTHONUNBUFFERED too
+        # made dict() raise TypeError ("multiple values for keyword argument").
+        env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
         # A session of its own: Jupyter's interrupt and ipykernel's shutdown signal the
         # kernel's process group; our workers hear only from us (and notice if we die).
         process = subprocess.Popen(command, pass_fds=(child.fileno(), control.fd),
