@@ -1,16 +1,21 @@
 """Shared fixtures: a fresh cluster per test, and a check that nothing leaks.
 
-Every test ends with no worker process and no shared-memory segment of this
-process left over: the autouse ``no_leaks`` fixture shuts distkernel down and
-fails the test otherwise.
+Every test ends with no worker process, no shared-memory segment, no thread
+and no file descriptor of distkernel's left over in this process: the autouse
+``no_leaks`` fixture shuts distkernel down and fails the test otherwise.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import re
+import select
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -92,13 +97,109 @@ def segments_left_by(pid: int) -> list[str]:
     return [n for n in os.listdir(config.SHM_DIR) if n.startswith(prefix)]
 
 
+def is_ours(thread: threading.Thread) -> bool:
+    """A thread distkernel started: named ``distkernel-*`` (I/O thread, outbox flushers,
+    reclaimer, await pool), or running a function of the package (``threading.Timer``s)."""
+    if thread.name.startswith("distkernel"):
+        return True
+    target = getattr(thread, "_target", None) or getattr(thread, "function", None)
+    return (getattr(target, "__module__", None) or "").startswith("distkernel")
+
+
+def our_new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before and is_ours(t)]
+
+
+def open_fds() -> dict[int, str]:
+    """This process's descriptors and what each refers to (``socket:[...]``, a path ...)."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:  # the listing's own descriptor, closed already
+            pass
+    return found
+
+
+def _peer_gone(fd: int) -> bool:
+    """A Unix socket whose other end is closed: nothing can ever come through it."""
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    with probe:
+        if probe.family != socket.AF_UNIX:
+            return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLRDHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _watched_by(epoll_fd: int) -> list[int]:
+    """The descriptors an epoll instance watches (its ``tfd`` lines in fdinfo)."""
+    try:
+        with open(f"/proc/self/fdinfo/{epoll_fd}") as info:
+            return [int(line.split()[1]) for line in info if line.startswith("tfd:")]
+    except (FileNotFoundError, ValueError, IndexError):
+        return []
+
+
+def _our_file(target: str) -> bool:
+    """Segments, spill files and the lock (``distkernel-…``, ``.distkernel-….lock``); the
+    lock is made unnamed first (``O_TMPFILE``), and its descriptor keeps that ``#…`` name."""
+    folder, name = os.path.split(target)
+    return bool(re.match(r"\.?distkernel-", name) or re.search(r"/distkernel-[^/]*-spill-", target)
+                or (folder == config.SHM_DIR and name.startswith("#")))
+
+
+def is_our_fd(fd: int, target: str, open_now: dict[int, str]) -> bool:
+    """A descriptor of the kinds the driver side of distkernel opens.
+
+    Pidfds (worker sentinels), pipes (the reader's wake-up pipe), the control pages'
+    memfds, files of ours in the shared-memory and spill folders, and sockets to workers:
+    after shutdown every worker is gone, so one of ours has its other end closed. Libraries
+    the tests use also open sockets and epolls (jupyter_client's event loop, zmq): a live
+    socket pair, an eventfd or an epoll watching those is theirs. An epoll is ours when it
+    watches only descriptors of ours (the reader's selector), or nothing.
+    """
+    if target.startswith(("anon_inode:[pidfd]", "pipe:", "/memfd:distkernel")) or \
+            _our_file(target):
+        return True
+    if target.startswith("socket:"):
+        return _peer_gone(fd)
+    if target == "anon_inode:[eventpoll]":
+        return all(w in open_now and w != fd and is_our_fd(w, open_now[w], {})
+                   for w in _watched_by(fd))
+    return False
+
+
+def our_new_fds(before: dict[int, str]) -> dict[int, str]:
+    """Descriptors of ours opened since ``before`` and still open (a reused number with
+    another target counts as new)."""
+    now = open_fds()
+    left = {fd: target for fd, target in now.items() if before.get(fd) != target}
+    return {fd: target for fd, target in left.items() if is_our_fd(fd, target, now)}
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
+    threads_before = set(threading.enumerate())
+    fds_before = open_fds()
     yield
     dk.shutdown()
     assert wait_until(lambda: not our_workers(), timeout=10), \
         f"worker processes left behind: {[p.pid for p in our_workers()]}"
     assert not our_segments(), f"shared-memory segments left behind: {our_segments()}"
+    # What a test left in a reference cycle is freed first (an exception's traceback keeps
+    # the test's frame, and with it arrays mapping shared memory): what is left after that
+    # is held by something alive.
+    gc.collect()
+    # Threads that were told to stop (an outbox flusher whose socket closed) end on
+    # their own a moment later: give them that moment.
+    assert wait_until(lambda: not our_new_threads(threads_before), timeout=5), \
+        f"threads left running after shutdown(): {our_new_threads(threads_before)}"
+    assert wait_until(lambda: not our_new_fds(fds_before), timeout=2), \
+        f"file descriptors left open after shutdown(): {our_new_fds(fds_before)}"
 
 
 @pytest.fixture

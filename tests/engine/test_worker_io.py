@@ -246,7 +246,12 @@ def page():
     block = control.ControlBlock()
     view = control.ControlView(os.dup(block.fd))
     block.close_fd()
-    yield block, view
+    # The view's mapping holds a descriptor of the page until the view is freed (a worker's
+    # lasts as long as the process): the list lets teardown drop the last reference to it.
+    pair = [block, view]
+    del view
+    yield pair
+    pair.clear()
     block.close()
 
 
