@@ -340,7 +340,6 @@ class WorkerReady:
     """First message of a worker: it is up and listening."""
 
 
-DriverMessage = Union[RunTask, Reply, SetSerializers, Stop]
 WorkerMessage = Union[TaskDone, Output, Request, RefDelta, WorkerReady]
 
 

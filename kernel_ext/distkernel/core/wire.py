@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 from collections import deque
+from collections.abc import Sequence
 
 _CHUNK = 1 << 16  # the read buffer's first size; it grows for larger frames
 
@@ -124,7 +125,13 @@ class Outbox:
 
         Raises OSError if the other end is gone (noticed now or by an earlier flush).
         """
-        parts = [header(len(payload)), payload]
+        self.send_many((payload,))
+
+    def send_many(self, payloads: Sequence[bytes]) -> None:
+        """Several frames in one write (one system call, one wake-up of the reader)."""
+        parts: list[bytes] = []
+        for payload in payloads:
+            parts += (header(len(payload)), payload)
         with self._cond:
             if self._closed:
                 raise BrokenPipeError
@@ -133,7 +140,7 @@ class Outbox:
                     sent = self._sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     sent = 0
-                if sent == len(parts[0]) + len(payload):
+                if sent == sum(len(part) for part in parts):
                     return
             else:
                 sent = 0

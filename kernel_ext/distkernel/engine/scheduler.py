@@ -235,7 +235,10 @@ class Scheduler:
         task = self._track(spec, caller)
         if task.waiting_on:
             return []
+        queued_behind = bool(self.queue) and task.needs is ONE_CPU and not spec.pin_worker
         self._enqueue(task)
+        if queued_behind:  # behind others at the back of the queue: nothing can change
+            return []
         return self._dispatch()
 
     def infeasible(self, needs: Needs) -> str | None:
@@ -457,19 +460,23 @@ class Scheduler:
                 if task_id is None:
                     break
                 out.append(self._assign(worker, task_id))
-        if not self.queue:
-            return out + self._extra_needed()
-        for depth in range(1, PREFETCH_DEPTH):  # round-robin, one more each pass
-            for worker in self.workers.values():
-                if not self.queue:
-                    return out
-                if worker.state == "busy" and not worker.actor_id \
-                        and len(worker.assigned) == depth \
-                        and self._short(self._runs.get(worker.assigned[0])) \
-                        and self._short(self.queue[0]):
-                    # It takes over the CPU of the run ahead of it when that one ends.
-                    out.append(self._assign(worker, self.queue.popleft(), hold=False))
+        if self.queue and self._short(self.queue[0]):
+            self._prefetch(out)
         return out + self._extra_needed()
+
+    def _prefetch(self, out: list[Instruction]) -> None:
+        """Send short tasks ahead to busy workers running short tasks, up to PREFETCH_DEPTH
+        each, the least loaded first; each takes over the CPU of the run ahead of it when
+        that one ends."""
+        takers = [w for w in self.workers.values()
+                  if w.state == "busy" and not w.actor_id and len(w.assigned) < PREFETCH_DEPTH
+                  and self._short(self._runs.get(w.assigned[0]))]
+        queue = self.queue
+        while takers and queue and self._short(queue[0]):
+            worker = min(takers, key=_load) if len(takers) > 1 else takers[0]
+            out.append(self._assign(worker, queue.popleft(), hold=False))
+            if len(worker.assigned) >= PREFETCH_DEPTH:
+                takers.remove(worker)
 
     def _next_task(self, *, take: bool = False) -> str | None:
         """The oldest queued task that fits the free resources (taken off its queue if
@@ -713,3 +720,7 @@ class Scheduler:
             elif task is not None:
                 out.append(FailTask(task.spec, "actor_died", reason))
         return out + self._actor_gone(actor)
+
+
+def _load(worker: WorkerState) -> int:
+    return len(worker.assigned)

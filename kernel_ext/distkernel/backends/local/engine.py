@@ -215,8 +215,11 @@ class LocalEngine(EngineCore, Engine):
                     self.functions.setdefault(function.function_hash, function.data)
                 for return_id in spec.return_ids:
                     self.store.expect(return_id).refs = 1
+                burst = bool(self.scheduler.tasks) and self.io.burst()
+                if burst:
+                    self.hold_sends()
                 self.register_task(spec, serialized.contained, args_id, serialized.nbytes)
-                outputs = self.io.pump() if len(self.scheduler.tasks) > 1 else []
+                outputs = self.io.pump() if burst else []
             # Made before a Ctrl-C can be raised: if one is, dropping them frees the results.
             results = [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
             self.io.deliver(outputs)
@@ -437,6 +440,7 @@ class LocalEngine(EngineCore, Engine):
                 if self.closing:
                     return
                 self.closing = True
+                self.flush_held()
                 for worker_id, process in self.workers.items():
                     state = self.scheduler.workers.get(worker_id)
                     if state is not None and state.assigned:

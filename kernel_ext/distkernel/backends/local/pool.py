@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -58,6 +58,9 @@ class WorkerProcess:
 
     def send(self, message: object) -> None:
         self.outbox.send(pickle.dumps(message, protocol=5))
+
+    def send_many(self, messages: Sequence[object]) -> None:
+        self.outbox.send_many([pickle.dumps(m, protocol=5) for m in messages])
 
     def interrupt(self, seq: int) -> None:
         """Cancel run ``seq``: marked first, so it is dropped if it has not started, and

@@ -55,6 +55,12 @@ class ReaderHost(Protocol):
 
     def drain(self) -> None: ...
 
+    def cork(self) -> None: ...
+
+    def uncork(self) -> None: ...
+
+    def flush_held(self) -> None: ...
+
     def handle(self, worker_id: int, message: Any) -> None: ...
 
     def on_exit(self, worker_id: int) -> None: ...
@@ -62,6 +68,8 @@ class ReaderHost(Protocol):
 Outputs = list[tuple[int, Output]]
 #: Submissions closer together than this (seconds) are a burst: the submitter reads results.
 _PUMP_WINDOW = 200e-6
+#: A caller submitting in a burst reads results and sends held runs every this many tasks.
+_PUMP_EVERY = 8
 
 
 class IOLoop:
@@ -79,6 +87,7 @@ class IOLoop:
         self._released_at = 0.0
         self._caller_wants_turn = False
         self._last_pump = 0.0  # when a caller last submitted with other tasks in flight
+        self._pumps = 0
         self._turn = threading.Condition(core.lock)  # the I/O thread waits here for the role
         self._thread = threading.Thread(target=self._run, name="distkernel-io", daemon=True)
 
@@ -133,6 +142,7 @@ class IOLoop:
             self._caller_wants_turn = True  # the I/O thread steps aside after its round
             return
         self._reader = "caller"
+        self._core.flush_held()
         finished = False
         try:
             end = self._spin_end(deadline)
@@ -170,25 +180,34 @@ class IOLoop:
         """
         return not self._core.sleepers.asleep and not self._core.scheduler.tasks
 
-    def pump(self) -> Outputs:
-        """A caller submitting many tasks handles what workers sent meanwhile (lock held).
-
-        While a caller submits in a loop, it reads the sockets between submissions
-        itself, instead of trading the lock and the GIL with the I/O thread for
-        every result; the I/O thread stays aside meanwhile. Returns task output,
-        to be delivered once the lock is released. Submissions further apart than
-        PUMP_WINDOW are not a burst: the I/O thread keeps reading for those.
-        """
-        outputs: Outputs = []
+    def burst(self) -> bool:
+        """Whether this submission comes within PUMP_WINDOW of the last (lock held): a
+        caller submitting in a loop. Its runs are then held and sent in batches, and it
+        reads results itself (``pump``)."""
         now = time.monotonic()
         burst, self._last_pump = now - self._last_pump < _PUMP_WINDOW, now
-        if not burst:
-            return outputs
-        if self._reader is not None:
-            self._caller_wants_turn = True  # the I/O thread steps aside after its round
-            return outputs
-        self._released_at = now
-        return self.read_pending()
+        return burst
+
+    def pump(self) -> Outputs:
+        """A caller submitting in a burst handles what workers sent meanwhile (lock held).
+
+        It reads the sockets every PUMP_EVERY submissions itself, instead of trading
+        the lock and the GIL with the I/O thread for every result, and sends the runs
+        held since then, each worker's in one write; the I/O thread stays aside
+        meanwhile (and sends what is held within READER_GRACE once the burst ends).
+        Returns task output, to be delivered once the lock is released.
+        """
+        if self._reader is not None:  # the I/O thread reads: it must have the runs now
+            self._caller_wants_turn = True  # it steps aside after its round
+            self._core.flush_held()
+            return []
+        self._pumps += 1
+        if self._pumps % _PUMP_EVERY:
+            return []
+        self._released_at = time.monotonic()
+        outputs = self.read_pending()
+        self._core.flush_held()
+        return outputs
 
     def read_pending(self) -> Outputs:
         """Handle what workers sent, if nobody else is reading (lock held, never blocks).
@@ -222,6 +241,7 @@ class IOLoop:
             with core.lock:
                 if not self._wait_for_turn():
                     return
+                core.flush_held()  # runs a caller's burst left: nobody else sends them now
             events = self._selector.select()
             outputs: Outputs = []
             with core.lock:
@@ -257,9 +277,14 @@ class IOLoop:
 
     def _handle(self, events: list[tuple[selectors.SelectorKey, int]], outputs: Outputs) -> None:
         """Handle what select reported (lock held); task output is collected for later."""
-        self._core.drain()
-        for key, _ in events:
-            self._guarded(self._on_event, key.data, outputs)
+        core = self._core
+        core.drain()
+        core.cork()
+        try:
+            for key, _ in events:
+                self._guarded(self._on_event, key.data, outputs)
+        finally:
+            core.uncork()
 
     def deliver(self, outputs: Outputs) -> None:
         """Pass task output on (lock released), unless init(log_to_driver=False) said not to."""

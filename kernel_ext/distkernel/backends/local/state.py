@@ -138,6 +138,8 @@ class EngineCore:
         self.io = IOLoop(self)
         self.closing = False
         self.closed = False
+        self._corked: dict[int, list[Any]] | None = None  # sends held back (see cork)
+        self._cork_depth = 0
         self._registry_version = registry.version
 
     @property
@@ -367,6 +369,10 @@ class EngineCore:
                     pool.kill(process)
 
     def send(self, worker_id: int, message: Any) -> None:
+        """To one worker, now; or, while corked, with the others for it at ``uncork``."""
+        if self._corked is not None:
+            self._corked.setdefault(worker_id, []).append(message)
+            return
         process = self.workers.get(worker_id)
         if process is None or process.closed:
             return
@@ -374,6 +380,36 @@ class EngineCore:
             process.send(message)
         except OSError:
             pass  # it died: the reader sees the sentinel and handles it
+
+    def cork(self) -> None:
+        """Hold sends until ``uncork`` (lock held): a pass over many results then sends each
+        worker its next runs in one write, not one per run."""
+        self._cork_depth += 1
+        self.hold_sends()
+
+    def uncork(self) -> None:
+        self._cork_depth -= 1
+        self.flush_held()
+
+    def hold_sends(self) -> None:
+        """Hold sends past this call (lock held): a caller submitting in a burst. Whoever
+        reads the sockets next sends them (``flush_held``), within READER_GRACE."""
+        if self._corked is None:
+            self._corked = {}
+
+    def flush_held(self) -> None:
+        """Send what is held, each worker's messages in one write (lock held)."""
+        if self._cork_depth or self._corked is None:
+            return
+        corked, self._corked = self._corked, None
+        for worker_id, messages in corked.items():
+            process = self.workers.get(worker_id)
+            if process is None or process.closed:
+                continue
+            try:
+                process.send_many(messages)
+            except OSError:
+                pass  # as in send
 
     def _start_worker(self, extra: bool, actor_id: str) -> None:
         if self.closing:
