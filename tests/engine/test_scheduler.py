@@ -19,6 +19,7 @@ from distkernel.engine.scheduler import (
     ACTOR_IN_FLIGHT,
     PREFETCH_BELOW,
     PREFETCH_DEPTH,
+    PREFETCH_WORK,
     Dispatch,
     FailTask,
     Instruction,
@@ -31,7 +32,8 @@ from distkernel.engine.scheduler import (
 )
 
 CRASH = "worker 1 (pid 101) died with SIGKILL while running f"
-SHORT = PREFETCH_BELOW / 2  # seconds: a run this long makes its function "short"
+#: Seconds: a run this long makes its function "short", and so short that a worker holds the most.
+SHORT = PREFETCH_WORK / PREFETCH_DEPTH / 2
 LONG = 0.5
 
 _ids = itertools.count(1)
@@ -285,6 +287,20 @@ def test_short_function_is_pipelined_up_to_prefetch_depth():
     assert [sched.submit(t) for t in held] == [[], []]
     assert len(sched.workers[1].assigned) == PREFETCH_DEPTH
     assert queued(sched) == [t.task_id for t in held]
+
+
+@pytest.mark.parametrize("typical, held", [
+    (PREFETCH_BELOW * 0.9, 2),                 # under PREFETCH_WORK in two runs: two, not one
+    (PREFETCH_WORK / 10, 10),                  # about PREFETCH_WORK of work ahead
+    (PREFETCH_BELOW * 1.1, 1),                 # not short: nothing is sent ahead
+])
+def test_a_worker_is_sent_about_prefetch_work_of_short_runs(typical: float, held: int):
+    sched = booted(1)
+    learn(sched, "f", typical)
+    for t in [task("f", fn="f") for _ in range(PREFETCH_DEPTH)]:
+        sched.submit(t)
+    assert len(sched.workers[1].assigned) == held
+    assert len(queued(sched)) == PREFETCH_DEPTH - held
 
 
 def test_pipelining_refills_a_worker_as_its_runs_finish():

@@ -15,8 +15,9 @@ is idle, an extra worker starts (also for tasks that need no CPU), and stops
 when it is idle again and the pool is back above its size.
 
 Short tasks are pipelined: a worker running a function known to take under
-``PREFETCH_BELOW`` seconds is sent up to ``PREFETCH_DEPTH`` short tasks, so it
-never idles for a round trip. A prefetched task is taken back (``Revoke``) if
+``PREFETCH_BELOW`` seconds is sent more short tasks, about ``PREFETCH_WORK``
+seconds of them (at most ``PREFETCH_DEPTH``), so it never idles for a round
+trip and the driver sends and reads them in batches. A prefetched task is taken back (``Revoke``) if
 its worker blocks in ``get``, and re-queued if the worker dies.
 """
 
@@ -48,8 +49,11 @@ __all__ = ["Dispatch", "FailTask", "Instruction", "InterruptWorker", "KillWorker
 
 #: Pipeline a second task onto a worker when both tasks' functions usually run faster than this.
 PREFETCH_BELOW = 0.002
-#: How many runs a worker may hold (one running, the rest waiting in its socket).
-PREFETCH_DEPTH = 6
+#: How many runs a worker may hold at most (one running, the rest waiting in its socket).
+PREFETCH_DEPTH = 32
+#: How much work (seconds, at the function's typical duration) a worker is sent ahead: enough
+#: for the driver to send and read in batches, little enough that no worker hoards work.
+PREFETCH_WORK = 1e-3
 #: Calls sent ahead to an actor's worker; the rest wait here, so its socket never fills.
 ACTOR_IN_FLIGHT = 16
 
@@ -74,6 +78,7 @@ class Scheduler:
         self._next_worker_id = 1
         self._next_seq = 1
         self._durations: dict[str, float] = {}  # function hash -> typical run time
+        self._depths: dict[str, int] = {}  # function hash -> runs a worker may hold (prefetch)
         self.actors: dict[str, ActorState] = {}
         self.pinned: dict[int, deque[str]] = {}  # worker id -> tasks that must run there
         self._submitted = 0
@@ -311,8 +316,10 @@ class Scheduler:
             del self.tasks[task.spec.task_id]
             self._let_go(task)
             if duration is not None:
-                previous = self._durations.get(task.spec.function_hash, duration)
-                self._durations[task.spec.function_hash] = 0.7 * previous + 0.3 * duration
+                function_hash = task.spec.function_hash
+                typical = 0.7 * self._durations.get(function_hash, duration) + 0.3 * duration
+                self._durations[function_hash] = typical
+                self._depths[function_hash] = prefetch_depth(typical)
         worker = self.workers.get(worker_id)
         out: list[Instruction] = []
         if worker is not None and seq in worker.assigned:
@@ -460,23 +467,35 @@ class Scheduler:
                 if task_id is None:
                     break
                 out.append(self._assign(worker, task_id))
-        if self.queue and self._short(self.queue[0]):
+        if self.queue and self._depth(self.queue[0]) > 1:
             self._prefetch(out)
         return out + self._extra_needed()
 
     def _prefetch(self, out: list[Instruction]) -> None:
-        """Send short tasks ahead to busy workers running short tasks, up to PREFETCH_DEPTH
+        """Send short tasks ahead to busy workers running short tasks, up to their depth
         each, the least loaded first; each takes over the CPU of the run ahead of it when
         that one ends."""
-        takers = [w for w in self.workers.values()
-                  if w.state == "busy" and not w.actor_id and len(w.assigned) < PREFETCH_DEPTH
-                  and self._short(self._runs.get(w.assigned[0]))]
+        takers: list[tuple[WorkerState, int]] = []
+        for worker in self.workers.values():
+            if worker.state == "busy" and not worker.actor_id:
+                depth = self._depth(self._runs.get(worker.assigned[0]))
+                if len(worker.assigned) < depth:
+                    takers.append((worker, depth))
         queue = self.queue
-        while takers and queue and self._short(queue[0]):
-            worker = min(takers, key=_load) if len(takers) > 1 else takers[0]
+        while takers and queue and self._depth(queue[0]) > 1:
+            taker = min(takers, key=_load) if len(takers) > 1 else takers[0]
+            worker, depth = taker
             out.append(self._assign(worker, queue.popleft(), hold=False))
-            if len(worker.assigned) >= PREFETCH_DEPTH:
-                takers.remove(worker)
+            if len(worker.assigned) >= depth:
+                takers.remove(taker)
+
+    def _depth(self, task_id: str | None) -> int:
+        """How many runs a worker running ``task_id`` may hold: more than one only while it
+        runs a short task (see ``prefetch_depth``)."""
+        task = self.tasks.get(task_id) if task_id else None
+        if task is None or task.spec.actor_id or task.spec.kind == "cell":
+            return 1
+        return self._depths.get(task.spec.function_hash, 1)
 
     def _next_task(self, *, take: bool = False) -> str | None:
         """The oldest queued task that fits the free resources (taken off its queue if
@@ -512,13 +531,6 @@ class Scheduler:
         if task is not None and not task.held and task.needs is ONE_CPU:
             self.resources.acquire(ONE_CPU)
             task.held = ONE_CPU
-
-    def _short(self, task_id: str | None) -> bool:
-        task = self.tasks.get(task_id) if task_id else None
-        if task is None or task.spec.actor_id or task.spec.kind == "cell":
-            return False
-        typical = self._durations.get(task.spec.function_hash)
-        return typical is not None and typical < PREFETCH_BELOW
 
     def _assign(self, worker: WorkerState, task_id: str, *, hold: bool = True) -> Dispatch:
         task = self.tasks[task_id]
@@ -722,5 +734,13 @@ class Scheduler:
         return out + self._actor_gone(actor)
 
 
-def _load(worker: WorkerState) -> int:
-    return len(worker.assigned)
+def prefetch_depth(typical: float) -> int:
+    """How many runs a worker may hold while it runs a function that typically takes
+    ``typical`` seconds: one if that is not short, else about PREFETCH_WORK of them."""
+    if typical >= PREFETCH_BELOW:
+        return 1
+    return min(PREFETCH_DEPTH, max(2, int(PREFETCH_WORK / max(typical, 1e-6))))
+
+
+def _load(taker: tuple[WorkerState, int]) -> int:
+    return len(taker[0].assigned)

@@ -68,8 +68,9 @@ class ReaderHost(Protocol):
 Outputs = list[tuple[int, Output]]
 #: Submissions closer together than this (seconds) are a burst: the submitter reads results.
 _PUMP_WINDOW = 200e-6
-#: A caller submitting in a burst reads results and sends held runs every this many tasks.
-_PUMP_EVERY = 8
+#: A caller submitting in a burst reads results and sends held runs every this many tasks
+#: (a worker holds about a millisecond of short tasks meanwhile: scheduler.PREFETCH_WORK).
+_PUMP_EVERY = 32
 
 
 class IOLoop:
