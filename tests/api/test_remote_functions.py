@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -179,6 +180,16 @@ def test_put_and_get_inside_tasks(cluster):
     inner_ref = dk.get(make.remote())
     assert isinstance(inner_ref, dk.ObjectRef)
     assert dk.get(inner_ref) == {"inner": 5}
+
+
+def test_a_ref_is_a_future_and_awaitable_in_the_driver(cluster):
+    ref = add.remote(6, 30)
+    assert ref.future().result(timeout=30) == 36
+
+    async def both() -> list[int]:
+        return [await add.remote(7, 42), await add.remote(8, 56)]
+
+    assert asyncio.run(both()) == [49, 64]
 
 
 def test_wait_returns_ready_and_not_ready(cluster):

@@ -25,7 +25,7 @@ from typing import Any
 
 from distkernel.api.options import checked_resources
 from distkernel.backends.base import Client, Engine
-from distkernel.core import config, context
+from distkernel.core import config, context, refs
 from distkernel.core.exceptions import DistkernelError, safe_repr
 
 _lock = threading.RLock()
@@ -354,6 +354,8 @@ def _runtime_env(runtime_env: Mapping[str, Any]) -> dict[str, Any]:
             msg = (f"runtime_env['env_vars'] must map names to strings, e.g. "
                    f"{{'OMP_NUM_THREADS': '1'}}, got {safe_repr(env_vars)}")
             raise TypeError(msg)
+        for name, value in env_vars.items():
+            _check_env_var(name, value)
         # As Ray: "${NAME}" in a value is the driver's NAME (here, the same machine's).
         wanted["worker_env"] = {k: os.path.expandvars(v) for k, v in env_vars.items()}
     working_dir = runtime_env.get("working_dir")
@@ -366,6 +368,19 @@ def _runtime_env(runtime_env: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(msg)
         wanted["working_dir"] = os.path.abspath(path)
     return wanted
+
+
+def _check_env_var(name: str, value: str) -> None:
+    """What the operating system refuses in an environment variable, said before any
+    worker is started."""
+    if not name or "=" in name or "\0" in name:
+        msg = (f"runtime_env['env_vars'] has an invalid variable name {name!r}: a name must "
+               f"be non-empty, without '=' or NUL characters")
+        raise ValueError(msg)
+    if "\0" in value:
+        msg = (f"runtime_env['env_vars'][{name!r}] contains a NUL character ('\\0'), "
+               f"which an environment variable cannot hold: remove it")
+        raise ValueError(msg)
 
 
 def _check_compatible(wanted: dict[str, Any], ignore_reinit_error: bool) -> ClusterInfo:
@@ -417,6 +432,7 @@ def shutdown() -> None:
                 engine.shutdown()
         finally:
             _engine, _info, _settings = None, None, None
+            refs.stop_waiting_threads()
 
 
 def restart() -> ClusterInfo:

@@ -142,3 +142,11 @@ def _waiting_threads() -> concurrent.futures.ThreadPoolExecutor:
     import concurrent.futures
 
     return concurrent.futures.ThreadPoolExecutor(thread_name_prefix="distkernel-await")
+
+
+def stop_waiting_threads() -> None:
+    """Let the threads of ``ref.future()`` end (the cluster is down, so their gets do);
+    the next future() makes new ones. Not waited for: this may run in one of them."""
+    if _waiting_threads.cache_info().currsize:
+        _waiting_threads().shutdown(wait=False)
+        _waiting_threads.cache_clear()

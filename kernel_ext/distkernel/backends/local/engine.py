@@ -73,11 +73,20 @@ class LocalEngine(EngineCore, Engine):
         super().__init__(settings, output_handler or print_output)
         self.started_at = time.time()
         self.store_address = os.path.join(self.space.shm_dir, self.space.prefix)
-        reaper.sweep_dead_drivers()
-        refs.set_tracker(self.refs)
-        with DEFERRED_SIGINT, self.lock:
-            self.execute(self.scheduler.start())
-        self.io.start()
+        try:
+            reaper.sweep_dead_drivers()
+            refs.set_tracker(self.refs)
+            with DEFERRED_SIGINT, self.lock:
+                self.execute(self.scheduler.start())
+            self.io.start()
+        except BaseException as exc:
+            self.shutdown()  # the workers started so far, the segments, the reader's files
+            if isinstance(exc, OSError):
+                msg = (f"distkernel could not start its worker processes: {exc}. The system "
+                       f"is short of processes or memory: close other programs or kernels, "
+                       f"raise the limit (ulimit -u), or ask for fewer workers: init(2)")
+                raise DistkernelError(msg) from exc
+            raise
 
     # -- objects -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ results are sealed and waiters woken.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -112,10 +113,6 @@ class EngineCore:
         self.output_handler = output_handler
         self.lock = threading.Lock()
         self.sleepers = Sleepers(self.lock)  # callers waiting in get() / wait()
-        # Our files' names, and the lock that tells sweepers this driver is alive.
-        self.space, self._space_lock = Space.create(self.driver_pid)
-        self.memory = Memory(self.space, store_memory, self.try_drain)
-        self.store = self.memory.store
         self.scheduler = Scheduler(num_workers, self.is_ready, config.MAX_EXTRA_WORKERS,
                                    settings.resources)
         self.history = Timeline(config.TIMELINE_CAPACITY)
@@ -135,12 +132,21 @@ class EngineCore:
         self.borrowed_refs: Borrowed[str] = Borrowed()  # refs workers hold, counted for them
         self.requests = RequestHandler(self)
         self.refs = DriverRefs(self)
-        self.io = IOLoop(self)
         self.closing = False
         self.closed = False
         self._corked: dict[int, list[Any]] | None = None  # sends held back (see cork)
         self._cork_depth = 0
         self._registry_version = registry.version
+        with contextlib.ExitStack() as undo:  # a failure here leaves no file behind
+            # Our files' names, and the lock that tells sweepers this driver is alive.
+            self.space, self._space_lock = Space.create(self.driver_pid)
+            undo.callback(os.close, self._space_lock)
+            undo.callback(self.space.remove_all)
+            self.memory = Memory(self.space, store_memory, self.try_drain)
+            undo.callback(self.memory.close)
+            self.store = self.memory.store
+            self.io = IOLoop(self)
+            undo.pop_all()  # from here on, shutdown() releases them
 
     @property
     def num_workers(self) -> int:
