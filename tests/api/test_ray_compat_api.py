@@ -136,6 +136,18 @@ def test_init_runtime_env_working_dir_must_be_a_local_folder(tmp_path):
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize(("env_vars", "says"), [
+    ({"A": "x\0y"}, "'A'] contains a NUL character"),
+    ({"A\0": "1"}, "invalid variable name 'A\\x00'"),
+    ({"A=B": "1"}, "invalid variable name 'A=B'"),
+    ({"": "1"}, "invalid variable name ''")])
+def test_init_runtime_env_vars_the_system_refuses_are_named(env_vars, says):
+    with pytest.raises(ValueError) as info:
+        ray.init(runtime_env={"env_vars": env_vars})
+    assert says in str(info.value)
+    assert not ray.is_initialized()
+
+
 def test_init_accepts_every_keyword_of_rays_init():
     """A Ray 2.x init line never fails with TypeError; harmless keywords are accepted."""
     info = ray.init(None, num_cpus=1, num_gpus=0, resources={}, labels={"zone": "a"},
