@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from distkernel.core.exceptions import SerializationError
-from distkernel.core.protocol import FunctionPayload, TaskOptions, TaskSpec
+from distkernel.core.protocol import FunctionPayload, TaskKind, TaskOptions, TaskSpec, Value
 from distkernel.core.refs import ObjectRef, new_id
 from distkernel.store.pickler import try_dumps
 from distkernel.store.serializability import explain_failure
@@ -46,8 +47,31 @@ def top_level_refs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, 
     return tuple(dict.fromkeys(found))
 
 
-def make_spec(function: FunctionPayload, options: TaskOptions, args_value: Any,
-              top_level: tuple[str, ...], *, kind: str = "task", actor_id: str = "",
+class PreparedCall(NamedTuple):
+    spec: TaskSpec
+    serialized: Serialized  # the arguments, pickled once
+    args_id: str  # the stored object holding them, or "" when they travel in the spec
+
+
+#: Keeps pickled arguments where the task can read them: their value, and the id of the
+#: object they were stored as ("" when small enough to travel inside the spec).
+StoreArguments = Callable[[Serialized], tuple[Value, str]]
+
+
+def prepare_call(function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 options: TaskOptions, store_arguments: StoreArguments, *,
+                 kind: TaskKind = "task", actor_id: str = "", method: str = "") -> PreparedCall:
+    """``function.remote(*args, **kwargs)`` as a spec, the same in the driver and in a
+    worker: arguments pickled once (outside any lock), stored by ``store_arguments``."""
+    serialized = serialize_arguments(args, kwargs, f"{function.name}.remote(...)")
+    args_value, args_id = store_arguments(serialized)
+    spec = make_spec(function, options, args_value, top_level_refs(args, kwargs),
+                     kind=kind, actor_id=actor_id, method=method)
+    return PreparedCall(spec, serialized, args_id)
+
+
+def make_spec(function: FunctionPayload, options: TaskOptions, args_value: Value,
+              top_level: tuple[str, ...], *, kind: TaskKind = "task", actor_id: str = "",
               method: str = "") -> TaskSpec:
     """A task, an actor method call (``method``) or an actor creation (returns ``actor_id``)."""
     if kind == "actor_create":
@@ -56,7 +80,7 @@ def make_spec(function: FunctionPayload, options: TaskOptions, args_value: Any,
         return_ids = tuple(new_id() for _ in range(options.num_returns))
     if kind == "task":
         kind = options.kind
-    return TaskSpec(task_id=new_id(), name=options.name or function.name, kind=kind,  # type: ignore[arg-type]
+    return TaskSpec(task_id=new_id(), name=options.name or function.name, kind=kind,
                     function_hash=function.function_hash, args=args_value,
                     top_level_refs=top_level, return_ids=return_ids,
                     max_retries=options.max_retries, actor_id=actor_id, method=method,

@@ -211,11 +211,11 @@ class LocalEngine(EngineCore, Engine):
 
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                options: TaskOptions, *, actor_id: str = "", method: str = "") -> list[ObjectRef]:
-        kind = "actor_method" if actor_id else "task"
         if not actor_id and (options.num_cpus != 1 or options.num_gpus or options.resources):
             self._check_feasible(specs.task_resources(options), options.name or function.name)
-        spec, serialized, args_id = self._prepare(function, args, kwargs, options, kind,
-                                                  actor_id, method)
+        spec, serialized, args_id = specs.prepare_call(
+            function, args, kwargs, options, self._store_arguments,
+            kind="actor_method" if actor_id else "task", actor_id=actor_id, method=method)
         with DEFERRED_SIGINT:
             with self.lock:
                 self.drain()
@@ -239,8 +239,9 @@ class LocalEngine(EngineCore, Engine):
         """Start an actor; the returned ref stands for the actor (handles count as refs)."""
         self._check_feasible(options.resources, options.class_name, default=())
         task_options = TaskOptions(max_retries=0, name=options.class_name)
-        spec, serialized, args_id = self._prepare(cls, args, kwargs, task_options,
-                                                  "actor_create", refs.new_id(), "")
+        spec, serialized, args_id = specs.prepare_call(
+            cls, args, kwargs, task_options, self._store_arguments, kind="actor_create",
+            actor_id=refs.new_id())
         with DEFERRED_SIGINT, self.lock:  # the ref is made before a Ctrl-C can be raised
             self.drain()
             self._check_alive(serialized.contained, args_id)
@@ -255,17 +256,7 @@ class LocalEngine(EngineCore, Engine):
                                actor=options)
             return ObjectRef.counted(spec.actor_id, self.cluster_id)
 
-    def _prepare(self, function: FunctionPayload, args: tuple[Any, ...],
-                 kwargs: dict[str, Any], options: TaskOptions, kind: str, actor_id: str,
-                 method: str) -> tuple[Any, Serialized, str]:
-        """Pickle the arguments (outside the lock), storing large ones, and make the spec."""
-        serialized = specs.serialize_arguments(args, kwargs, f"{function.name}.remote(...)")
-        args_value, args_id = self._arguments_value(serialized)
-        spec = specs.make_spec(function, options, args_value, specs.top_level_refs(args, kwargs),
-                               kind=kind, actor_id=actor_id, method=method)
-        return spec, serialized, args_id
-
-    def _arguments_value(self, serialized: Serialized) -> tuple[Value, str]:
+    def _store_arguments(self, serialized: Serialized) -> tuple[Value, str]:
         """Small arguments travel in the message; large ones go through the store, once."""
         if serialized.nbytes < config.INLINE_THRESHOLD:
             return object_store.to_inline(serialized), ""

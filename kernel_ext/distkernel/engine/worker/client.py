@@ -37,9 +37,7 @@ from distkernel.core.protocol import (
     Reply,
     SharedValue,
     SubmitRequest,
-    TaskKind,
     TaskOptions,
-    TaskSpec,
     Value,
     WaitRequest,
 )
@@ -179,15 +177,18 @@ class WorkerClient:
 
     def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                options: TaskOptions, *, actor_id: str = "", method: str = "") -> list[ObjectRef]:
-        kind: TaskKind = "actor_method" if actor_id else "task"
-        spec = self._spec(function, args, kwargs, options, kind, actor_id, method)
+        spec = specs.prepare_call(function, args, kwargs, options, self._store_arguments,
+                                  kind="actor_method" if actor_id else "task",
+                                  actor_id=actor_id, method=method).spec
         self._send_submit(SubmitRequest(spec, self._first_time(function)))
         return [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
 
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                      options: ActorOptions) -> ObjectRef:
-        spec = self._spec(cls, args, kwargs, TaskOptions(max_retries=0, name=options.class_name),
-                          "actor_create", new_id(), "")
+        spec = specs.prepare_call(cls, args, kwargs,
+                                  TaskOptions(max_retries=0, name=options.class_name),
+                                  self._store_arguments, kind="actor_create",
+                                  actor_id=new_id()).spec
         if not options.name:
             self._send_submit(CreateActorRequest(0, spec, self._first_time(cls), options))
             return ObjectRef.counted(spec.actor_id, self.cluster_id)
@@ -207,12 +208,8 @@ class WorkerClient:
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
         self._worker.link.send(KillActorRequest(actor_id, no_restart))
 
-    def _spec(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
-              options: TaskOptions, kind: TaskKind, actor_id: str, method: str) -> TaskSpec:
-        serialized = specs.serialize_arguments(args, kwargs, f"{function.name}.remote(...)")
-        args_value = self.store(serialized)
-        return specs.make_spec(function, options, args_value, specs.top_level_refs(args, kwargs),
-                               kind=kind, actor_id=actor_id, method=method)
+    def _store_arguments(self, serialized: Serialized) -> tuple[Value, str]:
+        return self.store(serialized), ""  # the driver pins a stored value for the task
 
     def _first_time(self, function: FunctionPayload) -> bytes | None:
         """The pickled function, the first time this worker submits it (the driver keeps it)."""
