@@ -86,7 +86,7 @@ tasks = sys.modules[__name__]
 #: Workload sizes: (quick, full).
 SIZES = {
     "rtt_n": (300, 1000), "rtt_warmup": (30, 100),
-    "tput_n": (2000, 5000), "tput_repeats": (1, 3),
+    "tput_n": (2000, 5000), "tput_repeats": (1, 3), "loop_n": (20_000, 100_000),
     "big_repeats": (3, 5), "huge_repeats": (0, 3),
     "actor_n": (300, 1000), "actor_warmup": (30, 100),
     "leborn_rounds": (10, 30),
@@ -138,6 +138,7 @@ def sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
         ("round_trip", lambda e: workloads.round_trip(e, tasks, size["rtt_n"], size["rtt_warmup"])),
         ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"],
                                                       size["tput_repeats"])),
+        ("submit_loop", lambda e: workloads.submit_loop(e, tasks, size["loop_n"])),
         ("batched_map", lambda e: workloads.batched_map(e, tasks, size["tput_n"])),
         ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB,
                                                           size["big_repeats"], args.workers)),

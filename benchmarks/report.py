@@ -51,6 +51,10 @@ METRICS: list[Metric] = [
     Metric("round_trip", "p99_s", "tiny task round trip, p99", "us"),
     Metric("throughput", "tasks_per_s", "throughput: {n} tiny tasks, then one get", "/s", False),
     Metric("throughput", "submit_per_s", "  submission alone", "/s", False),
+    Metric("submit_loop", "total_s", "{n} tiny tasks submitted in a loop, then one get", "s"),
+    Metric("submit_loop", "submit_s", "  of which the submitting loop", "s"),
+    Metric("submit_loop", "driver_rss_growth_bytes", "  driver RSS growth (handles alive)",
+           "MB"),
     Metric("batched_map", "tasks_per_s", "Pool.map_async of {n} (batched; reference)", "/s", False),
     *_object_rows("object_100MB", "100 MB"),
     *_object_rows("object_1GB", "1 GB"),
@@ -162,24 +166,24 @@ def notes(results: dict[str, dict[str, Any]], engines: list[str]) -> list[str]:
 
 LEGEND = """\
 ↓ lower is better, ↑ higher is better; a ratio is distkernel's figure ÷ the other
-engine's (below 1x is better for ↓ rows, above 1x for ↑ rows). Every figure comes from
-a fresh interpreter per engine. Start-up is timed from before the engine's `import`
-(only the standard library loaded) to the first tiny task's result; Pool = `Pool(n)` +
-`apply`. Round trip = submit + get of a no-op task, sequential, after warm-up
-(Pool: `apply`). Throughput = tasks submitted one by one (Pool: `apply_async`), then
-one get of all. put = store a float64 array; get = read it back in the driver
-(distkernel and Ray return read-only zero-copy views); task on a stored object = pass
-the ref, the task returns `arr.shape`; task with the array as argument = the array
-itself is the argument (distkernel and Ray store it implicitly; Pool pickles it through
-its pipe); task making and returning an array = the task fills a new array of the
-size (`np.ones`) and returns it, then the driver gets it (each worker once untimed first:
-its first array that large costs it fresh memory) (a view for distkernel and Ray,
-a copy through the pipe for Pool); the numpy copies are the same-size memcpy baselines
-for put. Medians over
-repeats, each repeat freeing its object. Idle memory = driver + every process the
-engine started, 2 s after start-up and one task; RSS double-counts shared pages
-(forked Pool workers, Ray's shared store), USS does not. Leborn round = on one
-`Cup(3)` actor (created and ready beforehand, untimed), three times
-`cup.la_with_laable_item(Leborn())` without waiting for it, then a get of
-`cup.is_good()`, checked to be False; the same actor for every round, and with a few
-dozen rounds the p99 is the slowest round."""
+engine's (below 1x is better for ↓ rows, above 1x for ↑ rows). Every figure comes from a
+fresh interpreter per engine. Start-up is timed from before the engine's `import` (only
+the standard library loaded) to the first tiny task's result; Pool = `Pool(n)` +
+`apply`. Round trip = submit + get of a no-op task, sequential, after warm-up (Pool:
+`apply`). Throughput = tasks submitted one by one (Pool: `apply_async`), then one get of
+all; the loop row is the same, once, at a size where the driver's cost per task
+dominates, with the driver's RSS growth while the handles are alive. put = store a
+float64 array; get = read it back in the driver (distkernel and Ray return read-only
+zero-copy views); task on a stored object = pass the ref, the task returns `arr.shape`;
+task with the array as argument = the array itself is the argument (distkernel and Ray
+store it implicitly; Pool pickles it through its pipe); task making and returning an
+array = the task fills a new array of the size (`np.ones`) and returns it, then the
+driver gets it (each worker once untimed first: its first array that large costs it
+fresh memory) (a view for distkernel and Ray, a copy through the pipe for Pool); the
+numpy copies are the same-size memcpy baselines for put. Medians over repeats, each
+repeat freeing its object. Idle memory = driver + every process the engine started, 2 s
+after start-up and one task; RSS double-counts shared pages (forked Pool workers, Ray's
+shared store), USS does not. Leborn round = on one `Cup(3)` actor (created and ready
+beforehand, untimed), three times `cup.la_with_laable_item(Leborn())` without waiting
+for it, then a get of `cup.is_good()`, checked to be False; the same actor for every
+round, and with a few dozen rounds the p99 is the slowest round."""

@@ -56,6 +56,29 @@ def throughput(engine: Engine, tasks: Any, n: int, repeats: int) -> dict[str, fl
             "submit_per_s": n / statistics.median(submits), "n": n, "repeats": repeats}
 
 
+def submit_loop(engine: Engine, tasks: Any, n: int) -> dict[str, float]:
+    """``n`` tiny tasks submitted in a loop, as a notebook's list comprehension does, then
+    one get of all: once, at a size where the driver's cost per task dominates.
+
+    The driver's RSS is read before and after (the handles still alive): memory that
+    grows with ``n`` beyond the handles shows as a large ``driver_rss_growth_bytes``.
+    """
+    import psutil
+
+    driver = psutil.Process()
+    rss_before = driver.memory_info().rss
+    t0 = time.perf_counter()
+    handles = [engine.submit(tasks.noop, i) for i in range(n)]
+    t1 = time.perf_counter()
+    values = engine.get(handles)
+    t2 = time.perf_counter()
+    if values[-1] != n - 1:
+        msg = f"the last of {n} tasks returned {values[-1]!r}, expected {n - 1}"
+        raise RuntimeError(msg)
+    return {"total_s": t2 - t0, "submit_s": t1 - t0, "n": n,
+            "driver_rss_growth_bytes": driver.memory_info().rss - rss_before}
+
+
 def batched_map(engine: Engine, tasks: Any, n: int) -> dict[str, float]:
     """Pool.map_async of ``n`` tiny items: the Pool's batched best case, for reference."""
     t0 = time.perf_counter()
