@@ -21,12 +21,14 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distkernel.api.options import checked_resources
-from distkernel.backends.base import Client, Engine
 from distkernel.core import config, context, refs
 from distkernel.core.exceptions import DistkernelError, safe_repr
+
+if TYPE_CHECKING:  # the engine's module is imported when a cluster starts
+    from distkernel.backends.base import Client, Engine
 
 _lock = threading.RLock()
 _engine: Engine | None = None

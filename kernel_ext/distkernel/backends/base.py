@@ -19,13 +19,14 @@ from __future__ import annotations
 import abc
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from distkernel.backends.snapshot import ClusterSnapshot
-from distkernel.core.config import ClusterSettings
-from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
-from distkernel.core.refs import ObjectRef
-from distkernel.core.timings import TaskRecord
+if TYPE_CHECKING:  # for type checkers only: ``import distkernel`` stays quick
+    from distkernel.backends.snapshot import ClusterSnapshot
+    from distkernel.core.config import ClusterSettings
+    from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
+    from distkernel.core.refs import ObjectRef
+    from distkernel.core.timings import TaskRecord
 
 #: Where a task's printed output goes: (worker id, task id, "stdout" | "stderr", text).
 OutputHandler = Callable[[int, str, str, str], None]
@@ -118,6 +119,10 @@ class Engine(abc.ABC):
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         """Cancel the task making ``ref``: dropped if queued, interrupted if running
         (``force``: its worker is killed and replaced)."""
+
+    @abc.abstractmethod
+    def cancel_task(self, task_id: str, *, force: bool = False) -> bool:
+        """Cancel one task by its id (the side panel's cancel); False if it had ended."""
 
     # -- the cluster ------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ tables, and two engines (local, Ray) look the same from above.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from distkernel.engine.scheduler_types import ActorStateName, WorkerStateName
+if TYPE_CHECKING:  # names for type checkers only: importing the scheduler's types costs ms
+    from distkernel.engine.scheduler_types import ActorStateName, WorkerStateName
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class WorkerSnapshot:
     state: WorkerStateName
     current_task: str | None  # the running task's name
     current_task_id: str | None
+    task_started: float | None  # when the current task began (epoch seconds)
     actor_id: str | None  # the actor it hosts
     extra: bool  # started beyond the pool's size, for a task blocked in get()
     cpu_percent: float | None

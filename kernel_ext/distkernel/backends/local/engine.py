@@ -302,6 +302,14 @@ class LocalEngine(EngineCore, Engine):
             if task_id is not None:
                 self.execute(self.scheduler.cancel(task_id, force=force))
 
+    def cancel_task(self, task_id: str, *, force: bool = False) -> bool:
+        with DEFERRED_SIGINT, self.lock:
+            self.drain()
+            if task_id not in self.scheduler.tasks:
+                return False
+            self.execute(self.scheduler.cancel(task_id, force=force))
+            return True
+
     def resize(self, num_workers: int) -> None:
         with DEFERRED_SIGINT, self.lock:
             self.execute(self.scheduler.resize(num_workers))
@@ -336,9 +344,11 @@ class LocalEngine(EngineCore, Engine):
 
     def _worker_snapshot(self, worker_id: int, state: WorkerState) -> WorkerSnapshot:
         spec = self.scheduler.running_task(worker_id)
+        since = self.run_started.get(worker_id)
+        started = since[1] if spec is not None and since and since[0] == state.running else None
         return WorkerSnapshot(worker_id, self._pid_of(worker_id), state.state,
                               spec.name if spec else None, spec.task_id if spec else None,
-                              state.actor_id or None, state.extra, None, None)
+                              started, state.actor_id or None, state.extra, None, None)
 
     def _actor_snapshot(self, actor_id: str, actor: ActorState) -> ActorSnapshot:
         options = self.actor_meta.get(actor_id)

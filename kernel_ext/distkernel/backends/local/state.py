@@ -1,4 +1,4 @@
-"""The lock-held heart of the local engine: memory (``local_memory``) + scheduler + workers.
+"""The lock-held heart of the local engine: memory (``memory.Memory``) + scheduler + workers.
 
 Every method here runs with ``lock`` held, called by a caller thread (submit,
 put, get ...) or by whoever reads the workers' sockets (worker messages,
@@ -121,6 +121,9 @@ class EngineCore:
         self.workers: dict[int, pool.WorkerProcess] = {}
         self.producers: dict[str, str] = {}  # object id -> id of the task making it
         self.task_pins: dict[str, list[str]] = {}
+        # When each worker's current run began (its run seq, epoch seconds): the panel's
+        # "running for"; the worker's own start time replaces it in the task's record.
+        self.run_started: dict[int, tuple[int, float]] = {}
         self.actor_meta: dict[str, ActorOptions] = {}
         self.actor_names = ActorNames(settings.namespace, self.actor_alive)
         # Which notebook cell each task belongs to (output routing, timings, interrupts):
@@ -436,6 +439,8 @@ class EngineCore:
             function = self.functions.get(spec.function_hash)
             process.functions.add(spec.function_hash)
         record = self.records.get(spec.task_id)
+        if self.scheduler.workers[step.worker_id].running == step.seq:
+            self._run_starts(step.worker_id, step.seq, record, time.time())
         if record is not None:
             record.worker_id = step.worker_id
             record.status = "running"
@@ -490,6 +495,12 @@ class EngineCore:
         retry = done.failed and spec is not None and self._retry_on(spec, results) and \
             self.scheduler.retries_left(done.seq) > 0
         out = self.scheduler.task_done(worker_id, done.seq, ran, retry=retry)
+        worker = self.scheduler.workers.get(worker_id)
+        if worker is not None and worker.running is not None:  # a run sent ahead starts now
+            following = self.scheduler.running_task(worker_id)
+            self._run_starts(worker_id, worker.running,
+                             self.records.get(following.task_id) if following else None,
+                             done.finished)
         if done.actor_exited and spec is not None:
             out.extend(self.scheduler.kill_actor(
                 spec.actor_id, reason=f"the actor {spec.name.split('.')[0]} ended itself with "
@@ -514,6 +525,14 @@ class EngineCore:
         else:
             self._finish(spec, results, "finished", None, done, out)
         self.execute(out)
+
+    def _run_starts(self, worker_id: int, seq: int, record: TaskRecord | None,
+                    now: float) -> None:
+        """A worker begins a run (about ``now``): what the panel and a running task's
+        timings show until the worker says exactly when it started and ended."""
+        self.run_started[worker_id] = (seq, now)
+        if record is not None and record.started is None:
+            record.started = now
 
     def _retry_on(self, spec: TaskSpec, results: Sequence[Value]) -> bool:
         """retry_exceptions: whether the exception a task raised is one to run it again for."""
