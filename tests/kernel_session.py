@@ -20,6 +20,7 @@ class CellRun:
     msg_id: str
     outputs: list[dict[str, Any]] = field(default_factory=list)
     reply: dict[str, Any] = field(default_factory=dict)
+    idle: bool = False  # the kernel said it is done with this cell
 
     def of_type(self, *types: str) -> list[dict[str, Any]]:
         return [m for m in self.outputs if m["msg_type"] in types]
@@ -50,6 +51,7 @@ class KernelSession:
             kernel_name=kernel_name, env=env or dict(os.environ))
         self.pid = self.manager.provisioner.process.pid  # type: ignore[union-attr]
         self.stray: list[dict[str, Any]] = []  # messages of cells that already finished
+        self.comm_messages: list[dict[str, Any]] = []  # comm_msg / comm_close, any parent
         self._runs: dict[str, CellRun] = {}
 
     def run(self, code: str, timeout: float = 60, wait: bool = True) -> CellRun:
@@ -62,13 +64,8 @@ class KernelSession:
     def wait(self, run: CellRun, timeout: float = 60) -> CellRun:
         """Collect messages until the cell's kernel goes idle, and its reply."""
         deadline = time.monotonic() + timeout
-        while True:
-            message = self._next(deadline)
-            parent = message["parent_header"].get("msg_id")
-            if parent == run.msg_id and message["msg_type"] == "status" and \
-                    message["content"]["execution_state"] == "idle":
-                break
-            self._file(message)
+        while not run.idle:
+            self._file(self._next(deadline))
         while True:  # skip stale replies (wait_for_ready can leave a kernel_info_reply)
             reply = self.client.get_shell_msg(timeout=max(deadline - time.monotonic(), 1))
             if reply["parent_header"].get("msg_id") == run.msg_id:
@@ -95,9 +92,16 @@ class KernelSession:
             raise TimeoutError from None
 
     def _file(self, message: dict[str, Any]) -> None:
-        if message["msg_type"] in ("status", "execute_input"):
-            return
         run = self._runs.get(message["parent_header"].get("msg_id"))
+        if message["msg_type"] == "status":
+            if run is not None and message["content"]["execution_state"] == "idle":
+                run.idle = True
+            return
+        if message["msg_type"] == "execute_input":
+            return
+        if message["msg_type"] in ("comm_msg", "comm_close"):
+            self.comm_messages.append(message)
+            return
         if run is not None:
             run.outputs.append(message)
         else:
