@@ -75,8 +75,8 @@ def test_remote_cell_on_all_workers_gathers_lists(kernel):
     assert run.ok, run.text()
     displays = run.of_type("display_data")
     ids = {m["content"]["transient"].get("display_id") for m in displays
-           if str(m["content"].get("transient", {}).get("display_id")).startswith("distkernel-")}
-    assert len(ids) == 2  # one growing display per worker
+           if "jp-Distkernel-output" in m["content"]["data"].get("text/html", "")}
+    assert len(ids) == 2  # one growing display of output per worker
     assert "[(0, 2), (1, 2)]" in kernel.run("print(me)").text()
     two = kernel.run("%%remote -n 2\nx = WORKER_INDEX * 10")
     assert two.ok and "[0, 10]" in kernel.run("print(x)").text()
@@ -130,8 +130,7 @@ def test_output_rate_limit_marks_suppressed_lines(kernel):
     kernel.collect(0.5)
     texts = [m["content"]["data"]["text/plain"] for m in run.outputs + kernel.stray
              if m["parent_header"].get("msg_id") == run.msg_id and "data" in m["content"]
-             and str(m["content"].get("transient", {}).get("display_id")).startswith(
-                 "distkernel-")]
+             and m["content"]["data"].get("text/plain", "").startswith("[worker")]
     assert texts and "lines suppressed" in texts[-1]
 
 

@@ -74,6 +74,11 @@ class CellOutput:
         self._muted: set[str] = set()
         self._lock = threading.RLock()
 
+    @property
+    def can_show(self) -> bool:
+        """Whether displays can be sent under a cell: only in a kernel."""
+        return self._kernel is not None
+
     def current_tag(self) -> str | None:
         """The running cell's tag (its execute_request msg_id), remembering its header."""
         parent = self._kernel.get_parent("shell") if self._kernel is not None else None
@@ -149,14 +154,28 @@ class CellOutput:
         if parent is None:
             return
         suppressed = self._buckets[tag].suppressed if tag in self._buckets else 0
-        content = {"data": _bundle(display, suppressed), "metadata": {},
-                   "transient": {"display_id": display.display_id}}
-        msg_type = "update_display_data" if display.shown else "display_data"
+        self._publish(parent, display.display_id, _bundle(display, suppressed),
+                      update=display.shown)
+        display.shown = True
+        display.last_sent = time.monotonic()
+
+    def show(self, tag: str, display_id: str, bundle: dict[str, str], *, update: bool) -> bool:
+        """Show ``bundle`` under the cell ``tag`` (``update``: replace the display
+        ``display_id`` shown there before); False if the cell is not known."""
+        with self._lock:
+            parent = self._parents.get(tag)
+        if parent is None or tag in self._muted:
+            return False
+        self._publish(parent, display_id, bundle, update=update)
+        return True
+
+    def _publish(self, parent: Any, display_id: str, bundle: dict[str, str], *,
+                 update: bool) -> None:
+        content = {"data": bundle, "metadata": {}, "transient": {"display_id": display_id}}
+        msg_type = "update_display_data" if update else "display_data"
         session = self._kernel.session
         message = session.msg(msg_type, content, parent=parent)
         session.send(self._kernel.iopub_socket, message, ident=b"display_data")
-        display.shown = True
-        display.last_sent = time.monotonic()
 
     def _forget(self, tag: str) -> None:
         self._parents.pop(tag, None)

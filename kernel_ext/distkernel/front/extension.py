@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from IPython.display import display
@@ -24,12 +26,17 @@ from IPython.display import display
 from distkernel.api import runtime
 from distkernel.backends.base import Engine, print_output
 from distkernel.core.exceptions import TaskError
+from distkernel.core.timings import TaskRecord
 from distkernel.front.cell_output import CellOutput
+from distkernel.front.cell_progress import CellProgress
 from distkernel.front.magics import DistMagics
+from distkernel.front.panel import PanelChannel
 from distkernel.front.timings_view import lane_names, timings_bundle
 
 #: Seconds an interrupted task may take to stop before its worker is replaced.
 INTERRUPT_GRACE = 2.0
+#: Cells whose number the panel can show for their tasks.
+_CELLS_KEPT = 1000
 
 
 class Extension:
@@ -39,6 +46,25 @@ class Extension:
         self.shell = shell
         self.timings = "summary"  # on | off | summary | full
         self.output = CellOutput(getattr(shell, "kernel", None), self._tag_of, print_output)
+        self._cell_numbers: OrderedDict[str, int] = OrderedDict()  # cell tag -> In [n]
+        self.panel: PanelChannel | None = None
+        self.progress = CellProgress(self.output) if self.output.can_show else None
+
+    def pre_run_cell(self, info: Any) -> None:
+        """Remember which ``In [n]`` the running cell is, for the panel's task table."""
+        tag = self.output.current_tag()
+        if tag is not None:
+            # The cell is stored in ``In`` next, at this index (post_run_cell confirms it).
+            inputs = self.shell.user_ns.get("In")
+            self._cell_numbers[tag] = len(inputs) if isinstance(inputs, list) else \
+                self.shell.execution_count
+            if len(self._cell_numbers) > _CELLS_KEPT:
+                self._cell_numbers.popitem(last=False)
+            if self.progress is not None:
+                self.progress.cell_started(tag)
+
+    def cell_number(self, tag: str) -> int | None:
+        return self._cell_numbers.get(tag)
 
     def _tag_of(self, task_id: str) -> str | None:
         engine = runtime.current_engine()
@@ -57,20 +83,40 @@ class Extension:
     # -- shell events ---------------------------------------------------------------------
 
     def post_run_cell(self, result: Any) -> None:
-        engine = runtime.current_engine()
         tag = self.output.current_tag()
-        if engine is None or tag is None:
+        if tag is None:
+            return
+        if isinstance(getattr(result, "execution_count", None), int):
+            self._cell_numbers[tag] = result.execution_count
+        engine = runtime.current_engine()
+        if engine is None:  # no cluster (any more): nothing to draw, stop watching the cell
+            if self.progress is not None:
+                self.progress.cell_ended(tag, [], lambda records: None)
             return
         self.output.flush(tag)
         if isinstance(result.error_in_exec, KeyboardInterrupt):
             self.cancel_cell(engine, tag)
-        if self.timings == "off" or self.output.muted(tag):
-            return
         records = engine.timeline(cell=tag)
-        if records:
-            mode: Literal["summary", "full"] = "full" if self.timings == "full" else "summary"
-            display(timings_bundle(records, mode=mode, lane_names=lane_names(engine.snapshot())),
-                    raw=True)
+        draw = self._timings_drawer(engine, muted=self.output.muted(tag))
+        if self.progress is not None and self.progress.cell_ended(tag, records, draw):
+            return  # its progress line became the timings (drawn again as late tasks end)
+        bundle = draw(records) if records else None
+        if bundle is not None:
+            display(bundle, raw=True)
+
+    def _timings_drawer(self, engine: Engine, *, muted: bool) -> Callable[
+            [Sequence[TaskRecord]], dict[str, str] | None]:
+        """How a cell's timings are drawn, now and when its late tasks end."""
+        if self.timings == "off" or muted:
+            return lambda records: None
+        mode: Literal["summary", "full"] = "full" if self.timings == "full" else "summary"
+
+        def draw(records: Sequence[TaskRecord]) -> dict[str, str] | None:
+            if not records:
+                return None
+            return timings_bundle(records, mode=mode, lane_names=lane_names(engine.snapshot()))
+
+        return draw
 
     def cancel_cell(self, engine: Engine, tag: str) -> None:
         """Interrupt the cell's tasks now; replace the workers of those that do not stop."""
@@ -136,12 +182,25 @@ def load(shell: Any) -> None:
     extension = Extension(shell)
     _loaded = extension
     shell.register_magics(DistMagics(shell, extension))
+    shell.events.register("pre_run_cell", extension.pre_run_cell)
     shell.events.register("post_run_cell", extension.post_run_cell)
+    extension.panel = _open_panel_channel(extension)
     shell.set_custom_exc((TaskError,), extension.show_task_error)
     runtime.add_start_hook(extension.attach)
     info = runtime.init() if not runtime.is_initialized() else runtime.cluster_info()
     extension.attach(runtime.engine())
     display(info)
+
+
+def _open_panel_channel(extension: Extension) -> PanelChannel | None:
+    """The side panel's comm target, in a kernel (a plain IPython has no panel)."""
+    if getattr(extension.shell, "kernel", None) is None:
+        return None
+    from comm import get_comm_manager
+
+    channel = PanelChannel(get_comm_manager(), extension.cell_number)
+    channel.register()
+    return channel
 
 
 def unload(shell: Any) -> None:
@@ -151,9 +210,15 @@ def unload(shell: Any) -> None:
     if extension is None:
         return
     runtime.remove_start_hook(extension.attach)
-    try:
-        shell.events.unregister("post_run_cell", extension.post_run_cell)
-    except ValueError:
-        pass
+    if extension.panel is not None:
+        extension.panel.close()
+    if extension.progress is not None:
+        extension.progress.stop()
+    for event, callback in (("pre_run_cell", extension.pre_run_cell),
+                            ("post_run_cell", extension.post_run_cell)):
+        try:
+            shell.events.unregister(event, callback)
+        except ValueError:
+            pass
     shell.set_custom_exc((), None)
     runtime.shutdown()
