@@ -1,0 +1,117 @@
+"""The side panel in a real JupyterLab, in a real Chromium: it follows the notebook's
+kernel, shows workers, the store and running tasks changing while a cell runs, and its
+scale and restart act while that cell still runs. Screenshots go to tests/artifacts/."""
+
+from __future__ import annotations
+
+import re
+
+from tests.browser.conftest import ARTIFACTS, write_notebook
+from tests.conftest import wait_until
+
+DEFINE = """import time, numpy as np, distkernel as dk
+@dk.remote
+def nap(seconds):
+    time.sleep(seconds)
+    return np.ones(200_000)
+"""
+LONG_CELL = "results = dk.get([nap.remote(0.5) for _ in range(40)])\nlen(results)"
+
+PANEL = "#distkernel-panel"
+
+
+def open_notebook(page, lab, name: str, cells: list[str], kernel: str) -> None:
+    write_notebook(lab.root / name, cells, kernel)
+    # A workspace of its own: JupyterLab would otherwise reopen the other tests' notebooks.
+    page.goto(lab.url(f"lab/workspaces/{name.split('.')[0]}/tree/{name}"))
+    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').filter(
+        visible=True).first.wait_for(timeout=90_000)
+
+
+def run_cell(page, index: int) -> None:
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def prompt_of(page, index: int) -> str:
+    return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(
+        ".jp-InputPrompt").first.inner_text()
+
+
+def counter(page, key: str) -> int:
+    text = page.locator(f'{PANEL} [data-counter="{key}"] .jp-Distkernel-counterValue')
+    return int(text.inner_text())
+
+
+def open_panel(page) -> None:
+    page.click('li[data-id="distkernel-panel"]')
+    page.wait_for_selector(PANEL, state="visible")
+
+
+def test_panel_is_live_and_acts_while_a_cell_runs(page, lab):
+    open_notebook(page, lab, "live.ipynb", [DEFINE, LONG_CELL], "distkernel")
+    open_panel(page)
+    page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for()
+    assert "distkernel" in page.locator(f"{PANEL} .jp-Distkernel-kernel").inner_text()
+
+    run_cell(page, 0)
+    run_cell(page, 1)
+    page.locator(f"{PANEL} .jp-Distkernel-state-busy").first.wait_for()
+    page.locator(f"{PANEL} .jp-Distkernel-task", has_text="nap").first.wait_for()
+    assert "*" in prompt_of(page, 1), "the long cell ended before the panel showed it"
+    first = counter(page, "finished")
+    assert wait_until(lambda: counter(page, "finished") >= first + 4, timeout=15)
+    store_text = page.locator(f"{PANEL} .jp-Distkernel-storeText").inner_text()
+    assert re.search(r"\d+ objects", store_text)
+    page.screenshot(path=str(ARTIFACTS.joinpath("panel_while_running.png")))
+
+    # Scale while the cell still runs: the pool grows at once.
+    page.fill(f"{PANEL} .jp-Distkernel-scaleInput", "3")
+    page.click(f'{PANEL} button[data-action="scale"]')
+    page.locator(f"{PANEL} h3", has_text="pool of 3").wait_for(timeout=10_000)
+    assert "*" in prompt_of(page, 1), "scaling waited for the cell to end"
+    rows = page.locator(f"{PANEL} .jp-Distkernel-workers tbody tr")
+    assert wait_until(lambda: rows.count() >= 3, timeout=10)
+
+    page.locator(".jp-Notebook .jp-Cell").nth(1).locator(
+        ".jp-InputPrompt", has_text="[2]").wait_for(timeout=60_000)
+    done = page.locator(f"{PANEL} .jp-Distkernel-tasks tbody tr")
+    assert done.count() > 0
+    assert "In [2]" in page.locator(f"{PANEL} .jp-Distkernel-tasks").inner_text()
+    assert page.locator(f"{PANEL} .jp-Distkernel-legendItem", has_text="nap").count() == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel.png"))
+
+
+def test_restart_from_the_panel_while_a_cell_runs(page, lab):
+    open_notebook(page, lab, "restart.ipynb",
+                  [DEFINE, "dk.get([nap.remote(30) for _ in range(2)])"], "distkernel")
+    open_panel(page)
+    page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for()
+    run_cell(page, 0)
+    run_cell(page, 1)
+    page.locator(f"{PANEL} .jp-Distkernel-task", has_text="nap").first.wait_for()
+    pids_before = page.locator(f"{PANEL} .jp-Distkernel-workers").inner_text()
+    page.click(f'{PANEL} button[data-action="restart"]')
+    page.locator(f"{PANEL} .jp-Distkernel-notice", has_text="restarted").wait_for(timeout=20_000)
+    # The running cell's get fails (its cluster was replaced) long before its 30 s are up.
+    page.locator(".jp-Notebook .jp-Cell").nth(1).locator(
+        ".jp-InputPrompt", has_text="[2]").wait_for(timeout=20_000)
+    page.locator(f"{PANEL} .jp-Distkernel-state-idle").first.wait_for()
+    assert page.locator(f"{PANEL} .jp-Distkernel-workers").inner_text() != pids_before
+
+
+def test_plain_ipykernel_offers_to_load_distkernel(page, lab):
+    open_notebook(page, lab, "plain.ipynb",
+                  ["import numpy as np, distkernel as dk\nkept = dk.put(np.ones(1_000_000))"],
+                  "python3")
+    open_panel(page)
+    offer = page.locator(f'{PANEL} button[data-action="load"]')
+    offer.wait_for(timeout=20_000)
+    assert "not loaded" in page.locator(f"{PANEL} .jp-Distkernel-state").inner_text()
+    offer.click()
+    page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for(timeout=30_000)
+    run_cell(page, 0)
+    page.locator(f"{PANEL} .jp-Distkernel-storeText", has_text="7.6 MiB").wait_for()
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel_plain_ipykernel.png"))
