@@ -100,7 +100,7 @@ function store(cluster: ICluster): string {
 function workerRow(worker: IWorker, now: number, actorClass: Map<string, string>): string {
   const running =
     worker.task !== null
-      ? `${escape(worker.task)} <span class="jp-Distkernel-dim">${formatSeconds(
+      ? `${escape(worker.task)}&nbsp;<span class="jp-Distkernel-dim">${formatSeconds(
           worker.since === null ? null : now - worker.since
         )}</span>`
       : '';
@@ -114,7 +114,7 @@ function workerRow(worker: IWorker, now: number, actorClass: Map<string, string>
     worker.task_id !== null
       ? `<button class="jp-Distkernel-small" data-action="cancel" data-task="${escape(
           worker.task_id
-        )}" title="Cancel this task">cancel</button>`
+        )}" title="Cancel this task" aria-label="cancel">×</button>`
       : '';
   return (
     `<tr data-worker="${worker.id}"><td>${worker.id}</td>` +
@@ -133,7 +133,8 @@ function workers(cluster: ICluster, now: number): string {
     '<section class="jp-Distkernel-section jp-Distkernel-workers">' +
     `<h3>Workers <span class="jp-Distkernel-dim">(pool of ${cluster.num_workers})</span></h3>` +
     '<table class="jp-Distkernel-table"><thead><tr><th>#</th><th>state</th><th></th>' +
-    '<th>task</th><th>CPU</th><th>RSS</th><th></th></tr></thead>' +
+    '<th>task</th><th class="jp-Distkernel-num">CPU</th><th class="jp-Distkernel-num">RSS</th>' +
+    '<th></th></tr></thead>' +
     `<tbody>${rows}</tbody></table></section>`
   );
 }
@@ -178,12 +179,15 @@ function stream(bars: Bar[], cluster: ICluster, now: number): string {
   const lane = 14;
   const left = 28;
   const height = Math.max(1, lanes.length) * lane;
-  const x = (t: number) =>
-    left + ((t - (now - STREAM_SECONDS)) / STREAM_SECONDS) * (width - left);
+  // The last minute at most, from the first bar shown: a few seconds of tasks fill the width.
+  const first = Math.min(now - 1, ...bars.map(b => b[1]));
+  const start = Math.max(now - STREAM_SECONDS, first);
+  const x = (t: number) => left + ((t - start) / (now - start)) * (width - left);
   const rects = bars
     .map(([worker, start, end, name, status]) => {
       const x0 = Math.max(left, x(start));
-      const x1 = Math.max(x0 + 1, x(end === null ? now : end));
+      // A pixel's gap between one task and the next on a lane.
+      const x1 = Math.max(x0 + 1, x(end === null ? now : end) - 1);
       const y = lanes.indexOf(worker) * lane + 2;
       const failed = status === 'failed' || status === 'cancelled' ? ' jp-Distkernel-failedBar' : '';
       return (
@@ -208,7 +212,7 @@ function stream(bars: Bar[], cluster: ICluster, now: number): string {
     .join('');
   return (
     '<section class="jp-Distkernel-section jp-Distkernel-stream">' +
-    '<h3>Task stream <span class="jp-Distkernel-dim">(last minute)</span></h3>' +
+    `<h3>Task stream <span class="jp-Distkernel-dim">(last ${formatSeconds(now - start)})</span></h3>` +
     `<svg class="jp-Distkernel-streamChart" viewBox="0 0 ${width} ${height}" ` +
     `width="100%" height="${height}" preserveAspectRatio="none">${labels}${rects}</svg>` +
     `<div class="jp-Distkernel-legend">${legend || '<span class="jp-Distkernel-dim">no tasks in the last minute</span>'}</div>` +
@@ -223,26 +227,32 @@ function taskRow(task: ITask): string {
   const cell =
     task.cell !== null
       ? `<a class="jp-Distkernel-cellLink" data-action="goto-cell" data-cell="${task.cell}" ` +
-        `title="Show this cell">In [${task.cell}]</a>`
+        `title="Show this cell">[${task.cell}]</a>`
       : '';
   const error = task.error
     ? `<div class="jp-Distkernel-error">${escape(task.error)}</div>`
     : '';
+  const details =
+    `queue ${formatSeconds(queue)} · run ${formatSeconds(run)} · ` +
+    `in ${formatBytes(task.bytes_in)} · out ${formatBytes(task.bytes_out)}` +
+    (task.worker !== null ? ` · worker ${task.worker}` : '');
   return (
-    `<tr data-task="${escape(task.id)}" class="jp-Distkernel-task-${task.status}">` +
-    `<td>${escape(task.name)}${error}</td><td>${cell}</td>` +
+    `<tr data-task="${escape(task.id)}" class="jp-Distkernel-task-${task.status}" ` +
+    `title="${escape(details)}">` +
+    `<td class="jp-Distkernel-taskName">${escape(task.name)}${error}</td><td>${cell}</td>` +
     `<td class="jp-Distkernel-num">${formatSeconds(queue)}</td>` +
     `<td class="jp-Distkernel-num">${formatSeconds(run)}</td>` +
-    `<td class="jp-Distkernel-num">${formatBytes(task.bytes_in)} / ${formatBytes(task.bytes_out)}</td>` +
     `<td><span class="jp-Distkernel-status jp-Distkernel-status-${task.status}">${task.status}</span></td></tr>`
   );
 }
 
 function tasks(list: ITask[]): string {
   return (
-    '<section class="jp-Distkernel-section jp-Distkernel-tasks"><h3>Last tasks</h3>' +
-    '<table class="jp-Distkernel-table"><thead><tr><th>task</th><th>cell</th><th>queue</th>' +
-    '<th>run</th><th>in / out</th><th>status</th></tr></thead>' +
+    '<section class="jp-Distkernel-section jp-Distkernel-tasks"><h3>Last tasks ' +
+    '<span class="jp-Distkernel-dim">(hover for bytes in / out)</span></h3>' +
+    '<table class="jp-Distkernel-table"><thead><tr><th>task</th><th>cell</th>' +
+    '<th class="jp-Distkernel-num">queue</th><th class="jp-Distkernel-num">run</th>' +
+    '<th>status</th></tr></thead>' +
     `<tbody>${list.map(taskRow).join('')}</tbody></table></section>`
   );
 }

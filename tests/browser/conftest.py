@@ -134,6 +134,9 @@ def page(browser, request):
     context = browser.new_context(viewport={"width": 1500, "height": 950})
     opened = context.new_page()
     opened.set_default_timeout(30_000)
+    opened.on("console", lambda message: message.type == "error" and print(
+        f"[browser console] {message.text}"))
+    opened.on("pageerror", lambda error: print(f"[browser page error] {error}"))
     yield opened
     ARTIFACTS.mkdir(exist_ok=True)
     try:

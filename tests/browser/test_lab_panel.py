@@ -62,6 +62,13 @@ def test_panel_is_live_and_acts_while_a_cell_runs(page, lab):
     assert "*" in prompt_of(page, 1), "the long cell ended before the panel showed it"
     first = counter(page, "finished")
     assert wait_until(lambda: counter(page, "finished") >= first + 4, timeout=15)
+    # The cell's own progress line, updated in place while it runs.
+    progress = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-Distkernel-progress")
+    progress.wait_for()
+    seen = {progress.inner_text()}
+    assert wait_until(lambda: seen.add(progress.inner_text()) or len(seen) >= 2, timeout=10)
+    assert all("of 40 tasks" in text for text in seen), seen
+    assert progress.count() == 1
     store_text = page.locator(f"{PANEL} .jp-Distkernel-storeText").inner_text()
     assert re.search(r"\d+ objects", store_text)
     page.screenshot(path=str(ARTIFACTS.joinpath("panel_while_running.png")))
@@ -76,15 +83,25 @@ def test_panel_is_live_and_acts_while_a_cell_runs(page, lab):
 
     page.locator(".jp-Notebook .jp-Cell").nth(1).locator(
         ".jp-InputPrompt", has_text="[2]").wait_for(timeout=60_000)
+    # The progress line became the cell's timings, with a legend.
+    chart = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-Distkernel-timings")
+    chart.wait_for()
+    assert progress.count() == 0
+    assert "40 tasks" in chart.inner_text() and "nap" in chart.locator(
+        ".jp-Distkernel-legend").inner_text()
     done = page.locator(f"{PANEL} .jp-Distkernel-tasks tbody tr")
     assert done.count() > 0
-    assert "In [2]" in page.locator(f"{PANEL} .jp-Distkernel-tasks").inner_text()
+    link = page.locator(f"{PANEL} .jp-Distkernel-cellLink").first
+    assert link.inner_text() == "[2]"
+    page.locator(".jp-Notebook .jp-Cell").nth(0).click()  # away from the tasks' cell
+    link.click()  # the task's cell becomes the active one
+    page.locator(".jp-Notebook .jp-Cell.jp-mod-active", has_text="results = dk.get").wait_for()
     assert page.locator(f"{PANEL} .jp-Distkernel-legendItem", has_text="nap").count() == 1
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel.png"))
 
 
-def test_restart_from_the_panel_while_a_cell_runs(page, lab):
+def test_cancel_and_restart_from_the_panel_while_a_cell_runs(page, lab):
     open_notebook(page, lab, "restart.ipynb",
                   [DEFINE, "dk.get([nap.remote(30) for _ in range(2)])"], "distkernel")
     open_panel(page)
@@ -92,14 +109,20 @@ def test_restart_from_the_panel_while_a_cell_runs(page, lab):
     run_cell(page, 0)
     run_cell(page, 1)
     page.locator(f"{PANEL} .jp-Distkernel-task", has_text="nap").first.wait_for()
+    # Cancel one of the two running tasks from its worker's row.
+    page.locator(f'{PANEL} button[data-action="cancel"]').first.click()
+    page.locator(f"{PANEL} .jp-Distkernel-status-cancelled").first.wait_for(timeout=10_000)
     pids_before = page.locator(f"{PANEL} .jp-Distkernel-workers").inner_text()
     page.click(f'{PANEL} button[data-action="restart"]')
     page.locator(f"{PANEL} .jp-Distkernel-notice", has_text="restarted").wait_for(timeout=20_000)
     # The running cell's get fails (its cluster was replaced) long before its 30 s are up.
     page.locator(".jp-Notebook .jp-Cell").nth(1).locator(
         ".jp-InputPrompt", has_text="[2]").wait_for(timeout=20_000)
-    page.locator(f"{PANEL} .jp-Distkernel-state-idle").first.wait_for()
-    assert page.locator(f"{PANEL} .jp-Distkernel-workers").inner_text() != pids_before
+    workers = page.locator(f"{PANEL} .jp-Distkernel-workers")
+    assert "nap" in pids_before
+    # New workers: none runs the old cell's task, and they come up idle.
+    assert wait_until(lambda: "nap" not in workers.inner_text() and workers.locator(
+        ".jp-Distkernel-state-idle").count() == 2, timeout=20)
 
 
 def test_plain_ipykernel_offers_to_load_distkernel(page, lab):

@@ -500,8 +500,25 @@ def test_text_inherits_the_theme_color_except_status_colors():
     assert colored and all(e.get("class") == "jp-Distkernel-status-failed" for e in colored)
     (cancelled,) = by_class(root, "jp-Distkernel-status-cancelled")
     assert style(cancelled)["opacity"] == "0.7"  # muted, in the theme's own color
-    for element in by_class(root, "jp-Distkernel-label") + by_class(root, "jp-Distkernel-tick"):
+    for element in by_class(root, "jp-Distkernel-tick"):
         assert style(element)["opacity"] == "0.7"
+    for element in by_class(root, "jp-Distkernel-label"):  # lane labels: full theme color
+        assert "opacity" not in style(element) and style(element)["font-size"] == "12px"
+
+
+def test_the_chart_has_a_legend_and_marks_workers_starting():
+    records = sample()
+    t0 = min(r.submitted for r in records)
+    lane = next(r.worker_id for r in records if r.worker_id is not None)
+    bundle = timings_bundle(records, ready_at={lane: t0 + 0.05})
+    root = parse(bundle["text/html"])
+    legend = " ".join("".join(e.itertext()) for e in by_class(root, "jp-Distkernel-legendItem"))
+    for name in {r.name for r in records if r.status not in ("failed", "cancelled")}:
+        assert name in legend
+    assert "worker starting" in legend and "waiting in the queue" in legend
+    assert len(by_class(root, "jp-Distkernel-starting")) == 1
+    assert "of it workers starting" in bundle["text/plain"]
+    assert not by_class(parse(timings_bundle(records)["text/html"]), "jp-Distkernel-starting")
 
 
 def test_timeline_bundle_is_the_chart_with_a_short_text_fallback():

@@ -73,10 +73,17 @@ def test_remote_cell_on_all_workers_gathers_lists(kernel):
     run = kernel.run("%%remote --all\nprint('hello from', WORKER_INDEX)\n"
                      "me = (WORKER_INDEX, NUM_WORKERS)")
     assert run.ok, run.text()
-    displays = run.of_type("display_data")
-    ids = {m["content"]["transient"].get("display_id") for m in displays
-           if "jp-Distkernel-output" in m["content"]["data"].get("text/html", "")}
-    assert len(ids) == 2  # one growing display of output per worker
+    shown: dict[str, str] = {}  # display id -> its latest text, in the order first shown
+    for message in run.of_type("display_data", "update_display_data"):
+        display_id = message["content"].get("transient", {}).get("display_id", "")
+        text = message["content"]["data"].get("text/plain", "")
+        if display_id in shown or text.startswith("[WORKER_INDEX") or not text:
+            shown[display_id] = text
+    groups = [text for text in shown.values() if text.startswith("[WORKER_INDEX")]
+    assert len(groups) == 2, shown  # one growing display of output per worker ...
+    for index, text in enumerate(groups):  # ... in WORKER_INDEX order, titled with it
+        assert text.startswith(f"[WORKER_INDEX {index} · worker ")
+        assert f"hello from {index}" in text
     assert "[(0, 2), (1, 2)]" in kernel.run("print(me)").text()
     two = kernel.run("%%remote -n 2\nx = WORKER_INDEX * 10")
     assert two.ok and "[0, 10]" in kernel.run("print(x)").text()

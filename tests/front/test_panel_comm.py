@@ -141,6 +141,31 @@ def test_restart_and_cancel_from_the_panel(kernel):
     assert "shut down" in cell.text() or "cancel" in cell.text().lower(), cell.text()
 
 
+ACTOR_CELL = """
+import time, distkernel as dk
+@dk.remote
+class Sleeper:
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return seconds
+sleeper = Sleeper.options(name="sleeper").remote()
+dk.get(sleeper.nap.remote(60))
+"""
+
+
+def test_killing_an_actor_from_the_panel_ends_the_call_a_cell_waits_for(kernel):
+    panel = PanelLink(kernel, create_subshell(kernel))
+    cell = kernel.run(ACTOR_CELL, wait=False)
+    alive = panel.update_where(lambda u: u["cluster"] is not None and any(
+        a["name"] == "sleeper" and a["state"] == "alive" for a in u["cluster"]["actors"]))
+    (actor,) = [a for a in alive["cluster"]["actors"] if a["name"] == "sleeper"]
+    assert actor["class"] == "Sleeper"
+    reply = panel.reply(panel.act(action="kill_actor", actor_id=actor["id"]))
+    assert reply["ok"], reply
+    kernel.wait(cell, timeout=20)  # well before the call's 60 s
+    assert "ActorDiedError" in cell.text(), cell.text()
+
+
 MALFORMED = [
     ({"action": "launch"}, "unknown action 'launch'"),
     ({"action": "scale", "workers": "3"}, "'workers' must be a whole number"),

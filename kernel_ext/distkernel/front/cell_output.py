@@ -36,6 +36,7 @@ MIN_INTERVAL = 0.1
 class _Display:
     display_id: str
     worker_id: int
+    label: str = ""  # its title; "worker <id>" when not given
     lines: list[tuple[str, str]] = field(default_factory=list)  # (stream, line)
     dropped: int = 0
     shown: bool = False
@@ -111,6 +112,19 @@ class CellOutput:
                 display.dropped += len(display.lines) - MAX_LINES
                 del display.lines[:len(display.lines) - MAX_LINES]
             self._schedule(tag, display)
+
+    def reserve(self, tag: str, labels: dict[int, str]) -> None:
+        """Output groups for these workers, titled and in this order, before any output
+        arrives (``%%remote -n N`` / ``--all``: worker order, not arrival order)."""
+        with self._lock:
+            parent = self._parents.get(tag)
+            if parent is None or tag in self._muted:
+                return
+            for worker_id, label in labels.items():
+                display = self._display(tag, worker_id)
+                display.label = label
+                self._publish(parent, display.display_id, {"text/plain": ""}, update=False)
+                display.shown = True
 
     def mute(self, tag: str) -> None:
         """Drop the output of this cell's tasks (``%%remote --quiet``)."""
@@ -199,7 +213,7 @@ def _notes(display: _Display, suppressed: int) -> list[str]:
 
 def _bundle(display: _Display, suppressed: int) -> dict[str, str]:
     """text/plain and text/html of one worker's output in one cell."""
-    label = f"worker {display.worker_id}"
+    label = display.label or f"worker {display.worker_id}"
     notes = _notes(display, suppressed)
     plain = "\n".join([f"[{label}]", *notes, *(line for _, line in display.lines)])
     rows = []
@@ -210,7 +224,8 @@ def _bundle(display: _Display, suppressed: int) -> dict[str, str]:
     note_html = "".join(f'<div class="jp-Distkernel-note">{html.escape(n)}</div>' for n in notes)
     body = "\n".join(rows)
     page = (f'<div class="jp-Distkernel-output"><style>'
-            f".jp-Distkernel-output pre{{margin:0;white-space:pre-wrap}}"
+            f".jp-Distkernel-output pre{{margin:0;white-space:pre-wrap;"
+            f"font-size:var(--jp-code-font-size);line-height:var(--jp-code-line-height)}}"
             f".jp-Distkernel-stderr{{background:var(--jp-rendermime-error-background,#fdd)}}"
             f".jp-Distkernel-label,.jp-Distkernel-note{{font-size:85%;"
             f"color:var(--jp-ui-font-color2,#777)}}</style>"

@@ -31,7 +31,7 @@ from distkernel.front.cell_output import CellOutput
 from distkernel.front.cell_progress import CellProgress
 from distkernel.front.magics import DistMagics
 from distkernel.front.panel import PanelChannel
-from distkernel.front.timings_view import lane_names, timings_bundle
+from distkernel.front.timings_view import lane_names, ready_times, timings_bundle
 
 #: Seconds an interrupted task may take to stop before its worker is replaced.
 INTERRUPT_GRACE = 2.0
@@ -69,6 +69,14 @@ class Extension:
     def _tag_of(self, task_id: str) -> str | None:
         engine = runtime.current_engine()
         return engine.cell_of_task(task_id) if engine is not None else None
+
+    def reserve_output_groups(self, worker_ids: list[int]) -> None:
+        """``%%remote -n N`` / ``--all``: the running cell's output groups, one per worker in
+        WORKER_INDEX order, each titled with its index and its worker."""
+        tag = self.output.current_tag()
+        if tag is not None:
+            self.output.reserve(tag, {worker_id: f"WORKER_INDEX {index} · worker {worker_id}"
+                                      for index, worker_id in enumerate(worker_ids)})
 
     def quiet_cell(self) -> None:
         """No streamed output and no timings for the running cell."""
@@ -114,7 +122,9 @@ class Extension:
         def draw(records: Sequence[TaskRecord]) -> dict[str, str] | None:
             if not records:
                 return None
-            return timings_bundle(records, mode=mode, lane_names=lane_names(engine.snapshot()))
+            snapshot = engine.snapshot()
+            return timings_bundle(records, mode=mode, lane_names=lane_names(snapshot),
+                                  ready_at=ready_times(snapshot))
 
         return draw
 

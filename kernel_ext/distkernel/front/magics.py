@@ -182,6 +182,8 @@ class DistMagics(Magics):
         source = TransformerManager().transform_cell(cell)
         label = f"In[{_cell_number(self.shell)}]"
         values = {name: namespace[name] for name in send}
+        if len(placements) > 1 or args.all:  # one output group per worker, in WORKER_INDEX order
+            self._extension.reserve_output_groups(placements)
         refs = [_RUN_CELL.with_task_options(kind="cell", name=f"%%remote {label}",
                                             pin_worker=worker_id).remote(
                     source, f"<%%remote cell {label}>", values, pull, index, len(placements),

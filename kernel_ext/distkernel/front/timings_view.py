@@ -42,7 +42,13 @@ LANE_HEIGHT, BAR_HEIGHT, AXIS_HEIGHT, MIN_BAR = 18, 12, 18, 2
 GUTTER, RIGHT_ROOM = 8, 44  # px between labels and bars; room for the last tick's label
 # Grey with alpha reads as faint on white and on JupyterLab's dark background alike.
 GRID, FAINT, MUTED, AXIS = "#80808066", "#80808073", "#808080a6", "#808080"
+STARTING = "#80808026"  # a worker still starting: the faintest grey, in a dashed box
 TEXT_SMALL = "font-size:11px;opacity:0.7"  # muted text: the theme's color, faded
+#: Lane labels and the legend: the theme's own text color at full strength, readable in the
+#: light and the dark theme.
+TEXT_LABEL = "font-size:12px"
+#: The legend names at most this many functions (the most frequent), then "N others".
+LEGEND_MAX = 8
 CELL = f"padding:1px 8px;white-space:nowrap;border-bottom:1px solid {GRID}"
 
 _Scale = Callable[[float], float]  # time (epoch seconds) to percent of the time axis
@@ -111,6 +117,18 @@ def _horizon(records: Sequence[TaskRecord]) -> float:
     return max(t for r in records for t in (r.submitted, r.started, r.finished) if t is not None)
 
 
+def _start_wait(records: Sequence[TaskRecord],
+                ready_at: Mapping[int, float] | None) -> dict[int, float]:
+    """Per lane, how long after the first submission its worker became ready (only the
+    lanes whose worker was still starting then)."""
+    if not ready_at:
+        return {}
+    t0 = min(r.submitted for r in records)
+    lanes = {r.worker_id for r in records if r.worker_id is not None}
+    return {lane: ready_at[lane] - t0 for lane in lanes
+            if lane in ready_at and ready_at[lane] > t0}
+
+
 def _name_groups(records: Sequence[TaskRecord], shown: int = 3) -> str:
     """' (10 f, 2 g)': what the tasks were, when that fits in a few words."""
     counts = Counter(_clean(r.name, 40) for r in records)
@@ -126,7 +144,8 @@ def _name_groups(records: Sequence[TaskRecord], shown: int = 3) -> str:
     return f" ({', '.join(parts)})"
 
 
-def _summary_line(records: Sequence[TaskRecord]) -> str:
+def _summary_line(records: Sequence[TaskRecord],
+                  ready_at: Mapping[int, float] | None = None) -> str:
     """'12 tasks (12 f) on 2 workers · wall 1.24 s · run 2.30 s (max 310 ms) · …'."""
     head = f"{_plural(len(records), 'task')}{_name_groups(records)}"
     workers = {r.worker_id for r in records if r.worker_id is not None}
@@ -139,6 +158,9 @@ def _summary_line(records: Sequence[TaskRecord]) -> str:
     queues = [r.queue_time for r in records if r.queue_time is not None]
     if queues:
         parts.append(f"queue max {format_duration(max(queues))}")
+    waited = _start_wait(records, ready_at)
+    if waited:
+        parts.append(f"{format_duration(max(waited.values()))} of it workers starting")
     parts.append(f"in {format_bytes(sum(r.bytes_in for r in records))}")
     parts.append(f"out {format_bytes(sum(r.bytes_out for r in records))}")
     statuses = Counter(r.status for r in records)
@@ -252,6 +274,14 @@ def _bar_div(record: TaskRecord, lane: str, x: _Scale, horizon: float) -> str:
             f'style="{style}"></div>')
 
 
+def _starting_div(x0: float, x1: float) -> str:
+    """Where a lane's worker was still starting: a dashed box, under the lane's bars."""
+    style = _span_style(x0, x1, 2, LANE_HEIGHT - 4) + ";box-sizing:border-box"
+    return (f'<div class="jp-Distkernel-starting" title="worker starting (its Python and '
+            f'imports)" style="{style};background-color:{STARTING};'
+            f'border:1px dashed {AXIS}"></div>')
+
+
 def _track(label_width: int) -> str:
     """Where the time axis sits: right of the labels, with room for the last tick's label."""
     return f"position:absolute;left:{label_width + GUTTER}px;right:{RIGHT_ROOM}px;top:0"
@@ -260,7 +290,7 @@ def _track(label_width: int) -> str:
 def _lane_div(label: str, items: list[str], label_width: int) -> str:
     """One lane: its label (cut to fit, whole in its tooltip) and a track holding its bars."""
     label_style = (f"position:absolute;left:0;top:0;width:{label_width}px;height:{LANE_HEIGHT}px;"
-                   f"line-height:{LANE_HEIGHT}px;{TEXT_SMALL};text-align:right;white-space:nowrap;"
+                   f"line-height:{LANE_HEIGHT}px;{TEXT_LABEL};text-align:right;white-space:nowrap;"
                    "overflow:hidden;text-overflow:ellipsis")
     track_style = f"{_track(label_width)};height:{LANE_HEIGHT}px;border-bottom:1px solid {GRID}"
     return (f'<div class="jp-Distkernel-lane" style="position:relative;height:{LANE_HEIGHT}px">'
@@ -298,8 +328,10 @@ def task_stream_html(
     *,
     width: int = 760,
     lane_names: Mapping[int, str] | None = None,
+    ready_at: Mapping[int, float] | None = None,
 ) -> str:
-    """A task-stream (Gantt) chart: one lane per worker, one bar per task, queue time before it.
+    """A task-stream (Gantt) chart: one lane per worker, one bar per task, queue time before it;
+    ``ready_at`` (worker id -> when it was ready) marks the time its worker was starting.
 
     ``width`` is the most pixels it takes; it shrinks with the output area, bars being placed in
     percent of the time axis.
@@ -320,15 +352,53 @@ def task_stream_html(
         return (t - t0) / span * 100.0
 
     ticks = _ticks(span)
+    waits = _start_wait(records, ready_at)
     out = [_grid_div(ticks, x, t0, label_width)]
     for lane in lanes:
         mine = [r for r in records if r.worker_id == lane]
+        starting = [_starting_div(0.0, x(min(t0 + waits[lane], horizon)))] \
+            if lane in waits else []
         queues = [q for q in (_queue_div(r, x) for r in mine) if q]
         bars = [_bar_div(r, labels[lane], x, horizon) for r in mine]
-        out.append(_lane_div(labels[lane], queues + bars, label_width))
+        out.append(_lane_div(labels[lane], starting + queues + bars, label_width))
     out.append(_axis_div(ticks, x, t0, label_width))
+    out.append(_legend_div(records, starting=bool(waits)))
     style = f"position:relative;max-width:{width}px;margin:2px 0 0 0"
     return f'<div class="jp-Distkernel-stream" style="{style}">{"".join(out)}</div>'
+
+
+def _swatch(color: str, text: str, *, faint: bool = False, dashed: bool = False) -> str:
+    border = f";border:1px dashed {AXIS};box-sizing:border-box" if dashed else ""
+    box = (f"display:inline-block;width:10px;height:10px;margin:0 4px 0 0;"
+           f"background-color:{color};border-radius:2px;vertical-align:middle{border}")
+    opacity = ";opacity:0.7" if faint else ""
+    return (f'<div class="jp-Distkernel-legendItem" style="display:inline-block;'
+            f'margin:0 12px 0 0;white-space:nowrap{opacity}"><div style="{box}"></div>'
+            f"{html.escape(text)}</div>")
+
+
+def _legend_div(records: Sequence[TaskRecord], *, starting: bool = False) -> str:
+    """What the colors mean: one swatch per function (the most frequent first), the queue
+    segment, and failed / cancelled when there are such tasks."""
+    names = Counter(r.name for r in records if r.status not in ("failed", "cancelled"))
+    items = [_swatch(PALETTE[zlib.crc32(name.encode("utf-8", "replace")) % len(PALETTE)],
+                     _clean(name, 30))
+             for name, _ in names.most_common(LEGEND_MAX)]
+    if len(names) > LEGEND_MAX:
+        items.append(f'<div style="display:inline-block;{TEXT_SMALL}">'
+                     f"{len(names) - LEGEND_MAX} others</div>")
+    statuses = {r.status for r in records}
+    if "failed" in statuses:
+        items.append(_swatch(FAILED_COLOR, "failed"))
+    if "cancelled" in statuses:
+        items.append(_swatch(CANCELLED_COLOR, "cancelled"))
+    if any(r.started is not None and r.started > r.submitted for r in records):
+        items.append(_swatch(FAINT, "waiting in the queue (darker where waits overlap)",
+                             faint=True))
+    if starting:
+        items.append(_swatch(STARTING, "worker starting", faint=True, dashed=True))
+    return (f'<div class="jp-Distkernel-legend" style="margin:4px 0 0 0;{TEXT_LABEL}">'
+            f'{"".join(items)}</div>')
 
 
 # ---------------------------------------------------------------- table
@@ -428,6 +498,7 @@ def timings_bundle(
     mode: Literal["summary", "full"] = "summary",
     title: str | None = None,
     lane_names: Mapping[int, str] | None = None,
+    ready_at: Mapping[int, float] | None = None,
 ) -> dict[str, str]:
     """A Jupyter mime bundle {'text/html': ..., 'text/plain': ...} for the tasks of one cell.
 
@@ -439,10 +510,10 @@ def timings_bundle(
         raise ValueError(msg)
     if not records:
         return _empty_bundle(title)
-    summary = _summary_line(records)
+    summary = _summary_line(records, ready_at)
     html_parts = [f'<div class="jp-Distkernel-summary" style="margin:2px 0 4px 0">'
                   f"{html.escape(summary)}</div>",
-                  task_stream_html(records, lane_names=lane_names)]
+                  task_stream_html(records, lane_names=lane_names, ready_at=ready_at)]
     text_lines = [summary, *_lane_lines(records, lane_names)]
     if mode == "full":
         html_parts.append(_html_table(records, lane_names))
@@ -464,6 +535,11 @@ def timeline_bundle(
         "text/html": _html([task_stream_html(records, lane_names=lane_names)], title),
         "text/plain": _text(text_lines, title),
     }
+
+
+def ready_times(snapshot: ClusterSnapshot) -> dict[int, float]:
+    """When each worker became ready: the charts mark the wait for workers starting."""
+    return {w.worker_id: w.ready_at for w in snapshot.workers if w.ready_at is not None}
 
 
 def lane_names(snapshot: ClusterSnapshot) -> dict[int, str]:

@@ -348,7 +348,9 @@ class LocalEngine(EngineCore, Engine):
         started = since[1] if spec is not None and since and since[0] == state.running else None
         return WorkerSnapshot(worker_id, self._pid_of(worker_id), state.state,
                               spec.name if spec else None, spec.task_id if spec else None,
-                              started, state.actor_id or None, state.extra, None, None)
+                              started, state.actor_id or None, state.extra, None, None,
+                              self.worker_launched.get(worker_id),
+                              self.worker_ready_at.get(worker_id))
 
     def _actor_snapshot(self, actor_id: str, actor: ActorState) -> ActorSnapshot:
         options = self.actor_meta.get(actor_id)

@@ -124,6 +124,10 @@ class EngineCore:
         # When each worker's current run began (its run seq, epoch seconds): the panel's
         # "running for"; the worker's own start time replaces it in the task's record.
         self.run_started: dict[int, tuple[int, float]] = {}
+        # When each worker was launched and when it said it was ready (epoch seconds): the
+        # charts mark the wait for workers starting.
+        self.worker_launched: dict[int, float] = {}
+        self.worker_ready_at: dict[int, float] = {}
         self.actor_meta: dict[str, ActorOptions] = {}
         self.actor_names = ActorNames(settings.namespace, self.actor_alive)
         # Which notebook cell each task belongs to (output routing, timings, interrupts):
@@ -425,6 +429,7 @@ class EngineCore:
             return
         worker_id = self.scheduler.add_worker(extra=extra, actor_id=actor_id)
         self.counts["workers_started"] += 1
+        self.worker_launched[worker_id] = time.time()
         process = pool.start_worker(worker_id, self.space, self.cluster_id, registry.dump(),
                                     self.settings.worker_env, self.settings.working_dir)
         self.workers[worker_id] = process
@@ -485,6 +490,7 @@ class EngineCore:
         elif isinstance(message, Request):
             self.execute(self.requests.handle(worker_id, message))
         elif isinstance(message, WorkerReady):
+            self.worker_ready_at[worker_id] = time.time()
             self.execute(self.scheduler.worker_ready(worker_id))
 
     def _on_task_done(self, worker_id: int, done: TaskDone) -> None:
@@ -578,6 +584,8 @@ class EngineCore:
         if process is None:
             return
         self.io.unwatch(process)
+        for times in (self.worker_launched, self.worker_ready_at, self.run_started):
+            times.pop(worker_id, None)
         code = process.exit_code(timeout=2.0)
         state = self.scheduler.workers.get(worker_id)
         spec = self.scheduler.running_task(worker_id)
