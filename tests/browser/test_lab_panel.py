@@ -138,3 +138,66 @@ def test_plain_ipykernel_offers_to_load_distkernel(page, lab):
     run_cell(page, 0)
     page.locator(f"{PANEL} .jp-Distkernel-storeText", has_text="7.6 MiB").wait_for()
     page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel_plain_ipykernel.png"))
+
+    # The dark theme: the panel takes JupyterLab's colours, light text on a dark ground.
+    page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+    page.locator(".lm-Menu-itemLabel").get_by_text("JupyterLab Dark", exact=True).click()
+    page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=20_000)
+    assert wait_until(lambda: luminance(page, f"{PANEL}", "backgroundColor") < 0.3, timeout=10)
+    assert luminance(page, f"{PANEL} .jp-Distkernel-title", "color") > 0.6
+    assert luminance(page, f"{PANEL} .jp-Distkernel-counterValue", "color") > 0.6
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel_dark.png"))
+
+
+def luminance(page, selector: str, prop: str) -> float:
+    """0 (black) to 1 (white): the computed colour of ``prop`` of the first match."""
+    rgb = page.evaluate(
+        "([selector, prop]) => getComputedStyle(document.querySelector(selector))[prop]",
+        [selector, prop])
+    red, green, blue = (int(v) for v in re.findall(r"\d+", rgb)[:3])
+    return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
+
+
+def kernel_name_in_panel(page) -> str:
+    return page.locator(f"{PANEL} .jp-Distkernel-kernel").inner_text()
+
+
+def test_panel_follows_notebooks_and_survives_a_kernel_restart(page, lab):
+    write_notebook(lab.root / "first.ipynb", ["import distkernel as dk"], "distkernel")
+    open_notebook(page, lab, "second.ipynb", ["%load_ext distkernel"], "python3")
+    run_cell(page, 0)  # the plain ipykernel loads distkernel
+    open_panel(page)
+    page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for()
+    assert "ipykernel" in kernel_name_in_panel(page)
+
+    # A second notebook with its own kernel: the panel follows the one in front.
+    page.goto(lab.url("lab/workspaces/second/tree/first.ipynb"))
+    page.locator(".lm-TabBar-tab", has_text="first.ipynb").wait_for()
+    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').filter(
+        visible=True).first.wait_for(timeout=90_000)
+    if not page.locator(PANEL).is_visible():  # the workspace may not remember it open
+        open_panel(page)
+    assert wait_until(lambda: "distkernel" in kernel_name_in_panel(page), timeout=20)
+    page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for()
+    first_workers = page.locator(f"{PANEL} .jp-Distkernel-workers").inner_text()
+    page.locator(".lm-TabBar-tab", has_text="second.ipynb").click()
+    assert wait_until(lambda: "ipykernel" in kernel_name_in_panel(page), timeout=20)
+    page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for()
+
+    # Closing and opening the panel again: it connects again and stays live.
+    page.click('li[data-id="distkernel-panel"]')
+    page.wait_for_selector(PANEL, state="hidden")
+    open_panel(page)
+    page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for()
+
+    # Restarting the first notebook's kernel: the panel comes back with its new workers.
+    page.locator(".lm-TabBar-tab", has_text="first.ipynb").click()
+    assert wait_until(lambda: "distkernel" in kernel_name_in_panel(page), timeout=20)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel…").click()
+    page.locator(".jp-Dialog-button.jp-mod-accept").click()
+    workers = page.locator(f"{PANEL} .jp-Distkernel-workers")
+    assert wait_until(lambda: workers.count() == 1 and workers.inner_text() != first_workers,
+                      timeout=60)
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel_after_kernel_restart.png"))
