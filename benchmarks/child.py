@@ -33,6 +33,13 @@ def noop(x: Any) -> Any:
     return x
 
 
+def pause(seconds: float) -> float:
+    import time as clock
+
+    clock.sleep(seconds)
+    return seconds
+
+
 def shape_of(arr: Any) -> tuple[int, ...]:
     return tuple(arr.shape)
 
@@ -139,6 +146,8 @@ def sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
         ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"],
                                                       size["tput_repeats"])),
         ("submit_loop", lambda e: workloads.submit_loop(e, tasks, size["loop_n"])),
+        ("panel", lambda e: workloads.panel_cost(e, tasks, size["tput_n"],
+                                                 size["tput_repeats"])),
         ("batched_map", lambda e: workloads.batched_map(e, tasks, size["tput_n"])),
         ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB,
                                                           size["big_repeats"], args.workers)),

@@ -56,6 +56,11 @@ class Engine:
     def call(self, actor: Any, method: str, *args: Any) -> Any:
         return getattr(actor, method).remote(*args)
 
+    def open_panel(self) -> Any:
+        """A side panel watching the cluster, as JupyterLab's would; ``close()`` it."""
+        msg = f"{self.name} has no notebook side panel"
+        raise Unsupported(msg)
+
     def kill_actor(self, actor: Any) -> None:
         pass
 
@@ -109,6 +114,9 @@ class DistkernelEngine(Engine):
 
     def put(self, value: Any) -> Any:
         return self.dk.put(value)
+
+    def open_panel(self) -> Any:
+        return PanelWatcher()
 
     def create_actor(self, cls: type, *args: Any) -> Any:
         return self._remote(cls).remote(*args)
@@ -269,3 +277,55 @@ def make(name: str) -> Engine:
         msg = f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}"
         raise ValueError(msg)
     return ENGINES[name]()
+
+
+class _Comm:
+    """The kernel's end of a panel's comm, as ipykernel hands it to the comm target; what
+    it sends is serialized as ipykernel would (JSON), and counted."""
+
+    comm_id = "benchmark-panel"
+    kernel = None
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.sent_bytes = 0
+
+    def on_msg(self, callback: Any) -> None:
+        pass
+
+    def on_close(self, callback: Any) -> None:
+        pass
+
+    def send(self, data: Any) -> None:
+        import json
+
+        self.sent_bytes += len(json.dumps(data))
+        self.sent += 1
+
+    def close(self, data: Any = None) -> None:
+        pass
+
+
+class PanelWatcher:
+    """distkernel's panel channel with one panel open: its thread pushes updates at the
+    rate JupyterLab's panel gets them, in this process, as in a kernel."""
+
+    def __init__(self) -> None:
+        from distkernel.front.panel import PanelChannel
+
+        self._targets: dict[str, Any] = {}
+        self.channel = PanelChannel(self, lambda tag: None)
+        self.channel.register()
+        self.comm = _Comm()
+        self._targets["distkernel"](self.comm, {"content": {}})
+
+    # The comm manager's side, as ipykernel's: the channel registers its target here.
+    def register_target(self, name: str, callback: Any) -> None:
+        self._targets[name] = callback
+
+    def unregister_target(self, name: str, callback: Any) -> None:
+        self._targets.pop(name, None)
+
+    def close(self) -> None:
+        self.channel.close()
+

@@ -79,6 +79,38 @@ def submit_loop(engine: Engine, tasks: Any, n: int) -> dict[str, float]:
             "driver_rss_growth_bytes": driver.memory_info().rss - rss_before}
 
 
+def panel_cost(engine: Engine, tasks: Any, n: int, repeats: int) -> dict[str, Any]:
+    """What an open side panel costs the kernel: tiny-task throughput without and with a
+    panel open (its updates pushed four times a second by its thread), alternated over
+    ``repeats``; then the time to make one update while 1,000 tasks are queued."""
+    without, with_panel, sent = [], [], 0
+    for _ in range(repeats):
+        without.append(throughput(engine, tasks, n, 1)["tasks_per_s"])
+        panel = engine.open_panel()
+        try:
+            with_panel.append(throughput(engine, tasks, n, 1)["tasks_per_s"])
+        finally:
+            panel.close()
+        sent += panel.comm.sent
+    panel = engine.open_panel()
+    try:
+        busy = [engine.submit(tasks.pause, 3.0) for _ in range(4)]  # every worker busy
+        queued = [engine.submit(tasks.noop, i) for i in range(1000)]
+        costs = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            update = panel.channel.update()
+            costs.append(time.perf_counter() - t0)
+        queued_seen = update["cluster"]["queued"]
+        engine.get(busy + queued)
+    finally:
+        panel.close()
+    return {"without_per_s": statistics.median(without),
+            "with_per_s": statistics.median(with_panel), "updates_sent": sent,
+            "update_at_1000_queued_s": statistics.median(costs),
+            "update_p99_s": sorted(costs)[-1], "queued_seen": queued_seen, "n": n}
+
+
 def batched_map(engine: Engine, tasks: Any, n: int) -> dict[str, float]:
     """Pool.map_async of ``n`` tiny items: the Pool's batched best case, for reference."""
     t0 = time.perf_counter()

@@ -35,6 +35,7 @@ export interface IStore {
   objects: number;
   spilled_bytes: number;
   spilled_objects: number;
+  largest: { id: string; bytes: number; made_by: string; cell: number | null }[];
 }
 
 export interface ICluster {

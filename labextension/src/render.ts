@@ -87,13 +87,29 @@ function store(cluster: ICluster): string {
   const spilled = s.spilled_objects
     ? ` · ${s.spilled_objects} spilled (${formatBytes(s.spilled_bytes)})`
     : '';
+  const largest = s.largest
+    .map(
+      o =>
+        `<tr><td class="jp-Distkernel-num">${formatBytes(o.bytes)}</td>` +
+        `<td class="jp-Distkernel-taskName">${escape(o.made_by || '–')}</td><td>${
+          o.cell !== null
+            ? `<a class="jp-Distkernel-cellLink" data-action="goto-cell" data-cell="${o.cell}" title="Show this cell">[${o.cell}]</a>`
+            : ''
+        }</td></tr>`
+    )
+    .join('');
+  const largestTable = largest
+    ? '<table class="jp-Distkernel-table jp-Distkernel-largest"><thead><tr>' +
+      '<th class="jp-Distkernel-num">largest</th><th>made by</th><th>cell</th></tr></thead>' +
+      `<tbody>${largest}</tbody></table>`
+    : '';
   return (
     '<section class="jp-Distkernel-section jp-Distkernel-store">' +
     '<h3>Object store</h3>' +
     `<div class="jp-Distkernel-bar" title="${(share * 100).toFixed(1)} % used">` +
     `<div class="jp-Distkernel-barFill" style="width:${(share * 100).toFixed(1)}%"></div></div>` +
     `<div class="jp-Distkernel-storeText">${formatBytes(s.used)} of ${formatBytes(s.capacity)}` +
-    ` · ${s.objects} objects${spilled}</div></section>`
+    ` · ${s.objects} objects${spilled}</div>${largestTable}</section>`
   );
 }
 

@@ -137,6 +137,9 @@ def test_plain_ipykernel_offers_to_load_distkernel(page, lab):
     page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for(timeout=30_000)
     run_cell(page, 0)
     page.locator(f"{PANEL} .jp-Distkernel-storeText", has_text="7.6 MiB").wait_for()
+    largest = page.locator(f"{PANEL} .jp-Distkernel-largest tbody tr").first
+    largest.wait_for()
+    assert largest.inner_text().split() == ["7.6", "MiB", "put", "[1]"]
     page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel_plain_ipykernel.png"))
 
     # The dark theme: the panel takes JupyterLab's colours, light text on a dark ground.

@@ -42,6 +42,30 @@ def test_an_update_of_a_real_cluster_is_json_and_names_cells(cluster):
     assert lanes and lanes <= {w["id"] for w in decoded["cluster"]["workers"]}
 
 
+@dk.remote
+def ones(n):
+    import numpy as np
+
+    return np.ones(n)
+
+
+def test_the_largest_objects_say_who_made_them_and_in_which_cell(cluster):
+    import numpy as np
+
+    engine = runtime.engine()
+    engine.route_output(lambda: "cell-9", lambda *output: None)
+    kept = [dk.put(np.ones(300_000)), ones.remote(500_000), dk.put(7)]
+    dk.get(kept[1])
+    snapshot = engine.snapshot()
+    largest = snapshot.store.largest
+    assert [(o.nbytes > 4_000_000, o.made_by, o.cell) for o in largest] == [
+        (True, "ones", "cell-9"), (False, "put", "cell-9")]  # the small put is not listed
+    update = panel_model.update(snapshot, [], lambda task_id: None, {"cell-9": 4}.get, None)
+    assert [(o["made_by"], o["cell"]) for o in update["cluster"]["store"]["largest"]] == [
+        ("ones", 4), ("put", 4)]
+    del kept
+
+
 def test_no_cluster_says_so():
     update = panel_model.update(None, [], lambda task_id: None, lambda tag: None, None)
     assert update["cluster"] is None and update["tasks"] == [] and update["stream"] == []

@@ -46,6 +46,16 @@ class ActorSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectSnapshot:
+    """One of the largest objects: who made it ("put" or a task's name), from which cell."""
+
+    object_id: str
+    nbytes: int
+    made_by: str
+    cell: str | None  # the notebook cell's tag, None outside a notebook
+
+
+@dataclass(frozen=True, slots=True)
 class StoreSnapshot:
     """The object store; spilled objects live on disk until read again."""
 
@@ -54,6 +64,7 @@ class StoreSnapshot:
     num_objects: int
     spilled_bytes: int
     spilled_objects: int
+    largest: tuple[ObjectSnapshot, ...] = ()  # the largest objects, largest first
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,8 @@ VERSION = 1
 CellNumber = Callable[[str], "int | None"]
 
 
-def cluster_part(snapshot: ClusterSnapshot) -> dict[str, Any]:
+def cluster_part(snapshot: ClusterSnapshot,
+                 cell_number: CellNumber = lambda tag: None) -> dict[str, Any]:
     """Workers, actors, store, queue and counters, with short keys."""
     return {
         "backend": snapshot.backend, "cluster_id": snapshot.cluster_id,
@@ -42,7 +43,10 @@ def cluster_part(snapshot: ClusterSnapshot) -> dict[str, Any]:
         "store": {"capacity": snapshot.store.capacity, "used": snapshot.store.used_bytes,
                   "objects": snapshot.store.num_objects,
                   "spilled_bytes": snapshot.store.spilled_bytes,
-                  "spilled_objects": snapshot.store.spilled_objects},
+                  "spilled_objects": snapshot.store.spilled_objects,
+                  "largest": [{"id": o.object_id, "bytes": o.nbytes, "made_by": o.made_by,
+                               "cell": cell_number(o.cell) if o.cell is not None else None}
+                              for o in snapshot.store.largest]},
         "counters": {"submitted": snapshot.counters.submitted,
                      "finished": snapshot.counters.finished,
                      "failed": snapshot.counters.failed,
@@ -90,6 +94,7 @@ def update(snapshot: ClusterSnapshot | None, records: Sequence[TaskRecord],
     if snapshot is None:
         return {"type": "update", "version": VERSION, "cluster": None, "tasks": [],
                 "stream": [], "rate": None}
-    return {"type": "update", "version": VERSION, "cluster": cluster_part(snapshot),
+    return {"type": "update", "version": VERSION,
+            "cluster": cluster_part(snapshot, cell_number),
             "tasks": task_rows(records, cell_of, cell_number),
             "stream": stream_bars(records, snapshot.taken_at), "rate": rate}

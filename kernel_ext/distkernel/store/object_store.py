@@ -18,6 +18,7 @@ zero-copy view. A spilled value is read the same way, from its file on disk.
 from __future__ import annotations
 
 import ctypes
+import heapq
 import mmap
 import os
 import queue
@@ -194,6 +195,10 @@ class Entry:
     pins: int = 0  # tasks that need it, objects that contain a ref to it
     view: memoryview | None = None  # the driver's read-only mapping, made on first use
     contained: tuple[str, ...] = field(default=())
+    # Who made a large object ("put" or the task's name) and the tag of the notebook cell
+    # it came from: what the side panel shows next to the largest objects.
+    made_by: str = ""
+    cell: str | None = None
 
 
 class ObjectStore:
@@ -381,6 +386,12 @@ class ObjectStore:
             self.release(value.nbytes)
         if isinstance(value, SharedValue):
             self._free_shared(value)
+
+    def largest(self, count: int) -> list[tuple[str, Entry]]:
+        """The ``count`` largest objects in shared memory or spilled, largest first."""
+        shared = ((object_id, entry) for object_id, entry in self._entries.items()
+                  if type(entry.value) is SharedValue)
+        return heapq.nlargest(count, shared, key=lambda item: item[1].value.nbytes)  # type: ignore[union-attr]
 
     def stats(self) -> dict[str, int]:
         """Capacity, used bytes and object count (``object_count`` names it as the spec does)."""

@@ -17,7 +17,6 @@ memory, unpickling) outside the lock and take it only to register or look up;
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import time
@@ -33,6 +32,7 @@ from distkernel.backends.snapshot import (
     ActorSnapshot,
     ClusterSnapshot,
     Counters,
+    ObjectSnapshot,
     StoreSnapshot,
     WorkerSnapshot,
 )
@@ -62,6 +62,8 @@ from distkernel.store import object_store, reaper
 from distkernel.store.arena import Region
 from distkernel.store.serialization import Serialized, serialize
 
+#: How many of the largest objects a snapshot lists (the side panel shows them).
+LARGEST_SHOWN = 5
 
 class LocalEngine(EngineCore, Engine):
     """The engine behind ``init()``: public operations on top of the lock-held core."""
@@ -94,6 +96,10 @@ class LocalEngine(EngineCore, Engine):
         serialized = serialize(value)
         with DEFERRED_SIGINT:  # the counted ref exists before a Ctrl-C can be raised
             object_id = self._store_new(serialized, refs.new_id(), refs=1)
+            if object_store.stored_size(serialized) >= config.INLINE_THRESHOLD:
+                with self.lock:
+                    self._made_by(object_id, "put",
+                                  self.tag_source() if self.tag_source is not None else None)
             return ObjectRef.counted(object_id, self.cluster_id)
 
     def _store_new(self, serialized: Serialized, object_id: str, *, refs: int = 0,
@@ -325,6 +331,9 @@ class LocalEngine(EngineCore, Engine):
             actors = tuple(self._actor_snapshot(actor_id, actor)
                            for actor_id, actor in scheduler.actors.items())
             store = self.store.stats()
+            largest = tuple(ObjectSnapshot(object_id, entry.value.nbytes, entry.made_by,  # type: ignore[union-attr]
+                                           entry.cell)
+                            for object_id, entry in self.store.largest(LARGEST_SHOWN))
             queued = len(scheduler.queue) + len(scheduler.special)
             running = sum(len(w.assigned) for w in scheduler.workers.values())
             total = tuple(scheduler.resources.capacity.items())
@@ -339,7 +348,7 @@ class LocalEngine(EngineCore, Engine):
         return ClusterSnapshot(
             self.name, self.cluster_id, self.started_at, time.time(), self.num_workers, rows,
             actors, StoreSnapshot(store["capacity"], store["used_bytes"], store["num_objects"],
-                                  store["spilled_bytes"], store["spilled_objects"]),
+                                  store["spilled_bytes"], store["spilled_objects"], largest),
             queued, running, total, available, counters)
 
     def _worker_snapshot(self, worker_id: int, state: WorkerState) -> WorkerSnapshot:
@@ -365,7 +374,7 @@ class LocalEngine(EngineCore, Engine):
     def timeline(self, last: int | None = None, *, cell: str | None = None) -> list[TaskRecord]:
         records = self.history.last(last) if cell is None else self.cell_timelines.of(cell, last)
         with DEFERRED_SIGINT, self.lock:  # copies: the engine updates records under its lock
-            return [copy.copy(record) for record in records]
+            return [record.copy() for record in records]
 
     # -- the notebook cell behind each task ----------------------------------------------------
 

@@ -291,6 +291,8 @@ class EngineCore:
         for return_id, value in zip(spec.return_ids, values):
             bytes_out += value.nbytes
             self.forget(self.store.seal(return_id, value))
+            if type(value) is SharedValue:  # a large result: remember who made it
+                self._made_by(return_id, spec.name, self.task_tags.get(spec.task_id))
             self.producers.pop(return_id, None)
             out.extend(self.scheduler.object_ready(return_id))
         pins = self.task_pins.pop(spec.task_id, [])
@@ -531,6 +533,11 @@ class EngineCore:
         else:
             self._finish(spec, results, "finished", None, done, out)
         self.execute(out)
+
+    def _made_by(self, object_id: str, what: str, cell: str | None) -> None:
+        entry = self.store.entry(object_id)
+        if entry is not None:
+            entry.made_by, entry.cell = what, cell
 
     def _run_starts(self, worker_id: int, seq: int, record: TaskRecord | None,
                     now: float) -> None:
