@@ -28,7 +28,8 @@ from distkernel.core import config, context, refs
 from distkernel.core.exceptions import DistkernelError, safe_repr
 
 if TYPE_CHECKING:  # the engine's module is imported when a cluster starts
-    from distkernel.backends.base import Client, Engine
+    from distkernel.backends.base import Engine
+    from distkernel.core.context import Client
 
 _lock = threading.RLock()
 _engine: Engine | None = None

@@ -7,7 +7,7 @@
     api/runtime (init, shutdown) ──▶ Engine ◀── backends/local LocalEngine (Ray's next)
     front/ (magics, timings, panel) ─────┘  reads snapshot() and timeline(), routes output
 
-``Client`` is what a call needs wherever it runs: in the driver that is the
+``Client`` (core/context.py) is what a call needs wherever it runs: in the driver that is the
 engine, inside a task the worker's link to the driver. ``Engine`` adds what only
 the driver does: manage the pool, describe the cluster, and tie tasks to the
 notebook cell that submitted them. ``runtime`` holds one ``Engine``; nothing
@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # for type checkers only: ``import distkernel`` stays quick
     from distkernel.backends.snapshot import ClusterSnapshot
@@ -32,34 +32,6 @@ if TYPE_CHECKING:  # for type checkers only: ``import distkernel`` stays quick
 OutputHandler = Callable[[int, str, str, str], None]
 #: Names the notebook cell running now (its tag), or None outside a cell.
 CellSource = Callable[[], "str | None"]
-
-
-class Client(Protocol):
-    """Objects, tasks and actors: what the public API calls, in the driver or in a task."""
-
-    @property
-    def cluster_id(self) -> str: ...
-
-    def put(self, value: Any) -> ObjectRef: ...
-
-    def get(self, object_refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]: ...
-
-    def wait(self, object_refs: Sequence[ObjectRef], num_returns: int,
-             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]: ...
-
-    def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
-               options: TaskOptions, *, actor_id: str = "",
-               method: str = "") -> list[ObjectRef]: ...
-
-    def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
-                     options: ActorOptions) -> ObjectRef: ...
-
-    def named_actor(self, name: str,
-                    namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None: ...
-
-    def kill_actor(self, actor_id: str, no_restart: bool) -> None: ...
-
-    def cancel(self, ref: ObjectRef, force: bool) -> None: ...
 
 
 class Engine(abc.ABC):
