@@ -47,9 +47,9 @@ def storm():
         os.kill(os.getpid(), signal.SIGINT)
 
 threading.Thread(target=storm, daemon=True).start()
-deadline = time.monotonic() + float(sys.argv[1])
+deadline = time.monotonic() + float(sys.argv[1])  # at most; on a busy machine it takes longer
 i = 0
-while time.monotonic() < deadline:
+while (i <= 150 or interrupts <= 150) and time.monotonic() < deadline:
     try:
         ref = echo.remote(i)
         submitted.append((i, ref))
@@ -84,7 +84,7 @@ dk.shutdown()
 def test_a_storm_of_ctrl_c_loses_no_result(tmp_path):
     script = tmp_path / "storm.py"
     script.write_text(STORM)
-    driver = subprocess.Popen([sys.executable, str(script), "2"], stdout=subprocess.PIPE,
+    driver = subprocess.Popen([sys.executable, str(script), "60"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     out, err = driver.communicate(timeout=120)
     assert driver.returncode == 0, out + err
