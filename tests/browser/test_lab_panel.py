@@ -147,7 +147,10 @@ def test_plain_ipykernel_offers_to_load_distkernel(page, lab):
     page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
     page.locator(".lm-Menu-itemLabel").get_by_text("JupyterLab Dark", exact=True).click()
     page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=20_000)
-    assert wait_until(lambda: luminance(page, f"{PANEL}", "backgroundColor") < 0.3, timeout=10)
+    if not page.locator(PANEL).is_visible():  # the menus may have taken the focus
+        open_panel(page)
+    page.locator(f"{PANEL} .jp-Distkernel-counterValue").first.wait_for()
+    assert wait_until(lambda: luminance(page, PANEL, "backgroundColor") < 0.3, timeout=10)
     assert luminance(page, f"{PANEL} .jp-Distkernel-title", "color") > 0.6
     assert luminance(page, f"{PANEL} .jp-Distkernel-counterValue", "color") > 0.6
     page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel_dark.png"))
@@ -155,9 +158,8 @@ def test_plain_ipykernel_offers_to_load_distkernel(page, lab):
 
 def luminance(page, selector: str, prop: str) -> float:
     """0 (black) to 1 (white): the computed colour of ``prop`` of the first match."""
-    rgb = page.evaluate(
-        "([selector, prop]) => getComputedStyle(document.querySelector(selector))[prop]",
-        [selector, prop])
+    rgb = page.locator(selector).first.evaluate(
+        "(element, prop) => getComputedStyle(element)[prop]", prop)
     red, green, blue = (int(v) for v in re.findall(r"\d+", rgb)[:3])
     return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
 
