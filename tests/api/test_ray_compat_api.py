@@ -19,7 +19,7 @@ import pytest
 
 import distkernel as ray
 from distkernel.store import serialization
-from tests.conftest import wait_until
+from tests.conftest import run_driver_script, wait_until
 
 
 @ray.remote
@@ -61,11 +61,27 @@ def test_init_first_argument_is_the_address_or_a_worker_count():
     assert ray.init("local", num_cpus=1).num_workers == 1
 
 
-@pytest.mark.parametrize("address", ["ray", "auto", "ray://head:10001"])
-def test_init_of_a_ray_address_is_refused_for_now(address):
-    with pytest.raises(ray.DistkernelError, match="not available in this version"):
-        ray.init(address)
-    with pytest.raises(ray.DistkernelError, match="not available in this version"):
+@pytest.mark.parametrize("address", ["ray", "auto", "head:6379", "ray://head:10001"])
+def test_a_ray_address_without_ray_installed_says_how_to_install_it(tmp_path, address):
+    done = run_driver_script(tmp_path, f"""
+        import sys
+        sys.modules["ray"] = None  # as if Ray were not installed
+        import distkernel as dk
+        for call in (lambda: dk.init({address!r}), lambda: dk.init(address={address!r})):
+            try:
+                call()
+            except dk.DistkernelError as error:
+                print(error)
+            else:
+                raise AssertionError("init started")
+        assert not dk.is_initialized()
+        """)
+    assert done.stdout.count("pip install 'distkernel[ray]'") == 2, done.stdout
+
+
+@pytest.mark.parametrize("address", ["nowhere", "http://head:8265", "ray:/head"])
+def test_an_address_that_is_neither_local_nor_ray_is_refused(address):
+    with pytest.raises(ValueError, match="not a known address"):
         ray.init(address=address)
     assert not ray.is_initialized()
 

@@ -16,6 +16,7 @@ import dataclasses
 import html
 import logging
 import os
+import re
 import sys
 import threading
 import uuid
@@ -156,7 +157,8 @@ def init(address_or_workers: str | int | None = None, /, *, address: str | None 
         msg = "init() cannot be called inside a task or actor: the cluster is already running"
         raise DistkernelError(msg)
     address, num_workers = _first_argument(address_or_workers, address, num_workers)
-    _check_address(address)
+    if not _is_ray_address(address):
+        _check_address(address)
     _check_ray_options(ray_options)
     _set_logging(logging_level, ray_options)
     if include_dashboard:
@@ -194,10 +196,31 @@ def _start(address: str | None, wanted: dict[str, Any]) -> ClusterInfo:
 
 def _new_engine(address: str | None, settings: config.ClusterSettings) -> Engine:
     """The one place where an address picks the engine (imported on first use)."""
+    if _is_ray_address(address):
+        return _ray_engine(str(address), settings)
     _check_address(address)
     from distkernel.backends.local.engine import LocalEngine
 
     return LocalEngine(settings)
+
+
+def _is_ray_address(address: Any) -> bool:
+    """"ray" (a Ray of our own), "auto", "host:port" (join a running one), "ray://host:port"."""
+    return isinstance(address, str) and (
+        address in ("ray", "auto") or address.startswith("ray://")
+        or re.fullmatch(r"[\w.-]+:\d{1,5}", address) is not None)
+
+
+def _ray_engine(address: str, settings: config.ClusterSettings) -> Engine:
+    try:
+        from distkernel.backends.ray.engine import RayEngine
+    except ImportError as exc:
+        if getattr(exc, "name", "") != "ray":
+            raise
+        msg = (f"init(address={address!r}) runs on Ray, which is not installed here: "
+               f"pip install 'distkernel[ray]' (or pip install ray), then run init again")
+        raise DistkernelError(msg) from None
+    return RayEngine(settings, address)
 
 
 def _first_argument(first: Any, address: str | None,
@@ -224,12 +247,9 @@ def _first_argument(first: Any, address: str | None,
 def _check_address(address: Any) -> None:
     if address in LOCAL_ADDRESSES:
         return
-    if isinstance(address, str) and (address in ("ray", "auto") or address.startswith("ray://")):
-        msg = (f"init(address={address!r}): running on a Ray cluster is not available in this "
-               f"version of distkernel yet; use init() for the local engine")
-        raise DistkernelError(msg)
     msg = (f"init(address={address!r}) is not a known address: use None or 'local' for the "
-           f"local engine")
+           f"local engine, 'ray' for a Ray of its own, 'auto' or 'host:port' to join a running "
+           f"Ray cluster, 'ray://host:10001' for Ray Client")
     raise ValueError(msg)
 
 

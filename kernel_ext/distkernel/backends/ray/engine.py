@@ -1,0 +1,282 @@
+"""The Ray engine: our API mapped onto Ray's own mechanisms (SPEC §7).
+
+Each of our ObjectRefs stands for a Ray ObjectRef (or, for an actor, its handle) kept
+here while any of ours is alive: ``ObjectRef.counted`` reports births and deaths to
+this engine's table, as it does to the local engine's store. Remote functions and
+actor classes arrive pickled once (``FunctionPayload``); each is loaded here once and
+handed to ``ray.remote``, which ships it to Ray's workers by value. Ray's errors are
+raised as ours (``errors.translated``).
+
+Not in this engine yet: the inline timings and the panel's task table (no records are
+kept), task output routed to its cell (Ray prints it itself), refs nested inside
+arguments, calling the API from inside a task, and our serializer registry on Ray's
+workers.
+"""
+
+from __future__ import annotations
+
+import pickle
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+
+from distkernel.backends.base import CellSource, Engine, OutputHandler
+from distkernel.backends.ray.errors import translated
+from distkernel.backends.snapshot import (
+    ClusterSnapshot,
+    Counters,
+    StoreSnapshot,
+    WorkerSnapshot,
+)
+from distkernel.core import config, refs
+from distkernel.core.exceptions import DistkernelError
+from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
+from distkernel.core.refs import ObjectRef
+from distkernel.core.timings import TaskRecord
+
+#: Addresses that start a Ray of our own on this machine; any other joins a running one.
+LOCAL_RAY = "ray"
+
+
+class RayEngine(Engine):
+    name = "ray"
+
+    def __init__(self, settings: config.ClusterSettings, address: str) -> None:
+        self._ray = ray
+        self.settings = settings
+        self.cluster_id = secrets.token_hex(8)
+        self.closing = False
+        self.started_at = time.time()
+        self._lock = threading.Lock()
+        self._held: dict[str, Any] = {}  # our id -> Ray ObjectRef or actor handle
+        self._counts: Counter[str] = Counter()  # our id -> our refs alive
+        self._functions: dict[str, Any] = {}  # function hash -> Ray remote function
+        self._classes: dict[str, Any] = {}  # class hash -> Ray actor class
+        self._submitted = 0
+        options: dict[str, Any] = {"namespace": settings.namespace, "include_dashboard": False,
+                                   "log_to_driver": settings.log_to_driver}
+        if address == LOCAL_RAY:
+            options.update(num_cpus=settings.num_workers, resources=dict(settings.resources))
+        else:
+            options["address"] = address
+        try:
+            ray.init(**options)
+        except Exception as exc:
+            msg = f"could not start or join Ray at {address!r}: {exc}"
+            raise DistkernelError(msg) from exc
+        self.store_address = address
+        refs.set_tracker(self)
+
+    # -- our refs and Ray's ----------------------------------------------------------------
+
+    def add(self, object_id: str) -> None:
+        with self._lock:
+            self._counts[object_id] += 1
+
+    def remove(self, object_id: str) -> None:
+        """The last of our refs to an object gone: Ray may free it (an actor: end it)."""
+        with self._lock:
+            self._counts[object_id] -= 1
+            if self._counts[object_id] <= 0:
+                del self._counts[object_id]
+                self._held.pop(object_id, None)
+
+    def _ours(self, held: Any) -> ObjectRef:
+        object_id = refs.new_id()
+        with self._lock:
+            self._held[object_id] = held
+            self._counts[object_id] = 1  # the ref returned
+        return ObjectRef.counted(object_id, self.cluster_id)
+
+    def _theirs(self, ref: ObjectRef) -> Any:
+        if not isinstance(ref, ObjectRef):
+            msg = (f"expected an ObjectRef (what .remote() and put() return), got "
+                   f"{type(ref).__name__}")
+            raise TypeError(msg)
+        return self._held_as(ref.hex() if ref.cluster_id == self.cluster_id else "", repr(ref))
+
+    def _held_as(self, object_id: str, what: str) -> Any:
+        with self._lock:
+            held = self._held.get(object_id)
+        if held is None:
+            msg = (f"{what} belongs to a cluster that was shut down or restarted: run the "
+                   f"cells that create it again")
+            raise DistkernelError(msg)
+        return held
+
+    def _arguments(self, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Top-level refs become Ray's, which Ray resolves before the task runs."""
+        def swap(value: Any) -> Any:
+            return self._theirs(value) if type(value) is ObjectRef else value
+
+        return [swap(a) for a in args], {k: swap(v) for k, v in kwargs.items()}
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def put(self, value: Any) -> ObjectRef:
+        return self._ours(self._call(self._ray.put, value))
+
+    def get(self, object_refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        theirs = [self._theirs(ref) for ref in object_refs]
+        return list(self._call(self._ray.get, theirs, timeout=timeout))
+
+    def wait(self, object_refs: Sequence[ObjectRef], num_returns: int,
+             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        theirs = [self._theirs(ref) for ref in object_refs]
+        ready, _ = self._call(self._ray.wait, theirs, num_returns=min(num_returns, len(theirs)),
+                              timeout=timeout)
+        ready_ids = {id(r) for r in ready}
+        done = [ours for ours, ray_ref in zip(object_refs, theirs) if id(ray_ref) in ready_ids]
+        rest = [ours for ours, ray_ref in zip(object_refs, theirs)
+                if id(ray_ref) not in ready_ids]
+        return done, rest
+
+    def _call(self, action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return action(*args, **kwargs)
+        except Exception as exc:
+            ours = translated(exc)
+            if ours is exc:
+                raise
+            raise ours from None
+
+    # -- tasks and actors ------------------------------------------------------------------
+
+    def submit(self, function: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
+               options: TaskOptions, *, actor_id: str = "",
+               method: str = "") -> list[ObjectRef]:
+        call_args, call_kwargs = self._arguments(args, kwargs)
+        if actor_id:
+            handle = self._held_as(actor_id, f"the actor {actor_id}")
+            remote = getattr(handle, method).options(num_returns=options.num_returns)
+        else:
+            remote = self._remote_function(function).options(**_task_options(options,
+                                                                                function.name))
+        made = self._call(remote.remote, *call_args, **call_kwargs)
+        self._submitted += 1
+        made = made if isinstance(made, list) else [made]
+        return [self._ours(ray_ref) for ray_ref in made]
+
+    def _remote_function(self, function: FunctionPayload) -> Any:
+        remote = self._functions.get(function.function_hash)
+        if remote is None:
+            remote = self._functions[function.function_hash] = self._ray.remote(
+                pickle.loads(function.data))
+        return remote
+
+    def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     options: ActorOptions) -> ObjectRef:
+        actor_class = self._classes.get(cls.function_hash)
+        if actor_class is None:
+            actor_class = self._classes[cls.function_hash] = self._ray.remote(
+                pickle.loads(cls.data))
+        call_args, call_kwargs = self._arguments(args, kwargs)
+        handle = self._call(actor_class.options(**_actor_options(options)).remote,
+                            *call_args, **call_kwargs)
+        return self._ours(handle)
+
+    def named_actor(self, name: str,
+                    namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None:
+        msg = ("get_actor() on a Ray cluster is not available yet in this version: keep the "
+               "handle the creating cell returned")
+        raise DistkernelError(msg)
+
+    def kill_actor(self, actor_id: str, no_restart: bool) -> None:
+        handle = self._held_as(actor_id, f"the actor {actor_id}")
+        self._call(self._ray.kill, handle, no_restart=no_restart)
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        self._call(self._ray.cancel, self._theirs(ref), force=force)
+
+    def cancel_task(self, task_id: str, *, force: bool = False) -> bool:
+        return False  # tasks are not recorded by id on Ray yet
+
+    # -- the cluster ---------------------------------------------------------------------------
+
+    @property
+    def num_workers(self) -> int:
+        return int(self._ray.cluster_resources().get("CPU", 0))
+
+    def resize(self, num_workers: int) -> None:
+        msg = ("a Ray cluster's size is Ray's: add or remove nodes (ray start / ray stop, or "
+               "the autoscaler); %dist scale works on the local engine")
+        raise DistkernelError(msg)
+
+    def shutdown(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        with self._lock:
+            self._held.clear()
+            self._counts.clear()
+        refs.set_tracker(None)
+        self._ray.shutdown()
+
+    def snapshot(self) -> ClusterSnapshot:
+        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        total = self._ray.cluster_resources()
+        available = self._ray.available_resources()
+        workers = tuple(WorkerSnapshot(index, None, "idle", None, None, None, None, False, None,
+                                       None)
+                        for index, _ in enumerate(nodes, start=1))
+        store_total = int(total.get("object_store_memory", 0))
+        store_free = int(available.get("object_store_memory", store_total))
+        with self._lock:
+            held = len(self._held)
+        return ClusterSnapshot(
+            self.name, self.cluster_id, self.started_at, time.time(), self.num_workers, workers,
+            (), StoreSnapshot(store_total, store_total - store_free, held, 0, 0), 0, 0,
+            tuple(sorted(total.items())), tuple(sorted(available.items())),
+            Counters(submitted=self._submitted))
+
+    def timeline(self, last: int | None = None, *, cell: str | None = None) -> list[TaskRecord]:
+        return []  # no records on Ray yet (see the module's docstring)
+
+    # -- the notebook cell behind each task ----------------------------------------------------
+
+    def route_output(self, current_cell: CellSource | None, write: OutputHandler) -> None:
+        """Ray prints its workers' output itself (``log_to_driver``)."""
+
+    def cell_of_task(self, task_id: str) -> str | None:
+        return None
+
+    def cancel_cell(self, cell: str, *, force: bool = False) -> list[str]:
+        return []
+
+
+def _task_options(options: TaskOptions, name: str) -> dict[str, Any]:
+    """Our task options as Ray's ``.options(...)``."""
+    ray_options: dict[str, Any] = {"num_returns": options.num_returns,
+                                   "max_retries": options.max_retries,
+                                   "num_cpus": options.num_cpus, "num_gpus": options.num_gpus,
+                                   "name": options.name or name}
+    if options.resources:
+        ray_options["resources"] = dict(options.resources)
+    if options.retry_exceptions is True:
+        ray_options["retry_exceptions"] = True
+    return ray_options
+
+
+def _actor_options(options: ActorOptions) -> dict[str, Any]:
+    """Our actor options as Ray's ``.options(...)``."""
+    resources = dict(options.resources)
+    ray_options: dict[str, Any] = {"max_restarts": options.max_restarts,
+                                   "max_task_retries": options.max_task_retries,
+                                   "num_cpus": resources.pop("CPU", 0),
+                                   "num_gpus": resources.pop("GPU", 0),
+                                   "max_concurrency": max(options.max_concurrency, 1)}
+    if resources:
+        ray_options["resources"] = resources
+    if options.name:
+        ray_options.update(name=options.name, get_if_exists=options.get_if_exists)
+        if options.namespace:
+            ray_options["namespace"] = options.namespace
+    if options.detached:
+        ray_options["lifetime"] = "detached"
+    return ray_options
