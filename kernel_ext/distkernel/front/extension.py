@@ -51,7 +51,8 @@ class Extension:
         self.progress = CellProgress(self.output) if self.output.can_show else None
 
     def pre_run_cell(self, info: Any) -> None:
-        """Remember which ``In [n]`` the running cell is, for the panel's task table."""
+        """Remember which ``In [n]`` the running cell is (the panel's task table), and
+        watch its tasks for the progress line under it."""
         tag = self.output.current_tag()
         if tag is not None:
             # The cell is stored in ``In`` next, at this index (post_run_cell confirms it).
