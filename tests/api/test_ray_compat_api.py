@@ -79,6 +79,15 @@ def test_a_ray_address_without_ray_installed_says_how_to_install_it(tmp_path, ad
     assert done.stdout.count("pip install 'distkernel[ray]'") == 2, done.stdout
 
 
+@pytest.mark.parametrize("address", ["ray", "auto", "head:6379"])
+def test_another_engine_is_not_started_next_to_the_running_one(address):
+    info = ray.init(num_cpus=1)
+    with pytest.raises(ray.DistkernelError, match=f"address='{address}' \\(running: 'local'\\)"):
+        ray.init(address=address)
+    assert ray.init(address=address, ignore_reinit_error=True) == info
+    assert ray.init(address="local") == info and ray.init() == info
+
+
 @pytest.mark.parametrize("address", ["nowhere", "http://head:8265", "ray:/head"])
 def test_an_address_that_is_neither_local_nor_ray_is_refused(address):
     with pytest.raises(ValueError, match="not a known address"):

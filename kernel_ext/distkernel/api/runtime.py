@@ -168,7 +168,7 @@ def init(address_or_workers: str | int | None = None, /, *, address: str | None 
                               namespace, runtime_env, log_to_driver)
     with _lock:
         if _engine is not None:
-            return _check_compatible(wanted, ignore_reinit_error)
+            return _check_compatible(wanted, ignore_reinit_error, address)
         return _start(address, wanted)
 
 
@@ -406,8 +406,10 @@ def _check_env_var(name: str, value: str) -> None:
         raise ValueError(msg)
 
 
-def _check_compatible(wanted: dict[str, Any], ignore_reinit_error: bool) -> ClusterInfo:
-    """The running cluster if ``wanted`` agrees with it (lock held)."""
+def _check_compatible(wanted: dict[str, Any], ignore_reinit_error: bool,
+                      address: str | None = None) -> ClusterInfo:
+    """The running cluster if ``wanted`` (and ``address``, when given) agrees with it (lock
+    held): another engine is never started next to the running one."""
     global _info
     assert _info is not None and _settings is not None
     assert _engine is not None
@@ -416,14 +418,20 @@ def _check_compatible(wanted: dict[str, Any], ignore_reinit_error: bool) -> Clus
     current = dataclasses.replace(_settings, num_workers=_info.num_workers,
                                   worker_env=_user_env(_settings.worker_env))
     differ = [key for key, value in wanted.items() if getattr(current, key) != value]
+    asked_address = "local" if address in LOCAL_ADDRESSES else address
+    if address is not None and asked_address != _info.address:
+        differ.append("address")
+        wanted = {**wanted, "address": address}
     if not differ:
         return _info
     if ignore_reinit_error:
         logger.info("init(): distkernel is already running; ignoring the new settings of "
                     "%s (ignore_reinit_error=True)", ", ".join(differ))
         return _info
-    asked = ", ".join(f"{key}={safe_repr(wanted[key])} (running: "
-                      f"{safe_repr(getattr(current, key))})" for key in differ)
+    running = {key: _info.address if key == "address" else getattr(current, key)
+               for key in differ}
+    asked = ", ".join(f"{key}={safe_repr(wanted[key])} (running: {safe_repr(running[key])})"
+                      for key in differ)
     msg = (f"distkernel is already running with {_info.num_workers} workers and a "
            f"{config.format_bytes(_info.object_store_memory)} object store, and other "
            f"settings than asked: {asked}. Call shutdown() first to start it with other "
