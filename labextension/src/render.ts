@@ -93,7 +93,7 @@ function store(cluster: ICluster): string {
         `<tr><td class="jp-Distkernel-num">${formatBytes(o.bytes)}</td>` +
         `<td class="jp-Distkernel-taskName">${escape(o.made_by || '–')}</td><td>${
           o.cell !== null
-            ? `<a class="jp-Distkernel-cellLink" data-action="goto-cell" data-cell="${o.cell}" title="Show this cell">[${o.cell}]</a>`
+            ? `<a class="jp-Distkernel-cellLink" data-action="goto-cell" data-cell="${o.cell}" title="Show this cell">In&nbsp;[${o.cell}]</a>`
             : ''
         }</td></tr>`
     )
@@ -243,7 +243,7 @@ function taskRow(task: ITask): string {
   const cell =
     task.cell !== null
       ? `<a class="jp-Distkernel-cellLink" data-action="goto-cell" data-cell="${task.cell}" ` +
-        `title="Show this cell">[${task.cell}]</a>`
+        `title="Show this cell">In&nbsp;[${task.cell}]</a>`
       : '';
   const error = task.error
     ? `<div class="jp-Distkernel-error">${escape(task.error)}</div>`
@@ -258,18 +258,21 @@ function taskRow(task: ITask): string {
     `<td class="jp-Distkernel-taskName">${escape(task.name)}${error}</td><td>${cell}</td>` +
     `<td class="jp-Distkernel-num">${formatSeconds(queue)}</td>` +
     `<td class="jp-Distkernel-num">${formatSeconds(run)}</td>` +
+    `<td class="jp-Distkernel-num">${formatBytes(task.bytes_in)}&nbsp;/ ${formatBytes(
+      task.bytes_out
+    )}</td>` +
     `<td><span class="jp-Distkernel-status jp-Distkernel-status-${task.status}">${task.status}</span></td></tr>`
   );
 }
 
 function tasks(list: ITask[]): string {
   return (
-    '<section class="jp-Distkernel-section jp-Distkernel-tasks"><h3>Last tasks ' +
-    '<span class="jp-Distkernel-dim">(hover for bytes in / out)</span></h3>' +
-    '<table class="jp-Distkernel-table"><thead><tr><th>task</th><th>cell</th>' +
-    '<th class="jp-Distkernel-num">queue</th><th class="jp-Distkernel-num">run</th>' +
+    '<section class="jp-Distkernel-section jp-Distkernel-tasks"><h3>Last tasks</h3>' +
+    '<div class="jp-Distkernel-scroll"><table class="jp-Distkernel-table"><thead><tr>' +
+    '<th>task</th><th>cell</th><th class="jp-Distkernel-num">queue</th>' +
+    '<th class="jp-Distkernel-num">run</th><th class="jp-Distkernel-num">in / out</th>' +
     '<th>status</th></tr></thead>' +
-    `<tbody>${list.map(taskRow).join('')}</tbody></table></section>`
+    `<tbody>${list.map(taskRow).join('')}</tbody></table></div></section>`
   );
 }
 

@@ -92,7 +92,8 @@ def test_panel_is_live_and_acts_while_a_cell_runs(page, lab):
     done = page.locator(f"{PANEL} .jp-Distkernel-tasks tbody tr")
     assert done.count() > 0
     link = page.locator(f"{PANEL} .jp-Distkernel-cellLink").first
-    assert link.inner_text() == "[2]"
+    assert link.inner_text().replace("\xa0", " ") == "In [2]"
+    assert "MiB" in page.locator(f"{PANEL} .jp-Distkernel-tasks tbody tr").first.inner_text()
     page.locator(".jp-Notebook .jp-Cell").nth(0).click()  # away from the tasks' cell
     link.click()  # the task's cell becomes the active one
     page.locator(".jp-Notebook .jp-Cell.jp-mod-active", has_text="results = dk.get").wait_for()
@@ -139,7 +140,7 @@ def test_plain_ipykernel_offers_to_load_distkernel(page, lab):
     page.locator(f"{PANEL} .jp-Distkernel-storeText", has_text="7.6 MiB").wait_for()
     largest = page.locator(f"{PANEL} .jp-Distkernel-largest tbody tr").first
     largest.wait_for()
-    assert largest.inner_text().split() == ["7.6", "MiB", "put", "[1]"]
+    assert largest.inner_text().split() == ["7.6", "MiB", "put", "In", "[1]"]
     page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel_plain_ipykernel.png"))
 
     # The dark theme: the panel takes JupyterLab's colours, light text on a dark ground.
