@@ -4,7 +4,7 @@
  * when the kernel has subshells, so actions are carried out while a cell runs.
  */
 import { ISessionContext } from '@jupyterlab/apputils';
-import { Kernel } from '@jupyterlab/services';
+import { Kernel, KernelMessage } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { Action, IReply, IUpdate, parseMessage } from './messages';
@@ -22,6 +22,7 @@ export class KernelLink {
   constructor(readonly session: ISessionContext) {
     session.kernelChanged.connect(this._reconnect, this);
     session.statusChanged.connect(this._onStatus, this);
+    session.iopubMessage.connect(this._onIOPub, this);
   }
 
   get state(): LinkState {
@@ -137,6 +138,17 @@ export class KernelLink {
     } else if (this._restarting && status === 'idle') {
       this._restarting = false;
       void this.connect();
+    } else if (this._ranCode && status === 'idle' && this._state === 'not-loaded') {
+      // A cell ran since the kernel said it has no distkernel: it may have loaded it
+      // (the panel may even have asked while `%load_ext distkernel` was running).
+      this._ranCode = false;
+      void this.connect();
+    }
+  }
+
+  private _onIOPub(_: ISessionContext, message: KernelMessage.IMessage): void {
+    if (message.header.msg_type === 'execute_input') {
+      this._ranCode = true;
     }
   }
 
@@ -150,6 +162,7 @@ export class KernelLink {
   private _comm: Kernel.IComm | null = null;
   private _heard = false;
   private _restarting = false;
+  private _ranCode = false;
   private _disposed = false;
   private _requests = 0;
   private _state: LinkState = 'no-kernel';

@@ -172,13 +172,15 @@ def kernel_name_in_panel(page) -> str:
 def test_panel_follows_notebooks_and_survives_a_kernel_restart(page, lab):
     write_notebook(lab.root / "first.ipynb", ["import distkernel as dk"], "distkernel")
     open_notebook(page, lab, "second.ipynb", ["%load_ext distkernel"], "python3")
-    run_cell(page, 0)  # the plain ipykernel loads distkernel
     open_panel(page)
+    page.locator(f'{PANEL} button[data-action="load"]').wait_for()  # not loaded yet
+    run_cell(page, 0)  # the user loads distkernel in a cell: the panel connects by itself
     page.locator(f"{PANEL} .jp-Distkernel-workers").wait_for()
     assert "ipykernel" in kernel_name_in_panel(page)
 
-    # A second notebook with its own kernel: the panel follows the one in front.
-    page.goto(lab.url("lab/workspaces/second/tree/first.ipynb"))
+    # A second notebook with its own kernel, opened from the file browser: the panel
+    # follows the one in front.
+    page.locator(".jp-DirListing-itemName", has_text="first.ipynb").dblclick()
     page.locator(".lm-TabBar-tab", has_text="first.ipynb").wait_for()
     page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').filter(
         visible=True).first.wait_for(timeout=90_000)
