@@ -29,7 +29,6 @@ class WorkerSnapshot:
     extra: bool  # started beyond the pool's size, for a task blocked in get()
     cpu_percent: float | None
     rss: int | None  # bytes
-    launched_at: float | None = None  # when its process was started (epoch seconds)
     ready_at: float | None = None  # when it was ready for tasks (None: still starting)
 
 

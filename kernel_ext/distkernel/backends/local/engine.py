@@ -95,15 +95,11 @@ class LocalEngine(EngineCore, Engine):
     def put(self, value: Any) -> ObjectRef:
         serialized = serialize(value)
         with DEFERRED_SIGINT:  # the counted ref exists before a Ctrl-C can be raised
-            object_id = self._store_new(serialized, refs.new_id(), refs=1)
-            if object_store.stored_size(serialized) >= config.INLINE_THRESHOLD:
-                with self.lock:
-                    self._made_by(object_id, "put",
-                                  self.tag_source() if self.tag_source is not None else None)
+            object_id = self._store_new(serialized, refs.new_id(), refs=1, made_by="put")
             return ObjectRef.counted(object_id, self.cluster_id)
 
     def _store_new(self, serialized: Serialized, object_id: str, *, refs: int = 0,
-                   pins: int = 0) -> str:
+                   pins: int = 0, made_by: str = "") -> str:
         """Reserve, copy (outside the lock) and register a new object.
 
         A large value gets a region of the arena (spilling others to disk if the store
@@ -143,6 +139,9 @@ class LocalEngine(EngineCore, Engine):
             entry.refs += refs
             entry.pins += pins
             self.store.seal(object_id, value)  # value.nbytes == size, reserved above
+            if place is not None:  # a large object: who made it, for the panel
+                self._made_by(object_id, made_by,
+                              self.tag_source() if self.tag_source is not None else None)
         return object_id
 
     def get(self, object_refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
@@ -267,7 +266,7 @@ class LocalEngine(EngineCore, Engine):
         if serialized.nbytes < config.INLINE_THRESHOLD:
             return object_store.to_inline(serialized), ""
         args_id = refs.new_id()
-        self._store_new(serialized, args_id, pins=1)
+        self._store_new(serialized, args_id, pins=1, made_by="task arguments")
         with DEFERRED_SIGINT, self.lock:
             value = self.store.value(args_id)
         return value, args_id  # type: ignore[return-value]
@@ -353,12 +352,11 @@ class LocalEngine(EngineCore, Engine):
 
     def _worker_snapshot(self, worker_id: int, state: WorkerState) -> WorkerSnapshot:
         spec = self.scheduler.running_task(worker_id)
-        since = self.run_started.get(worker_id)
-        started = since[1] if spec is not None and since and since[0] == state.running else None
+        record = self.records.get(spec.task_id) if spec is not None else None
         return WorkerSnapshot(worker_id, self._pid_of(worker_id), state.state,
                               spec.name if spec else None, spec.task_id if spec else None,
-                              started, state.actor_id or None, state.extra, None, None,
-                              self.worker_launched.get(worker_id),
+                              record.started if record is not None else None,
+                              state.actor_id or None, state.extra, None, None,
                               self.worker_ready_at.get(worker_id))
 
     def _actor_snapshot(self, actor_id: str, actor: ActorState) -> ActorSnapshot:

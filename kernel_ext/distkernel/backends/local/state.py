@@ -121,12 +121,7 @@ class EngineCore:
         self.workers: dict[int, pool.WorkerProcess] = {}
         self.producers: dict[str, str] = {}  # object id -> id of the task making it
         self.task_pins: dict[str, list[str]] = {}
-        # When each worker's current run began (its run seq, epoch seconds): the panel's
-        # "running for"; the worker's own start time replaces it in the task's record.
-        self.run_started: dict[int, tuple[int, float]] = {}
-        # When each worker was launched and when it said it was ready (epoch seconds): the
-        # charts mark the wait for workers starting.
-        self.worker_launched: dict[int, float] = {}
+        # When each worker said it was ready (epoch seconds): charts mark the wait for it.
         self.worker_ready_at: dict[int, float] = {}
         self.actor_meta: dict[str, ActorOptions] = {}
         self.actor_names = ActorNames(settings.namespace, self.actor_alive)
@@ -431,7 +426,6 @@ class EngineCore:
             return
         worker_id = self.scheduler.add_worker(extra=extra, actor_id=actor_id)
         self.counts["workers_started"] += 1
-        self.worker_launched[worker_id] = time.time()
         process = pool.start_worker(worker_id, self.space, self.cluster_id, registry.dump(),
                                     self.settings.worker_env, self.settings.working_dir)
         self.workers[worker_id] = process
@@ -446,8 +440,9 @@ class EngineCore:
             function = self.functions.get(spec.function_hash)
             process.functions.add(spec.function_hash)
         record = self.records.get(spec.task_id)
-        if self.scheduler.workers[step.worker_id].running == step.seq:
-            self._run_starts(step.worker_id, step.seq, record, time.time())
+        if record is not None and record.started is None and \
+                self.scheduler.workers[step.worker_id].running == step.seq:
+            record.started = time.time()  # the worker begins it now (see _on_task_done)
         if record is not None:
             record.worker_id = step.worker_id
             record.status = "running"
@@ -503,12 +498,12 @@ class EngineCore:
         retry = done.failed and spec is not None and self._retry_on(spec, results) and \
             self.scheduler.retries_left(done.seq) > 0
         out = self.scheduler.task_done(worker_id, done.seq, ran, retry=retry)
-        worker = self.scheduler.workers.get(worker_id)
-        if worker is not None and worker.running is not None:  # a run sent ahead starts now
-            following = self.scheduler.running_task(worker_id)
-            self._run_starts(worker_id, worker.running,
-                             self.records.get(following.task_id) if following else None,
-                             done.finished)
+        following = self.scheduler.running_task(worker_id)
+        record = self.records.get(following.task_id) if following is not None else None
+        if record is not None and record.started is None:
+            # A run sent ahead starts now. Until the worker says exactly when it started and
+            # ended, this is what the panel and a running task's chart show.
+            record.started = done.finished
         if done.actor_exited and spec is not None:
             out.extend(self.scheduler.kill_actor(
                 spec.actor_id, reason=f"the actor {spec.name.split('.')[0]} ended itself with "
@@ -538,14 +533,6 @@ class EngineCore:
         entry = self.store.entry(object_id)
         if entry is not None:
             entry.made_by, entry.cell = what, cell
-
-    def _run_starts(self, worker_id: int, seq: int, record: TaskRecord | None,
-                    now: float) -> None:
-        """A worker begins a run (about ``now``): what the panel and a running task's
-        timings show until the worker says exactly when it started and ended."""
-        self.run_started[worker_id] = (seq, now)
-        if record is not None and record.started is None:
-            record.started = now
 
     def _retry_on(self, spec: TaskSpec, results: Sequence[Value]) -> bool:
         """retry_exceptions: whether the exception a task raised is one to run it again for."""
@@ -591,8 +578,7 @@ class EngineCore:
         if process is None:
             return
         self.io.unwatch(process)
-        for times in (self.worker_launched, self.worker_ready_at, self.run_started):
-            times.pop(worker_id, None)
+        self.worker_ready_at.pop(worker_id, None)
         code = process.exit_code(timeout=2.0)
         state = self.scheduler.workers.get(worker_id)
         spec = self.scheduler.running_task(worker_id)
