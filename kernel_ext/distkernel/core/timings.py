@@ -57,6 +57,10 @@ class Timeline:
         with self._lock:
             self._records.append(record)
 
+    def extend(self, records: Iterable[TaskRecord]) -> None:
+        with self._lock:
+            self._records.extend(records)
+
     def last(self, count: int | None = None) -> list[TaskRecord]:
         with self._lock:
             return _newest(self._records, count)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from distkernel.core.protocol import TaskSpec
 from distkernel.engine.resources import ONE_CPU, Needs, Resources, needs_of
@@ -56,6 +56,9 @@ PREFETCH_DEPTH = 32
 PREFETCH_WORK = 1e-3
 #: Calls sent ahead to an actor's worker; the rest wait here, so its socket never fills.
 ACTOR_IN_FLIGHT = 16
+#: A task's ``waiting_on`` while it waits for nothing: shared, never changed (a task that
+#: waits gets a set of its own), so most tasks cost no set.
+_NOT_WAITING: set[str] = set()
 
 
 
@@ -246,6 +249,17 @@ class Scheduler:
             return []
         return self._dispatch()
 
+    def submit_plain(self, specs: Sequence[TaskSpec]) -> list[Instruction]:
+        """Track tasks submitted together that each need one CPU and nothing else: no
+        actor, no pinned worker, no ref arguments (so they wait for nothing)."""
+        tasks, queue = self.tasks, self.queue
+        for spec in specs:
+            self._submitted += 1
+            tasks[spec.task_id] = TaskState(spec, _NOT_WAITING, spec.max_retries, None, None,
+                                            False, "driver", self._submitted, ONE_CPU)
+            queue.append(spec.task_id)
+        return self._dispatch()
+
     def infeasible(self, needs: Needs) -> str | None:
         """Why a task or actor asking for ``needs`` can never run here, or None."""
         return self.resources.infeasible(needs)
@@ -263,15 +277,22 @@ class Scheduler:
 
     def _track(self, spec: TaskSpec, caller: str) -> TaskState:
         self._submitted += 1
-        task = TaskState(spec, retries_left=spec.max_retries, caller=caller,
+        task = TaskState(spec, _NOT_WAITING, retries_left=spec.max_retries, caller=caller,
                          order=self._submitted,
-                         needs=NOTHING if spec.actor_id else needs_of(spec.resources))
+                         needs=NOTHING if spec.actor_id else
+                         needs_of(spec.resources) if spec.resources else ONE_CPU)
         self.tasks[spec.task_id] = task
         for object_id in spec.top_level_refs:
             if not self._is_ready(object_id):
+                if task.waiting_on is _NOT_WAITING:
+                    task.waiting_on = set()
                 task.waiting_on.add(object_id)
                 self._waiters.setdefault(object_id, []).append(spec.task_id)
         return task
+
+    def awaited(self, object_id: str) -> bool:
+        """Whether a tracked task waits for this object (``object_ready`` has work to do)."""
+        return object_id in self._waiters
 
     def object_ready(self, object_id: str) -> list[Instruction]:
         waiting = self._waiters.pop(object_id, None)
@@ -301,9 +322,13 @@ class Scheduler:
         return task.retries_left if task is not None else 0
 
     def task_done(self, worker_id: int, seq: int, duration: float | None = None, *,
-                  retry: bool = False) -> list[Instruction]:
+                  retry: bool = False, dispatch: bool = True) -> list[Instruction]:
         """The run ``seq`` finished (any outcome); the worker may take more work. ``retry``:
-        it raised an exception its task is retried for (retry_exceptions), using a retry."""
+        it raised an exception its task is retried for (retry_exceptions), using a retry.
+
+        ``dispatch=False``: the caller handles several runs that ended and calls
+        ``dispatch()`` once after them (one pass hands out work for all of them).
+        """
         task_id = self._runs.pop(seq, None)
         task = self.tasks.get(task_id) if task_id is not None else None
         if task is not None and retry and task.retries_left > 0:
@@ -335,8 +360,13 @@ class Scheduler:
             if worker.state == "idle" and self._should_retire(worker):
                 worker.state = "stopping"
                 out.append(StopWorker(worker_id))
-        out.extend(self._dispatch())
+        if dispatch:
+            out.extend(self._dispatch())
         return out
+
+    def dispatch(self) -> list[Instruction]:
+        """Hand out queued work to idle and short-running workers (see ``task_done``)."""
+        return self._dispatch()
 
     def lightly_loaded(self) -> bool:
         """At most about one unfinished task per worker: the tight loop of small tasks.

@@ -43,8 +43,9 @@ def _name_argument(args: tuple[Any, ...], kwargs: dict[str, Any], call: str,
 def top_level_refs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
     """Ids of refs passed directly as arguments: the task waits for their values."""
     found = [a.hex() for a in args if type(a) is ObjectRef]
-    found.extend(v.hex() for v in kwargs.values() if type(v) is ObjectRef)
-    return tuple(dict.fromkeys(found))
+    if kwargs:
+        found.extend(v.hex() for v in kwargs.values() if type(v) is ObjectRef)
+    return tuple(dict.fromkeys(found)) if found else ()
 
 
 class PreparedCall(NamedTuple):
@@ -76,17 +77,18 @@ def make_spec(function: FunctionPayload, options: TaskOptions, args_value: Value
     """A task, an actor method call (``method``) or an actor creation (returns ``actor_id``)."""
     if kind == "actor_create":
         return_ids: tuple[str, ...] = (actor_id,)
+    elif options.num_returns == 1:
+        return_ids = (new_id(),)
     else:
         return_ids = tuple(new_id() for _ in range(options.num_returns))
     if kind == "task":
         kind = options.kind
-    return TaskSpec(task_id=new_id(), name=options.name or function.name, kind=kind,
-                    function_hash=function.function_hash, args=args_value,
-                    top_level_refs=top_level, return_ids=return_ids,
-                    max_retries=options.max_retries, actor_id=actor_id, method=method,
-                    pin_worker=options.pin_worker,
-                    resources=task_resources(options) if kind in ("task", "cell") else (),
-                    retry_exceptions=options.retry_exceptions)
+    # By position (the fields' order): keywords cost a dataclass a third more here.
+    return TaskSpec(new_id(), options.name or function.name, kind, function.function_hash,
+                    args_value, top_level, return_ids, options.max_retries, actor_id, method,
+                    options.pin_worker,
+                    task_resources(options) if kind in ("task", "cell") else (),
+                    options.retry_exceptions)
 
 
 def task_resources(options: TaskOptions) -> tuple[tuple[str, float], ...]:

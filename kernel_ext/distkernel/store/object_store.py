@@ -61,7 +61,9 @@ def stored_size(serialized: Serialized) -> int:
 
 
 def to_inline(serialized: Serialized, *, is_error: bool = False) -> InlineValue:
-    return InlineValue(serialized.header, tuple(bytes(b.raw()) for b in serialized.buffers),
+    buffers = serialized.buffers
+    return InlineValue(serialized.header,
+                       tuple(bytes(b.raw()) for b in buffers) if buffers else (),
                        tuple(serialized.contained), is_error)
 
 

@@ -29,7 +29,8 @@ class Serialized:
         self.buffers = buffers
         self.contained = contained
         # Asked several times per submission (inline or shared, capacity, records).
-        self.nbytes = len(header) + sum(b.raw().nbytes for b in buffers)
+        self.nbytes = len(header) + sum(b.raw().nbytes for b in buffers) if buffers else \
+            len(header)
 
 
 #: Exact types pickle writes itself, never asking a reducer_override: nothing of ours

@@ -27,7 +27,8 @@ import psutil
 
 from distkernel.backends.base import CellSource, Engine, OutputHandler, print_output
 from distkernel.backends.local import pool
-from distkernel.backends.local.state import EngineCore
+from distkernel.backends.local.reader import PUMP_EVERY
+from distkernel.backends.local.state import EngineCore, QueuedTask
 from distkernel.backends.snapshot import (
     ActorSnapshot,
     ClusterSnapshot,
@@ -51,6 +52,7 @@ from distkernel.core.protocol import (
     SharedValue,
     Stop,
     TaskOptions,
+    TaskSpec,
     Value,
 )
 from distkernel.core.refs import ObjectRef
@@ -221,6 +223,12 @@ class LocalEngine(EngineCore, Engine):
         spec, serialized, args_id = specs.prepare_call(
             function, args, kwargs, options, self._store_arguments,
             kind="actor_method" if actor_id else "task", actor_id=actor_id, method=method)
+        # Hints read without the lock: tasks in flight, and a call within PUMP_WINDOW of
+        # the last is a loop of submissions (a burst).
+        burst = bool(self.scheduler.tasks or self.queued) and self.io.burst()
+        if burst and not (args_id or serialized.contained or spec.resources or spec.pin_worker
+                          or actor_id or self.closing):
+            return self._queue(spec, serialized.nbytes, function)
         with DEFERRED_SIGINT:
             with self.lock:
                 self.drain()
@@ -229,13 +237,29 @@ class LocalEngine(EngineCore, Engine):
                     self.functions.setdefault(function.function_hash, function.data)
                 for return_id in spec.return_ids:
                     self.store.expect(return_id).refs = 1
-                burst = bool(self.scheduler.tasks) and self.io.burst()
                 if burst:
                     self.hold_sends()
                 self.register_task(spec, serialized.contained, args_id, serialized.nbytes)
                 outputs = self.io.pump() if burst else []
             # Made before a Ctrl-C can be raised: if one is, dropping them frees the results.
             results = [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
+            self.io.deliver(outputs)
+        return results
+
+    def _queue(self, spec: TaskSpec, nbytes: int, function: FunctionPayload) -> list[ObjectRef]:
+        """A plain task in a burst: queued without the lock, registered with the next
+        PUMP_EVERY - 1 (or by the I/O thread once the burst ends, or by any call that
+        takes the lock first). Its refs are counted when it is registered."""
+        cell = self.tag_source() if self.tag_source is not None else None
+        outputs: list[Any] = []
+        with DEFERRED_SIGINT:  # queued and its refs made, or neither
+            self.queued.append(QueuedTask(spec, nbytes, function, cell, time.time()))
+            results = [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
+            if len(self.queued) >= PUMP_EVERY or self.io.reading_now():
+                with self.lock:
+                    self.hold_sends()
+                    self.drain()
+                    outputs = self.io.pump_now()
             self.io.deliver(outputs)
         return results
 
@@ -387,6 +411,7 @@ class LocalEngine(EngineCore, Engine):
 
     def cancel_cell(self, cell: str, *, force: bool = False) -> list[str]:
         with DEFERRED_SIGINT, self.lock:
+            self.drain()  # the tail of a burst may still be queued
             task_ids = self.tasks_tagged(cell)
             for task_id in task_ids:
                 self.execute(self.scheduler.cancel(task_id, force=force))

@@ -61,16 +61,19 @@ class ReaderHost(Protocol):
 
     def flush_held(self) -> None: ...
 
-    def handle(self, worker_id: int, message: Any) -> None: ...
+    def handle(self, worker_id: int, message: Any, *, settle_later: bool = False) -> None: ...
+
+    def settle(self) -> None: ...
 
     def on_exit(self, worker_id: int) -> None: ...
 
 Outputs = list[tuple[int, Output]]
 #: Submissions closer together than this (seconds) are a burst: the submitter reads results.
 _PUMP_WINDOW = 200e-6
-#: A caller submitting in a burst reads results and sends held runs every this many tasks
+#: A caller submitting in a burst registers its queued tasks, reads results and sends held runs
+#: every this many tasks
 #: (a worker holds about a millisecond of short tasks meanwhile: scheduler.PREFETCH_WORK).
-_PUMP_EVERY = 32
+PUMP_EVERY = 32
 
 
 class IOLoop:
@@ -89,7 +92,10 @@ class IOLoop:
         self._caller_wants_turn = False
         self._last_pump = 0.0  # when a caller last submitted with other tasks in flight
         self._pumps = 0
-        self._turn = threading.Condition(core.lock)  # the I/O thread waits here for the role
+        # Set when the I/O thread should look at once whether the role is free. It waits
+        # on this, not on the engine's lock: a caller submitting in a burst holds that
+        # lock most of the time, and a thread queued on it costs each release a wake-up.
+        self._turn = threading.Event()
         self._thread = threading.Thread(target=self._run, name="distkernel-io", daemon=True)
 
     def start(self) -> None:
@@ -113,7 +119,7 @@ class IOLoop:
     def stop(self, timeout: float) -> None:
         with self._core.lock:
             self._quit = True
-            self._turn.notify()
+            self._turn.set()
         self._wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -182,9 +188,10 @@ class IOLoop:
         return not self._core.sleepers.asleep and not self._core.scheduler.tasks
 
     def burst(self) -> bool:
-        """Whether this submission comes within PUMP_WINDOW of the last (lock held): a
-        caller submitting in a loop. Its runs are then held and sent in batches, and it
-        reads results itself (``pump``)."""
+        """Whether this submission comes within PUMP_WINDOW of the last: a caller
+        submitting in a loop. Plain tasks are then queued and registered in batches,
+        others' runs held and sent in batches, and the caller reads results itself
+        (``pump``). Called without the lock: the answer is a hint."""
         now = time.monotonic()
         burst, self._last_pump = now - self._last_pump < _PUMP_WINDOW, now
         return burst
@@ -203,12 +210,26 @@ class IOLoop:
             self._core.flush_held()
             return []
         self._pumps += 1
-        if self._pumps % _PUMP_EVERY:
+        if self._pumps % PUMP_EVERY:
+            return []
+        return self.pump_now()
+
+    def pump_now(self) -> Outputs:
+        """``pump``'s reading and sending, now (lock held); the I/O thread, if it reads
+        meanwhile, is given the held runs and steps aside after its round."""
+        if self._reader is not None:
+            self._caller_wants_turn = True
+            self._core.flush_held()
             return []
         self._released_at = time.monotonic()
         outputs = self.read_pending()
         self._core.flush_held()
         return outputs
+
+    def reading_now(self) -> bool:
+        """Whether a thread selects on the sockets now: a submission queued meanwhile
+        must be registered by its caller (read without the lock: a hint)."""
+        return self._reader is not None
 
     def read_pending(self) -> Outputs:
         """Handle what workers sent, if nobody else is reading (lock held, never blocks).
@@ -232,17 +253,15 @@ class IOLoop:
         """A caller is about to sleep: someone must read, now (lock held)."""
         if self._reader is None:
             self._released_at = 0.0
-            self._turn.notify()
+            self._turn.set()
 
     # -- the I/O thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
         core = self._core
         while True:
-            with core.lock:
-                if not self._wait_for_turn():
-                    return
-                core.flush_held()  # runs a caller's burst left: nobody else sends them now
+            if not self._wait_for_turn():
+                return
             events = self._selector.select()
             outputs: Outputs = []
             with core.lock:
@@ -257,31 +276,40 @@ class IOLoop:
             self.deliver(outputs)
 
     def _wait_for_turn(self) -> bool:
-        """Take the reader role once no caller holds it or is likely to again (lock held).
+        """Take the reader role once no caller holds it or is likely to again; False: quit.
 
         While callers lead, this thread looks again every READER_GRACE seconds: a
         caller that got its result gives the role up without a wake-up, which would
-        cost it more than its whole wait.
+        cost it more than its whole wait. It looks without the lock (the fields read
+        are a hint) and takes it only to claim the role.
         """
-        while not self._quit:
-            if self._reader is None:
+        core = self._core
+        while True:
+            self._turn.clear()  # a set() from here on ends the wait below at once
+            if not self._quit:
+                busy = self._reader is not None
                 idle = time.monotonic() - self._released_at
-                if idle >= config.READER_GRACE:
+                if busy or idle < config.READER_GRACE:
+                    self._turn.wait(config.READER_GRACE if busy else config.READER_GRACE - idle)
+                    continue
+            with core.lock:
+                if self._quit:
+                    return False
+                if self._reader is None and \
+                        time.monotonic() - self._released_at >= config.READER_GRACE:
                     self._reader = "thread"
+                    core.drain()  # a caller's burst left submissions queued, runs held:
+                    core.flush_held()  # nobody else registers and sends them now
                     return True
-                self._turn.wait(config.READER_GRACE - idle)
-            else:
-                self._turn.wait(config.READER_GRACE)
-        return False
 
     # -- handling, by whoever reads --------------------------------------------------------------
 
     def _handle(self, events: list[tuple[selectors.SelectorKey, int]], outputs: Outputs) -> None:
         """Handle what select reported (lock held); task output is collected for later."""
         core = self._core
-        core.drain()
         core.cork()
         try:
+            core.drain()
             for key, _ in events:
                 self._guarded(self._on_event, key.data, outputs)
         finally:
@@ -340,10 +368,11 @@ class IOLoop:
             return
         for frame in frames:  # one message's failure must not lose those read with it
             self._guarded(self._take, worker_id, frame, outputs)
+        self._guarded(self._core.settle)
 
     def _take(self, worker_id: int, frame: bytes, outputs: Outputs) -> None:
         message = pickle.loads(frame)
-        if isinstance(message, Output):
+        if type(message) is Output:
             outputs.append((worker_id, message))
         else:
-            self._core.handle(worker_id, message)
+            self._core.handle(worker_id, message, settle_later=True)

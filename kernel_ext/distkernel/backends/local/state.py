@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from distkernel.backends.base import CellSource, OutputHandler
 from distkernel.backends.local import pool
@@ -42,6 +42,7 @@ from distkernel.core.exceptions import (
 from distkernel.core.interrupts import DEFERRED_SIGINT, Sleepers
 from distkernel.core.protocol import (
     ActorOptions,
+    FunctionPayload,
     InlineValue,
     RefDelta,
     Request,
@@ -72,6 +73,16 @@ from distkernel.store.reaper import Space
 from distkernel.store.serialization import serialize
 
 _MAX_TAGS = 20_000
+
+
+class QueuedTask(NamedTuple):
+    """A submission made without the lock, waiting to be registered (``drain``)."""
+
+    spec: TaskSpec
+    nbytes: int  # its arguments' size, inline in the spec
+    function: FunctionPayload
+    cell: str | None  # the notebook cell it was submitted from
+    submitted: float  # epoch seconds
 
 
 def _as_value(error: BaseException) -> InlineValue:
@@ -134,8 +145,13 @@ class EngineCore:
         self.borrowed_refs: Borrowed[str] = Borrowed()  # refs workers hold, counted for them
         self.requests = RequestHandler(self)
         self.refs = DriverRefs(self)
+        # Plain tasks a caller submitted in a burst, registered by whoever next holds the
+        # lock (``drain``): every PUMP_EVERY of them that caller, or the I/O thread within
+        # READER_GRACE of the burst's end.
+        self.queued: deque[QueuedTask] = deque()
         self.closing = False
         self.closed = False
+        self._unsettled = False  # runs ended whose freed work is not handed out yet (settle)
         self._corked: dict[int, list[Any]] | None = None  # sends held back (see cork)
         self._cork_depth = 0
         self._registry_version = registry.version
@@ -165,11 +181,14 @@ class EngineCore:
                 self.lock.release()
 
     def drain(self) -> None:
-        """Apply queued ObjectRef births and deaths, and arena views the driver let go."""
+        """Register queued submissions, then apply queued ObjectRef births and deaths (a
+        result's ref may already have died), and arena views the driver let go."""
         ops = self.refs.ops
-        if not (ops or self.memory.views_closed):
+        if not (ops or self.queued or self.memory.views_closed):
             return
         with DEFERRED_SIGINT:  # a change taken off the queue is applied, even on Ctrl-C
+            if self.queued:
+                self.register_queued()
             while ops:
                 object_id, change = ops.popleft()
                 if change > 0:
@@ -233,22 +252,19 @@ class EngineCore:
                       bytes_in: int, *, caller: str = "driver",
                       actor: ActorOptions | None = None) -> None:
         """Pin what the task needs, record it and hand it to the scheduler."""
-        pins = list(contained)
-        for object_id in pins:
-            self.store.pin(object_id)
-        if args_id:
-            pins.append(args_id)  # pinned when it was stored
-        self.task_pins[spec.task_id] = pins
+        if contained or args_id:
+            pins = list(contained)
+            for object_id in pins:
+                self.store.pin(object_id)
+            if args_id:
+                pins.append(args_id)  # pinned when it was stored
+            self.task_pins[spec.task_id] = pins
         for return_id in spec.return_ids:
             self.producers[return_id] = spec.task_id
-        record = TaskRecord(spec.task_id, spec.name, spec.kind, None, time.time(), None, None,
-                            "pending", bytes_in, 0, None)
-        self.records[spec.task_id] = record
+        record = self._record_new(spec, time.time(), bytes_in,
+                                  self._tag(spec.task_id, caller), caller == "driver")
         self.history.add(record)
         self.counts["submitted"] += 1
-        tag = self._tag(spec.task_id, caller)
-        if tag is not None:
-            self.cell_timelines.add(tag, record, opens=caller == "driver")
         self._sync_registry()
         if actor is not None:
             self.actor_meta[spec.actor_id] = actor
@@ -260,6 +276,16 @@ class EngineCore:
         else:
             self.execute(self.scheduler.submit(spec, caller))
 
+    def _record_new(self, spec: TaskSpec, submitted: float, bytes_in: int, tag: str | None,
+                    opens: bool) -> TaskRecord:
+        """The record of a task just registered, filed under its cell (``tag``)."""
+        record = TaskRecord(spec.task_id, spec.name, spec.kind, None, submitted, None, None,
+                            "pending", bytes_in, 0, None)
+        self.records[spec.task_id] = record
+        if tag is not None:
+            self.cell_timelines.add(tag, record, opens=opens)
+        return record
+
     def _tag(self, task_id: str, caller: str) -> str | None:
         if caller.startswith("worker-"):
             parent = self.scheduler.running_task(int(caller.split("-", 1)[1]))
@@ -267,10 +293,44 @@ class EngineCore:
         else:
             tag = self.tag_source() if self.tag_source is not None else None
         if tag is not None:
-            self.task_tags[task_id] = tag
-            if len(self.task_tags) > _MAX_TAGS:
-                self.task_tags.popitem(last=False)
+            self._remember_tag(task_id, tag)
         return tag
+
+    def _remember_tag(self, task_id: str, tag: str) -> None:
+        self.task_tags[task_id] = tag
+        if len(self.task_tags) > _MAX_TAGS:
+            self.task_tags.popitem(last=False)
+
+    def register_queued(self) -> None:
+        """Register the submissions a caller queued without the lock (lock held): all of a
+        burst's at once, handed to the scheduler together, their runs sent to each worker
+        in one write. They are plain tasks: nothing to pin, no resources, no actor."""
+        queued = self.queued
+        if self.closing:  # their refs report the cluster as shut down
+            queued.clear()
+            return
+        functions, producers, expect = self.functions, self.producers, self.store.expect
+        specs, records = [], []
+        while queued:
+            task = queued.popleft()
+            spec, function = task.spec, task.function
+            if function.data and function.function_hash not in functions:
+                functions[function.function_hash] = function.data
+            for return_id in spec.return_ids:
+                expect(return_id).refs = 1
+                producers[return_id] = spec.task_id
+            if task.cell is not None:
+                self._remember_tag(spec.task_id, task.cell)
+            records.append(self._record_new(spec, task.submitted, task.nbytes, task.cell, True))
+            specs.append(spec)
+        self.history.extend(records)
+        self.counts["submitted"] += len(specs)
+        self._sync_registry()
+        self.cork()
+        try:
+            self.execute(self.scheduler.submit_plain(specs))
+        finally:
+            self.uncork()
 
     def tasks_tagged(self, tag: str) -> list[str]:
         """Ids of the tasks of one cell that have not finished yet."""
@@ -285,15 +345,18 @@ class EngineCore:
         bytes_out = 0
         for return_id, value in zip(spec.return_ids, values):
             bytes_out += value.nbytes
-            self.forget(self.store.seal(return_id, value))
+            freed = self.store.seal(return_id, value)
+            if freed:
+                self.forget(freed)
             if type(value) is SharedValue:  # a large result: remember who made it
                 self._made_by(return_id, spec.name, self.task_tags.get(spec.task_id))
             self.producers.pop(return_id, None)
-            out.extend(self.scheduler.object_ready(return_id))
+            if self.scheduler.awaited(return_id):
+                out.extend(self.scheduler.object_ready(return_id))
         pins = self.task_pins.pop(spec.task_id, [])
         if spec.kind == "actor_create" and spec.actor_id in self.actor_meta:
             self.forget(self.store.hold_until_freed(spec.actor_id, pins))  # for a restart
-        else:
+        elif pins:
             self.forget(self.store.unpin_all(pins))
         self.counts[status] += 1
         record = self.records.pop(spec.task_id, None)
@@ -356,6 +419,8 @@ class EngineCore:
 
     def execute(self, instructions: list[Instruction]) -> None:
         """Carry out scheduler instructions; some produce more."""
+        if not instructions:
+            return
         work = deque(instructions)
         while work:
             step = work.popleft()
@@ -434,7 +499,8 @@ class EngineCore:
     def _dispatch(self, step: Dispatch) -> None:
         spec = step.spec
         process = self.workers[step.worker_id]
-        resolved = tuple((i, self.store.value(i)) for i in spec.top_level_refs)
+        resolved = tuple((i, self.store.value(i)) for i in spec.top_level_refs) \
+            if spec.top_level_refs else ()
         function = None
         if spec.function_hash and spec.function_hash not in process.functions:
             function = self.functions.get(spec.function_hash)
@@ -446,7 +512,8 @@ class EngineCore:
         if record is not None:
             record.worker_id = step.worker_id
             record.status = "running"
-            record.bytes_in += sum(v.nbytes for _, v in resolved if v is not None)
+            if resolved:
+                record.bytes_in += sum(v.nbytes for _, v in resolved if v is not None)
         if resolved or type(spec.args) is SharedValue:  # shared memory goes along: hold it
             for object_id in spec.top_level_refs:
                 self.store.touch(object_id)
@@ -468,14 +535,23 @@ class EngineCore:
 
     # -- worker messages (the reader) ----------------------------------------------------------
 
-    def handle(self, worker_id: int, message: Any) -> None:
-        self._handle(worker_id, message)
+    def handle(self, worker_id: int, message: Any, *, settle_later: bool = False) -> None:
+        """One message from a worker. ``settle_later``: it is one of several read at once,
+        and the reader calls ``settle`` after the last, so that runs which ended hand out
+        their successors in one pass instead of one pass each."""
+        self._handle(worker_id, message, settle_later)
         if self.requests.waiting:  # what the message did may have freed memory for them
             self.requests.retry_allocations()
 
-    def _handle(self, worker_id: int, message: Any) -> None:
+    def settle(self) -> None:
+        """Hand out the work that runs ended by ``handle(..., settle_later=True)`` freed."""
+        if self._unsettled:
+            self._unsettled = False
+            self.execute(self.scheduler.dispatch())
+
+    def _handle(self, worker_id: int, message: Any, settle_later: bool = False) -> None:
         if isinstance(message, TaskDone):
-            self._on_task_done(worker_id, message)
+            self._on_task_done(worker_id, message, settle_later)
         elif isinstance(message, RefDelta):
             self.memory.views_reported(worker_id, message.views_opened, ())
             for object_id in message.added:
@@ -490,14 +566,16 @@ class EngineCore:
             self.worker_ready_at[worker_id] = time.time()
             self.execute(self.scheduler.worker_ready(worker_id))
 
-    def _on_task_done(self, worker_id: int, done: TaskDone) -> None:
+    def _on_task_done(self, worker_id: int, done: TaskDone, settle_later: bool) -> None:
         spec = self.scheduler.task_of_run(done.seq)
         ran = done.finished - done.started if not (done.failed or done.cancelled) else None
         self._release_sent(worker_id, done.seq)
         results = [self.adopt(worker_id, value) for value in done.results]
         retry = done.failed and spec is not None and self._retry_on(spec, results) and \
             self.scheduler.retries_left(done.seq) > 0
-        out = self.scheduler.task_done(worker_id, done.seq, ran, retry=retry)
+        out = self.scheduler.task_done(worker_id, done.seq, ran, retry=retry,
+                                       dispatch=not settle_later)
+        self._unsettled = self._unsettled or settle_later
         following = self.scheduler.running_task(worker_id)
         record = self.records.get(following.task_id) if following is not None else None
         if record is not None and record.started is None:

@@ -182,6 +182,11 @@ class Link:
             write_frame(self._fd, pickle.dumps(message, protocol=5))
 
     def flush_refs(self) -> None:
+        # Looked at without the lock first (after every task): a change another thread
+        # makes meanwhile goes with the next message.
+        refs, views = self._refs, self._views
+        if not (refs.first_up or refs.last_down or views.first_up or views.last_down):
+            return
         with DEFERRED_SIGINT, self._send_lock:
             delta = self._take_delta()
             if delta is not None:
@@ -495,10 +500,25 @@ class Worker:
             return object_store.to_inline(serialize(plain, out_of_band=False), is_error=True)
 
 
+def _batch_scheduling() -> None:
+    """Run as a batch process (Linux ``SCHED_BATCH``): the same share of the CPU, but a
+    worker woken by a message no longer preempts the process that sent it. With more
+    busy processes than CPUs, the driver otherwise lost its CPU at each write of a loop
+    submitting many small tasks (it ran about 20 % slower)."""
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is None:
+        return
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError:  # refused by a sandbox's policy: the default works, a little slower
+        pass
+
+
 def main(argv: list[str]) -> None:
     """``python -m distkernel.engine.worker FD WORKER_ID CLUSTER_ID CONTROL_FD SHM_DIR SPILL_DIR
     OWNER`` (the last three describe the cluster's files, see ``reaper.Space``)."""
     fd, worker_id, cluster_id, control_fd = int(argv[0]), int(argv[1]), argv[2], int(argv[3])
+    _batch_scheduling()
     space = Space.from_description(*argv[4:7])
     conn = Connection(fd)
     worker = Worker(conn, worker_id, cluster_id, control_fd, space)

@@ -180,7 +180,12 @@ class Mailbox:
             return
         with self._cond:
             for frame in frames:
-                self._route(pickle.loads(frame))
+                message = pickle.loads(frame)
+                if type(message) is list:  # several sent at once (the driver's send_many)
+                    for each in message:
+                        self._route(each)
+                else:
+                    self._route(message)
 
     def _route(self, message: Any) -> None:
         if type(message) is Reply:
