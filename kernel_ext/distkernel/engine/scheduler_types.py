@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from distkernel.core.protocol import TaskSpec
+from distkernel.core.protocol import TaskSpec, message
 
 
 class _NoResources(Mapping[str, float]):
@@ -42,7 +42,7 @@ FailReason = Literal["crashed", "cancelled", "actor_died", "infeasible"]
 
 # --- instructions --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@message  # frozen for the type checker only: a frozen dataclass is slow to make, one per run
 class Dispatch:
     worker_id: int
     seq: int

@@ -257,9 +257,12 @@ class LocalEngine(EngineCore, Engine):
             results = [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
             if len(self.queued) >= PUMP_EVERY or self.io.reading_now():
                 with self.lock:
-                    self.hold_sends()
-                    self.drain()
-                    outputs = self.io.pump_now()
+                    self.cork()  # the runs registered and those results free: one write
+                    try:
+                        self.drain()
+                        outputs = self.io.pump_now()
+                    finally:
+                        self.uncork()
             self.io.deliver(outputs)
         return results
 

@@ -70,6 +70,9 @@ class ReaderHost(Protocol):
 Outputs = list[tuple[int, Output]]
 #: Submissions closer together than this (seconds) are a burst: the submitter reads results.
 _PUMP_WINDOW = 200e-6
+#: Once in a burst, a gap this long ends it: the driver is sometimes descheduled for a
+#: while when there are more busy processes than CPUs, and a loop is still a loop.
+_BURST_GAP = 1e-3
 #: A caller submitting in a burst registers its queued tasks, reads results and sends held runs
 #: every this many tasks
 #: (a worker holds about a millisecond of short tasks meanwhile: scheduler.PREFETCH_WORK).
@@ -91,6 +94,7 @@ class IOLoop:
         self._released_at = 0.0
         self._caller_wants_turn = False
         self._last_pump = 0.0  # when a caller last submitted with other tasks in flight
+        self._bursting = False  # whether that submission was part of a burst
         self._pumps = 0
         # Set when the I/O thread should look at once whether the role is free. It waits
         # on this, not on the engine's lock: a caller submitting in a burst holds that
@@ -193,8 +197,9 @@ class IOLoop:
         others' runs held and sent in batches, and the caller reads results itself
         (``pump``). Called without the lock: the answer is a hint."""
         now = time.monotonic()
-        burst, self._last_pump = now - self._last_pump < _PUMP_WINDOW, now
-        return burst
+        window = _BURST_GAP if self._bursting else _PUMP_WINDOW
+        self._bursting, self._last_pump = now - self._last_pump < window, now
+        return self._bursting
 
     def pump(self) -> Outputs:
         """A caller submitting in a burst handles what workers sent meanwhile (lock held).
@@ -224,6 +229,9 @@ class IOLoop:
         self._released_at = time.monotonic()
         outputs = self.read_pending()
         self._core.flush_held()
+        # The burst goes on from here: the next submission is timed from the end of this
+        # pump, not from the start of the call it took place in.
+        self._last_pump = time.monotonic()
         return outputs
 
     def reading_now(self) -> bool:

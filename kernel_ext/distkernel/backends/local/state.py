@@ -337,7 +337,7 @@ class EngineCore:
         return [t for t, cell in self.task_tags.items()
                 if cell == tag and t in self.scheduler.tasks]
 
-    def complete(self, spec: TaskSpec, values: Sequence[Value], *, status: str,
+    def complete(self, spec: TaskSpec, values: Sequence[Value], status: str,
                  error: str | None = None, started: float | None = None,
                  finished: float | None = None) -> list[Instruction]:
         """Store a task's results, release what it pinned, wake whoever waits."""
@@ -567,16 +567,19 @@ class EngineCore:
             self.execute(self.scheduler.worker_ready(worker_id))
 
     def _on_task_done(self, worker_id: int, done: TaskDone, settle_later: bool) -> None:
-        spec = self.scheduler.task_of_run(done.seq)
+        scheduler = self.scheduler
+        spec = scheduler.task_of_run(done.seq)
         ran = done.finished - done.started if not (done.failed or done.cancelled) else None
-        self._release_sent(worker_id, done.seq)
+        if self.memory.sent.holding(worker_id):
+            self._release_sent(worker_id, done.seq)
         results = [self.adopt(worker_id, value) for value in done.results]
         retry = done.failed and spec is not None and self._retry_on(spec, results) and \
-            self.scheduler.retries_left(done.seq) > 0
-        out = self.scheduler.task_done(worker_id, done.seq, ran, retry=retry,
-                                       dispatch=not settle_later)
-        self._unsettled = self._unsettled or settle_later
-        following = self.scheduler.running_task(worker_id)
+            scheduler.retries_left(done.seq) > 0
+        out = scheduler.task_done(worker_id, done.seq, ran, retry=retry,
+                                  dispatch=not settle_later)
+        if settle_later:
+            self._unsettled = True
+        following = scheduler.running_task(worker_id)
         record = self.records.get(following.task_id) if following is not None else None
         if record is not None and record.started is None:
             # A run sent ahead starts now. Until the worker says exactly when it started and
@@ -626,10 +629,9 @@ class EngineCore:
         return isinstance(getattr(error, "cause", None), kinds)
 
     def _release_sent(self, worker_id: int, seq: int) -> None:
-        """What went to a worker with run ``seq`` is no longer held for it. An actor running
-        calls at once ends them in any order: its regions are held until it is idle."""
-        if not self.memory.sent.holding(worker_id):
-            return
+        """What went to a worker with run ``seq`` is no longer held for it (there is some).
+        An actor running calls at once ends them in any order: its regions are held until
+        it is idle."""
         state = self.scheduler.workers.get(worker_id)
         options = self.actor_meta.get(state.actor_id) if state and state.actor_id else None
         if options is None or not (options.is_async or options.max_concurrency > 1 or
@@ -640,8 +642,7 @@ class EngineCore:
 
     def _finish(self, spec: TaskSpec, values: Sequence[Value], status: str, text: str | None,
                 done: TaskDone, out: list[Instruction]) -> None:
-        out.extend(self.complete(spec, values, status=status, error=text,
-                                 started=done.started, finished=done.finished))
+        out.extend(self.complete(spec, values, status, text, done.started, done.finished))
 
     def error_value_copy(self, value: Value) -> Value:
         """The same error stored once more (one per return value), counted as such."""
