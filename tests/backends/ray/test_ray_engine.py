@@ -120,3 +120,114 @@ print("ray engine ok")
 def test_the_api_on_a_ray_of_its_own(tmp_path):
     done = run_driver_script(tmp_path, SCRIPT, timeout=240)
     assert "ray engine ok" in done.stdout
+
+
+RECORDS = """
+import sys
+import threading
+import time
+import distkernel as dk
+from distkernel.api import runtime
+
+dk.init(address="ray", num_cpus=2)
+engine = runtime.current_engine()
+written, lock = [], threading.Lock()
+cell = ["In [1]"]
+
+def write(node, task_id, stream, text):   # what the notebook front does with task output
+    with lock:
+        written.append((node, engine.cell_of_task(task_id), stream, text))
+
+engine.route_output(lambda: cell[0], write)
+
+@dk.remote
+def hello(i):
+    print("hello", i)
+    print("careful", i, file=sys.stderr)
+    return i
+
+@dk.remote
+def boom():
+    print("about to fail")
+    raise ValueError("boom")
+
+@dk.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def add(self, k):
+        print("adding", k)
+        self.n += k
+        return self.n
+
+@dk.remote
+class Echo:
+    async def ping(self, x):
+        print("ping", x)
+        return x
+
+@dk.remote
+def nap(seconds):
+    for _ in range(int(seconds * 10)):   # Ray interrupts a task between bytecodes
+        time.sleep(0.1)
+    return seconds
+
+before = time.time()
+assert dk.get([hello.remote(i) for i in range(4)]) == [0, 1, 2, 3]
+records = engine.timeline(cell="In [1]")
+assert len(records) == 4, records
+for record in records:
+    assert record.name == "hello" and record.kind == "task" and record.status == "finished"
+    assert before <= record.submitted <= record.started <= record.finished, record
+    assert record.worker_id == 1, record   # the node's number
+cell[0] = "In [2]"   # the next cell
+try:
+    dk.get(boom.remote())
+except ValueError:
+    pass
+counter, echo = Counter.remote(), Echo.remote()
+assert dk.get([counter.add.remote(1), counter.add.remote(2), echo.ping.remote(5)]) == [1, 3, 5]
+deadline = time.monotonic() + 20
+while len(engine.timeline(cell="In [2]")) < 4 or \\
+        any(r.status == "pending" for r in engine.timeline(cell="In [2]")):
+    assert time.monotonic() < deadline, engine.timeline(cell="In [2]")
+    time.sleep(0.05)
+second = {r.name: r for r in engine.timeline(cell="In [2]")}
+assert second["boom"].status == "failed" and "ValueError: boom" in second["boom"].error, second
+assert second["Counter.add"].kind == "actor_method" and second["Echo.ping"].status == "finished"
+
+with lock:
+    by_stream = {s: sorted(t for _, tag, stream, t in written if tag == "In [1]" and stream == s)
+                 for s in ("stdout", "stderr")}
+    later = [(tag, text) for _, tag, _, text in written if tag == "In [2]"]
+first, errors = by_stream["stdout"], by_stream["stderr"]
+assert first == [f"hello {i}\\n" for i in range(4)], written
+assert errors == [f"careful {i}\\n" for i in range(4)], written
+assert ("In [2]", "about to fail\\n") in later, "a failed task's output goes to its cell too"
+assert {("In [2]", "adding 1\\n"), ("In [2]", "adding 2\\n"), ("In [2]", "ping 5\\n")} <= set(later)
+
+status = dk.status()["counters"]
+assert (status["submitted"], status["finished"], status["failed"]) == (8, 7, 1), status
+
+cell[0] = "In [3]"   # interrupting this cell cancels its tasks, as on the local engine
+naps = [nap.remote(30) for _ in range(3)]
+time.sleep(1.5)
+assert len(engine.cancel_cell("In [3]")) == 3
+for ref in naps:
+    try:
+        dk.get(ref, timeout=20)
+    except dk.TaskCancelledError:
+        pass
+    else:
+        raise AssertionError("a task of the interrupted cell went on")
+dk.shutdown()
+print("records ok")
+"""
+
+
+def test_records_timings_and_output_of_each_cell_on_ray(tmp_path):
+    """Each task's record (times, node, outcome) and printed output reach the driver when
+    it ends, filed under the cell that submitted it even once another cell runs; and
+    interrupting a cell cancels its tasks there."""
+    done = run_driver_script(tmp_path, RECORDS, timeout=240)
+    assert "records ok" in done.stdout

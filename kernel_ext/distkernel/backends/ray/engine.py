@@ -3,14 +3,14 @@
 Each of our ObjectRefs stands for a Ray ObjectRef (or, for an actor, its handle) kept
 here while any of ours is alive: ``ObjectRef.counted`` reports births and deaths to
 this engine's table, as it does to the local engine's store. Remote functions and
-actor classes arrive pickled once (``FunctionPayload``); each is loaded here once and
-handed to ``ray.remote``, which ships it to Ray's workers by value. Ray's errors are
-raised as ours (``errors.translated``).
+actor classes arrive pickled once (``FunctionPayload``); each is loaded here once,
+wrapped (``runner.traced``: every call also returns its report, with its times, node and
+output) and handed to ``ray.remote``, which ships it to Ray's workers by value. The
+reports fill the task records (``records.TaskBook``) that the inline timings, the panel
+and an interrupted cell use. Ray's errors are raised as ours (``errors.translated``).
 
-Not in this engine yet: the inline timings and the panel's task table (no records are
-kept), task output routed to its cell (Ray prints it itself), refs nested inside
-arguments, calling the API from inside a task, and our serializer registry on Ray's
-workers.
+Not in this engine yet: bytes in / out in the records, refs nested inside arguments,
+calling the API from inside a task, and our serializer registry on Ray's workers.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from typing import Any
 import ray
 
 from distkernel.backends.base import CellSource, Engine, OutputHandler
+from distkernel.backends.ray import runner
 from distkernel.backends.ray.errors import translated
+from distkernel.backends.ray.records import TaskBook
 from distkernel.backends.snapshot import (
     ClusterSnapshot,
     Counters,
@@ -55,9 +57,10 @@ class RayEngine(Engine):
         self._lock = threading.Lock()
         self._held: dict[str, Any] = {}  # our id -> Ray ObjectRef or actor handle
         self._counts: Counter[str] = Counter()  # our id -> our refs alive
-        self._functions: dict[str, Any] = {}  # function hash -> Ray remote function
+        self._functions: dict[tuple[str, int], Any] = {}  # (hash, num_returns) -> Ray's
         self._classes: dict[str, Any] = {}  # class hash -> Ray actor class
-        self._submitted = 0
+        self._actors: dict[str, tuple[str, frozenset[str]]] = {}  # id -> class, traced methods
+        self._book = TaskBook(settings.log_to_driver)
         options: dict[str, Any] = {"namespace": settings.namespace, "include_dashboard": False,
                                    "log_to_driver": settings.log_to_driver}
         if address == LOCAL_RAY:
@@ -152,34 +155,45 @@ class RayEngine(Engine):
                options: TaskOptions, *, actor_id: str = "",
                method: str = "") -> list[ObjectRef]:
         call_args, call_kwargs = self._arguments(args, kwargs)
+        count = options.num_returns
         if actor_id:
             handle = self._held_as(actor_id, f"the actor {actor_id}")
-            remote = getattr(handle, method).options(num_returns=options.num_returns)
+            class_name, traced = self._actors.get(actor_id, ("actor", frozenset()))
+            name, kind = f"{class_name}.{method}", "actor_method"
+            reports = method in traced
+            remote = getattr(handle, method).options(num_returns=count + reports)
         else:
-            remote = self._remote_function(function).options(**_task_options(options,
-                                                                                function.name))
+            name, kind, reports = options.name or function.name, options.kind, True
+            ray_options = _task_options(options, function.name)
+            ray_options["num_returns"] = count + 1
+            remote = self._remote_function(function, count).options(**ray_options)
         made = self._call(remote.remote, *call_args, **call_kwargs)
-        self._submitted += 1
-        made = made if isinstance(made, list) else [made]
+        made = list(made) if isinstance(made, list) else [made]
+        report = made.pop() if reports else None
+        self._book.submitted(name, kind, made[0], report)  # type: ignore[arg-type]
         return [self._ours(ray_ref) for ray_ref in made]
 
-    def _remote_function(self, function: FunctionPayload) -> Any:
-        remote = self._functions.get(function.function_hash)
+    def _remote_function(self, function: FunctionPayload, num_returns: int) -> Any:
+        key = (function.function_hash, num_returns)
+        remote = self._functions.get(key)
         if remote is None:
-            remote = self._functions[function.function_hash] = self._ray.remote(
-                pickle.loads(function.data))
+            traced = runner.traced(pickle.loads(function.data), num_returns)
+            remote = self._functions[key] = self._ray.remote(traced)
         return remote
 
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                      options: ActorOptions) -> ObjectRef:
         actor_class = self._classes.get(cls.function_hash)
         if actor_class is None:
-            actor_class = self._classes[cls.function_hash] = self._ray.remote(
-                pickle.loads(cls.data))
+            traced = runner.traced_class(pickle.loads(cls.data), options.methods)
+            actor_class = self._classes[cls.function_hash] = (
+                self._ray.remote(traced), getattr(traced, runner.TRACED))
         call_args, call_kwargs = self._arguments(args, kwargs)
-        handle = self._call(actor_class.options(**_actor_options(options)).remote,
+        handle = self._call(actor_class[0].options(**_actor_options(options)).remote,
                             *call_args, **call_kwargs)
-        return self._ours(handle)
+        ours = self._ours(handle)
+        self._actors[ours.hex()] = (options.class_name, actor_class[1])
+        return ours
 
     def named_actor(self, name: str,
                     namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None:
@@ -195,7 +209,11 @@ class RayEngine(Engine):
         self._call(self._ray.cancel, self._theirs(ref), force=force)
 
     def cancel_task(self, task_id: str, *, force: bool = False) -> bool:
-        return False  # tasks are not recorded by id on Ray yet
+        results = self._book.unfinished(task_id)
+        if results is None:
+            return False
+        self._call(self._ray.cancel, results, force=force)
+        return True
 
     # -- the cluster ---------------------------------------------------------------------------
 
@@ -212,6 +230,7 @@ class RayEngine(Engine):
         if self.closing:
             return
         self.closing = True
+        self._book.close()
         with self._lock:
             self._held.clear()
             self._counts.clear()
@@ -229,25 +248,36 @@ class RayEngine(Engine):
         store_free = int(available.get("object_store_memory", store_total))
         with self._lock:
             held = len(self._held)
+        counts = self._book.counts
         return ClusterSnapshot(
             self.name, self.cluster_id, self.started_at, time.time(), self.num_workers, workers,
-            (), StoreSnapshot(store_total, store_total - store_free, held, 0, 0), 0, 0,
-            tuple(sorted(total.items())), tuple(sorted(available.items())),
-            Counters(submitted=self._submitted))
+            (), StoreSnapshot(store_total, store_total - store_free, held, 0, 0), 0,
+            self._book.running_count(), tuple(sorted(total.items())),
+            tuple(sorted(available.items())),
+            Counters(counts["submitted"], counts["finished"], counts["failed"],
+                     counts["cancelled"]))
 
     def timeline(self, last: int | None = None, *, cell: str | None = None) -> list[TaskRecord]:
-        return []  # no records on Ray yet (see the module's docstring)
+        return self._book.timeline(last, cell)
 
     # -- the notebook cell behind each task ----------------------------------------------------
 
     def route_output(self, current_cell: CellSource | None, write: OutputHandler) -> None:
-        """Ray prints its workers' output itself (``log_to_driver``)."""
+        """What a traced task printed goes to ``write`` when its report is in; output
+        nothing traced (an actor's constructor) Ray prints itself (``log_to_driver``)."""
+        self._book.route_output(current_cell, write)
 
     def cell_of_task(self, task_id: str) -> str | None:
-        return None
+        return self._book.cell_of(task_id)
 
     def cancel_cell(self, cell: str, *, force: bool = False) -> list[str]:
-        return []
+        unfinished = self._book.unfinished_of_cell(cell)
+        for _, results in unfinished:
+            try:
+                self._ray.cancel(results, force=force)
+            except Exception:  # noqa: BLE001 - it ended meanwhile: nothing to cancel
+                pass
+        return [task_id for task_id, _ in unfinished]
 
 
 def _task_options(options: TaskOptions, name: str) -> dict[str, Any]:

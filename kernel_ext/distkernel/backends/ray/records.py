@@ -1,0 +1,164 @@
+"""The driver's book of the tasks it sent to Ray: their records, cells and output.
+
+Each submission is recorded at once (name, kind, cell, time); Ray calls back when the
+task's ``Report`` (``runner``) is in, with when and on which node it ran and what it
+printed. The record is then completed and the output written under the cell that
+submitted the task, even after that cell ended. The book also keeps, while a task is
+unfinished, a Ray ref to its results: what ``cancel_task`` and an interrupted cell cancel.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import Counter, OrderedDict
+from typing import Any
+
+from distkernel.backends.base import CellSource, OutputHandler, print_output
+from distkernel.backends.ray.runner import REPORT_ATTRIBUTE, Report
+from distkernel.core import config
+from distkernel.core.protocol import TaskKind
+from distkernel.core.refs import new_id
+from distkernel.core.timings import CellTimelines, TaskRecord, Timeline
+
+_MAX_TAGS = 20_000
+
+
+class TaskBook:
+    def __init__(self, log_to_driver: bool) -> None:
+        self._lock = threading.Lock()
+        self._log_to_driver = log_to_driver
+        self.history = Timeline(config.TIMELINE_CAPACITY)
+        self.cells = CellTimelines(2 * config.TIMELINE_CAPACITY)
+        self._unfinished: dict[str, tuple[TaskRecord, Any]] = {}  # id -> record, a Ray ref
+        self._tags: OrderedDict[str, str] = OrderedDict()  # task id -> its cell
+        self._nodes: dict[str, int] = {}  # Ray node id -> its index here (1, 2, ...)
+        self.counts: Counter[str] = Counter()
+        self.tag_source: CellSource | None = None
+        self.output_handler: OutputHandler = print_output
+        self.closed = False
+
+    def route_output(self, current_cell: CellSource | None, write: OutputHandler) -> None:
+        with self._lock:
+            self.tag_source = current_cell
+            self.output_handler = write
+
+    def node_index(self, node_id: str) -> int:
+        """A short number for a Ray node (what ``worker_id`` means on Ray), first come first."""
+        with self._lock:
+            return self._nodes.setdefault(node_id, len(self._nodes) + 1)
+
+    # -- a task's life ---------------------------------------------------------------------------
+
+    def submitted(self, name: str, kind: TaskKind, results: Any, report: Any | None) -> str:
+        """Record a task just handed to Ray: ``results`` is a Ray ref to (one of) its
+        results, ``report`` the ref to its ``Report`` (None: an untraced call, whose
+        record ends when its result is in)."""
+        task_id = new_id()
+        source = self.tag_source
+        cell = source() if source is not None else None
+        record = TaskRecord(task_id, name, kind, None, time.time(), None, None, "pending", 0, 0,
+                            None)
+        with self._lock:
+            self._unfinished[task_id] = (record, results)
+            self.counts["submitted"] += 1
+            if cell is not None:
+                self._tags[task_id] = cell
+                if len(self._tags) > _MAX_TAGS:
+                    self._tags.popitem(last=False)
+        self.history.add(record)
+        if cell is not None:
+            self.cells.add(cell, record, opens=True)
+        watched = report if report is not None else results
+        watched.future().add_done_callback(functools.partial(self._ended, task_id))
+        return task_id
+
+    def _ended(self, task_id: str, future: Any) -> None:
+        """Ray's callback (in one of its threads) once the task's report or result is in."""
+        try:
+            outcome = future.result()
+            error = None
+        except BaseException as exc:  # noqa: BLE001 - any failure ends the record
+            outcome, error = None, exc
+        report = outcome if isinstance(outcome, Report) else _report_of(error)
+        with self._lock:
+            entry = self._unfinished.pop(task_id, None)
+            if entry is None:
+                return
+            record = entry[0]
+            status = _status(error)
+            self.counts[status] += 1
+        node = self.node_index(report.node_id) if report is not None and report.node_id else None
+        # The record's fields are set one by one; readers copy records (timeline()).
+        if report is not None:
+            record.started, record.finished = report.started, report.finished
+        else:
+            record.finished = time.time()
+        record.worker_id = node
+        record.error = None if error is None else _error_text(error)
+        record.status = status  # type: ignore[assignment]
+        if report is not None and self._log_to_driver and not self.closed:
+            self._deliver(node or 0, task_id, report)
+
+    def _deliver(self, node: int, task_id: str, report: Report) -> None:
+        write = self.output_handler
+        for stream, text in (("stdout", report.stdout), ("stderr", report.stderr)):
+            if text:
+                try:
+                    write(node, task_id, stream, text)
+                except Exception:  # noqa: BLE001 - a broken handler must not stop Ray's thread
+                    pass
+
+    # -- what the front asks -----------------------------------------------------------------
+
+    def cell_of(self, task_id: str) -> str | None:
+        with self._lock:
+            return self._tags.get(task_id)
+
+    def unfinished(self, task_id: str) -> Any | None:
+        """A Ray ref to the results of an unfinished task (to cancel it), else None."""
+        with self._lock:
+            entry = self._unfinished.get(task_id)
+        return entry[1] if entry is not None else None
+
+    def unfinished_of_cell(self, cell: str) -> list[tuple[str, Any]]:
+        with self._lock:
+            return [(task_id, entry[1]) for task_id, entry in self._unfinished.items()
+                    if self._tags.get(task_id) == cell]
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._unfinished)
+
+    def timeline(self, last: int | None, cell: str | None) -> list[TaskRecord]:
+        records = self.history.last(last) if cell is None else self.cells.of(cell, last)
+        return [record.copy() for record in records]
+
+    def close(self) -> None:
+        """Shut down: callbacks still to come write no more output."""
+        self.closed = True
+        with self._lock:
+            self._unfinished.clear()
+
+
+def _report_of(error: BaseException | None) -> Report | None:
+    cause = getattr(error, "cause", None)
+    report = getattr(cause, REPORT_ATTRIBUTE, None)
+    return report if isinstance(report, Report) else None
+
+
+def _status(error: BaseException | None) -> str:
+    if error is None:
+        return "finished"
+    from ray import exceptions as ray_errors
+
+    return "cancelled" if isinstance(error, ray_errors.TaskCancelledError) else "failed"
+
+
+def _error_text(error: BaseException) -> str:
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+

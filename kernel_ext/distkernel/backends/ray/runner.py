@@ -1,0 +1,186 @@
+"""What runs inside a Ray worker around each of our tasks: the call, its output, its times.
+
+A task returns its results and one more value, its ``Report``: when it started and
+ended, on which node and process, and what it printed. The driver files that in the
+task's record and writes the output under the cell that submitted it, however late it
+comes (Ray would print it under whichever cell runs then). A task that raises carries
+its report on the exception instead.
+
+Ray's workers import this module (so distkernel must be installed where they run, as
+any package a task uses); it needs only the standard library and Ray.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import io
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+#: The attribute a raised exception carries its task's report in.
+REPORT_ATTRIBUTE = "_distkernel_report"
+#: The attribute of a ``traced_class`` naming its traced methods.
+TRACED = "_distkernel_traced"
+
+
+class Report(NamedTuple):
+    started: float  # epoch seconds, on the worker's clock
+    finished: float
+    node_id: str  # Ray's node id (hex)
+    pid: int
+    stdout: str
+    stderr: str
+
+
+class _TaskStreams(io.TextIOBase):
+    """``sys.stdout`` / ``sys.stderr`` of a Ray worker while our tasks run: what a running
+    call writes is kept for its report; anything else goes on as before. The buffers
+    are per call (a context variable), since an actor may run several calls at once, in
+    threads or as coroutines."""
+
+    def __init__(self, original: Any, stream: str) -> None:
+        self._original = original
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        buffers = _buffers.get()
+        if buffers is None:
+            self._original.write(text)  # Ray's own streams return None here
+        else:
+            buffers[self._stream].append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _buffers.get() is None:
+            self._original.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._original, "encoding", "utf-8"))
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return int(self._original.fileno())
+
+
+_buffers: contextvars.ContextVar[dict[str, list[str]] | None] = contextvars.ContextVar(
+    "distkernel_task_output", default=None)
+_install_lock = threading.Lock()
+
+
+def _capture_streams() -> None:
+    with _install_lock:
+        if not isinstance(sys.stdout, _TaskStreams):
+            sys.stdout = _TaskStreams(sys.stdout, "stdout")
+        if not isinstance(sys.stderr, _TaskStreams):
+            sys.stderr = _TaskStreams(sys.stderr, "stderr")
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - outside Ray (a test calling the wrapper directly)
+        return ""
+
+
+def traced(function: Callable[..., Any], num_returns: int) -> Callable[..., Any]:
+    """``function`` returning its results and then its ``Report`` (``num_returns + 1``
+    values in all), or raising with the report attached. A coroutine function stays one
+    (an async actor's method).
+
+    The wrapper refers to module functions only, which Ray's pickler sends by name: the
+    state they keep (a lock, a context variable) stays in the worker's own module.
+    """
+    if inspect.iscoroutinefunction(function):
+        @functools.wraps(function)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            call = _begin()
+            try:
+                value = await function(*args, **kwargs)
+            except BaseException as exc:
+                _failed(exc, call)
+                raise
+            finally:
+                _end(call)
+            return _returned(value, call, num_returns, function)
+
+        return run_async
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        call = _begin()
+        try:
+            value = function(*args, **kwargs)
+        except BaseException as exc:
+            _failed(exc, call)
+            raise
+        finally:
+            _end(call)
+        return _returned(value, call, num_returns, function)
+
+    return run
+
+
+class _Call(NamedTuple):
+    buffers: dict[str, list[str]]
+    token: contextvars.Token[Any]
+    started: float
+
+
+def _begin() -> _Call:
+    _capture_streams()
+    buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    return _Call(buffers, _buffers.set(buffers), time.time())
+
+
+def _end(call: _Call) -> None:
+    _buffers.reset(call.token)
+
+
+def _failed(exc: BaseException, call: _Call) -> None:
+    try:
+        setattr(exc, REPORT_ATTRIBUTE, _report(call))
+    except Exception:  # noqa: BLE001 - an exception that takes no attributes
+        pass
+
+
+def _returned(value: Any, call: _Call, num_returns: int, function: Any) -> Any:
+    report = _report(call)
+    if num_returns == 1:
+        return value, report
+    values = tuple(value)
+    if len(values) != num_returns:
+        name = getattr(function, "__qualname__", "the task")
+        msg = f"{name} has num_returns={num_returns} but returned {len(values)} values"
+        raise ValueError(msg)
+    return (*values, report)
+
+
+def traced_class(cls: type, methods: tuple[tuple[str, int], ...]) -> type:
+    """An actor class whose listed methods are ``traced`` (each with its num_returns); its
+    ``TRACED`` attribute names them (static and class methods are left as they are)."""
+    namespace: dict[str, Any] = {
+        name: traced(getattr(cls, name), num_returns) for name, num_returns in methods
+        if inspect.isfunction(inspect.getattr_static(cls, name, None))}  # plain methods only
+    namespace[TRACED] = frozenset(namespace)
+    namespace["__module__"] = cls.__module__
+    namespace["__qualname__"] = cls.__qualname__
+    return type(cls.__name__, (cls,), namespace)
+
+
+def _report(call: _Call) -> Report:
+    return Report(call.started, time.time(), _node_id(), os.getpid(),
+                  "".join(call.buffers["stdout"]), "".join(call.buffers["stderr"]))
