@@ -79,6 +79,19 @@ class Counters:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """One machine of a multi-node cluster (Ray): ``index`` is its number here, the
+    ``worker_id`` of the tasks that ran on it; resources as ``(name, amount)`` pairs."""
+
+    index: int
+    node_id: str
+    address: str
+    alive: bool
+    resources_total: tuple[tuple[str, float], ...]
+    resources_available: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
     """Everything one look at the cluster shows; ``taken_at`` and ``started_at`` are epoch
     seconds."""
@@ -96,6 +109,7 @@ class ClusterSnapshot:
     resources_total: tuple[tuple[str, float], ...]
     resources_available: tuple[tuple[str, float], ...]
     counters: Counters
+    nodes: tuple[NodeSnapshot, ...] = ()  # a multi-node engine's machines; () locally
 
     def as_status(self) -> dict[str, Any]:
         """The ``status()`` dict (SPEC §2): plain values a notebook can print or serialize."""
@@ -109,4 +123,7 @@ class ClusterSnapshot:
                 "queued_tasks": self.queued, "running_tasks": self.running,
                 "resources": {"total": dict(self.resources_total),
                               "available": dict(self.resources_available)},
-                "counters": asdict(self.counters)}
+                "counters": asdict(self.counters),
+                "nodes": [{**asdict(node), "resources_total": dict(node.resources_total),
+                           "resources_available": dict(node.resources_available)}
+                          for node in self.nodes]}

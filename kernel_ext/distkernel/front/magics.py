@@ -16,7 +16,7 @@ import math
 import os
 import shlex
 import threading
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from IPython.core.error import UsageError
 from IPython.core.inputtransformer2 import TransformerManager
@@ -32,6 +32,9 @@ from distkernel.front import cellrun
 from distkernel.front.cellvars import CellNames, analyze_cell, names_to_pull, names_to_send
 from distkernel.front.status_view import Rendered, notice, status_view
 from distkernel.front.timings_view import lane_names, timeline_bundle
+
+if TYPE_CHECKING:
+    from distkernel.backends.snapshot import ClusterSnapshot
 
 _RUN_CELL = RemoteFunction(cellrun.run_cell, {"max_retries": 0})
 _TIMINGS_MODES = ("on", "off", "summary", "full")
@@ -182,7 +185,8 @@ class DistMagics(Magics):
         source = TransformerManager().transform_cell(cell)
         label = f"In[{_cell_number(self.shell)}]"
         values = {name: namespace[name] for name in send}
-        if len(placements) > 1 or args.all:  # one output group per worker, in WORKER_INDEX order
+        if (len(placements) > 1 or args.all) and all(placements):
+            # one output group per worker (or node), in WORKER_INDEX order
             self._extension.reserve_output_groups(placements)
         refs = [_RUN_CELL.with_task_options(kind="cell", name=f"%%remote {label}",
                                             pin_worker=worker_id).remote(
@@ -209,7 +213,10 @@ class DistMagics(Magics):
             raise _usage_error(msg, magic="%%remote", usage=_REMOTE_HINT)
         if not args.all and args.num is None:
             return [0]
-        workers = sorted(w.worker_id for w in runtime.engine().snapshot().workers
+        snapshot = runtime.engine().snapshot()
+        if snapshot.nodes:  # a Ray cluster: --all is one copy per node, -n N copies anywhere
+            return _node_placements(args, snapshot)
+        workers = sorted(w.worker_id for w in snapshot.workers
                          if not w.extra and not w.actor_id and w.state != "stopping")
         if args.all:
             return workers
@@ -308,6 +315,20 @@ def _remote_parser() -> argparse.ArgumentParser:
 def _remote_help() -> str:
     """The help IPython builds for ``%%remote?``, without its reST literal-block marker."""
     return _remote_parser().format_help().removeprefix("::\n\n")
+
+
+def _node_placements(args: argparse.Namespace, snapshot: ClusterSnapshot) -> list[int]:
+    """``%%remote`` on a multi-node cluster: ``--all`` pins one copy to each live node
+    (WORKER_INDEX is then the node's place in that list); ``-n N`` runs N copies wherever
+    Ray finds a CPU for each."""
+    if args.all:
+        return [node.index for node in snapshot.nodes if node.alive]
+    cpus = int(dict(snapshot.resources_total).get("CPU", 0))
+    if args.num < 1 or args.num > cpus:
+        msg = (f"-n {args.num}: the cluster has {cpus} CPU(s) for tasks; use 1 to {cpus}, or "
+               f"--all for one copy per node")
+        raise _usage_error(msg, magic="%%remote")
+    return [0] * args.num
 
 
 def _remote_arguments(line: str) -> argparse.Namespace:

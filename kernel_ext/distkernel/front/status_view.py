@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from distkernel.backends.snapshot import ClusterSnapshot
+from distkernel.backends.snapshot import ClusterSnapshot, NodeSnapshot
 from distkernel.core.config import format_bytes
 
 _STYLE = (".jp-Distkernel-status table{border-collapse:collapse;font-size:90%}"
@@ -53,6 +53,15 @@ def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
             for row in [header, *rows]]
 
 
+def _node_row(node: NodeSnapshot) -> list[str]:
+    total, free = dict(node.resources_total), dict(node.resources_available)
+    return [f"{node.index} ({node.node_id[:8]})", node.address,
+            "alive" if node.alive else "dead",
+            f"{free.get('CPU', 0):g} / {total.get('CPU', 0):g}",
+            format_bytes(int(total.get("memory", 0))),
+            format_bytes(int(total.get("object_store_memory", 0)))]
+
+
 def status_view(snapshot: ClusterSnapshot) -> Rendered:
     """Workers, actors and the object store, as a table each."""
     store = snapshot.store
@@ -70,9 +79,20 @@ def status_view(snapshot: ClusterSnapshot) -> Rendered:
     actors = [[a.class_name, a.name or "—", a.state, str(a.pid or "—"), str(a.queued_calls),
                str(a.restarts)] for a in snapshot.actors]
     title = f"distkernel {snapshot.backend} cluster: {snapshot.num_workers} workers"
-    parts = [f"<style>{_STYLE}</style>", f"<b>{html.escape(title)}</b>",
-             _table("workers", worker_header, workers)]
-    text = [title, *_text_table(worker_header, workers)]
+    parts = [f"<style>{_STYLE}</style>", f"<b>{html.escape(title)}</b>"]
+    text = [title]
+    if snapshot.nodes:  # Ray: the machines, then a row per node in place of workers
+        title = (f"distkernel {snapshot.backend} cluster: {len(snapshot.nodes)} nodes, "
+                 f"{snapshot.num_workers} CPUs")
+        parts[1], text[0] = f"<b>{html.escape(title)}</b>", title
+        node_header = ["node", "address", "state", "CPUs free / total", "memory",
+                       "object store"]
+        nodes = [_node_row(node) for node in snapshot.nodes]
+        parts.append(_table("nodes", node_header, nodes))
+        text += _text_table(node_header, nodes)
+    else:
+        parts.append(_table("workers", worker_header, workers))
+        text += _text_table(worker_header, workers)
     if actors:
         parts.append(_table("actors", actor_header, actors))
         text += ["", *_text_table(actor_header, actors)]

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -32,6 +32,7 @@ from distkernel.backends.ray.records import TaskBook
 from distkernel.backends.snapshot import (
     ClusterSnapshot,
     Counters,
+    NodeSnapshot,
     StoreSnapshot,
     WorkerSnapshot,
 )
@@ -40,6 +41,9 @@ from distkernel.core.exceptions import DistkernelError
 from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
 from distkernel.core.refs import ObjectRef
 from distkernel.core.timings import TaskRecord
+
+if TYPE_CHECKING:
+    from distkernel.engine.scheduler_types import WorkerStateName
 
 #: Addresses that start a Ray of our own on this machine; any other joins a running one.
 LOCAL_RAY = "ray"
@@ -166,12 +170,23 @@ class RayEngine(Engine):
             name, kind, reports = options.name or function.name, options.kind, True
             ray_options = _task_options(options, function.name)
             ray_options["num_returns"] = count + 1
+            if options.pin_worker:  # %%remote --all: one copy per node
+                ray_options["scheduling_strategy"] = self._on_node(options.pin_worker)
             remote = self._remote_function(function, count).options(**ray_options)
         made = self._call(remote.remote, *call_args, **call_kwargs)
         made = list(made) if isinstance(made, list) else [made]
         report = made.pop() if reports else None
         self._book.submitted(name, kind, made[0], report)  # type: ignore[arg-type]
         return [self._ours(ray_ref) for ray_ref in made]
+
+    def _on_node(self, index: int) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node_id = self._book.node_id(index)
+        if node_id is None:
+            msg = f"there is no node {index} in this Ray cluster (see %dist status)"
+            raise DistkernelError(msg)
+        return NodeAffinitySchedulingStrategy(node_id, soft=False)
 
     def _remote_function(self, function: FunctionPayload, num_returns: int) -> Any:
         key = (function.function_hash, num_returns)
@@ -238,12 +253,14 @@ class RayEngine(Engine):
         self._ray.shutdown()
 
     def snapshot(self) -> ClusterSnapshot:
-        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        nodes = self._nodes()
         total = self._ray.cluster_resources()
         available = self._ray.available_resources()
-        workers = tuple(WorkerSnapshot(index, None, "idle", None, None, None, None, False, None,
-                                       None)
-                        for index, _ in enumerate(nodes, start=1))
+        # A worker row per live node: on Ray a task's worker_id is its node's number.
+        workers = tuple(
+            WorkerSnapshot(node.index, None, _node_state(node), None, None, None, None, False,
+                           None, None)
+            for node in nodes if node.alive)
         store_total = int(total.get("object_store_memory", 0))
         store_free = int(available.get("object_store_memory", store_total))
         with self._lock:
@@ -255,7 +272,28 @@ class RayEngine(Engine):
             self._book.running_count(), tuple(sorted(total.items())),
             tuple(sorted(available.items())),
             Counters(counts["submitted"], counts["finished"], counts["failed"],
-                     counts["cancelled"]))
+                     counts["cancelled"]), nodes)
+
+    def _nodes(self) -> tuple[NodeSnapshot, ...]:
+        """Every node Ray knows, numbered as the records number them (``node_index``)."""
+        try:
+            from ray._private.state import available_resources_per_node
+
+            free = available_resources_per_node()
+        except Exception:  # noqa: BLE001 - an internal API of Ray: without it, totals only
+            free = {}
+        described = []
+        for node in self._ray.nodes():
+            node_id = str(node.get("NodeID", ""))
+            total = {k: float(v) for k, v in node.get("Resources", {}).items()
+                     if not k.startswith("node:")}
+            available = {k: float(v) for k, v in free.get(node_id, total).items()
+                         if not k.startswith("node:")}
+            described.append(NodeSnapshot(
+                self._book.node_index(node_id), node_id, str(node.get("NodeManagerAddress", "")),
+                bool(node.get("Alive")), tuple(sorted(total.items())),
+                tuple(sorted(available.items()))))
+        return tuple(sorted(described, key=lambda node: node.index))
 
     def timeline(self, last: int | None = None, *, cell: str | None = None) -> list[TaskRecord]:
         return self._book.timeline(last, cell)
@@ -278,6 +316,12 @@ class RayEngine(Engine):
             except Exception:  # noqa: BLE001 - it ended meanwhile: nothing to cancel
                 pass
         return [task_id for task_id, _ in unfinished]
+
+
+def _node_state(node: NodeSnapshot) -> WorkerStateName:
+    """Busy while some of the node's CPUs are taken, else idle."""
+    return "busy" if dict(node.resources_available).get("CPU", 0.0) < \
+        dict(node.resources_total).get("CPU", 0.0) else "idle"
 
 
 def _task_options(options: TaskOptions, name: str) -> dict[str, Any]:

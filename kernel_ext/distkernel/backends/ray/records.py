@@ -49,6 +49,11 @@ class TaskBook:
         with self._lock:
             return self._nodes.setdefault(node_id, len(self._nodes) + 1)
 
+    def node_id(self, index: int) -> str | None:
+        """The Ray node numbered ``index`` (see ``node_index``), if one is."""
+        with self._lock:
+            return next((node for node, i in self._nodes.items() if i == index), None)
+
     # -- a task's life ---------------------------------------------------------------------------
 
     def submitted(self, name: str, kind: TaskKind, results: Any, report: Any | None) -> str:
