@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-NAMES = {"distkernel": "distkernel", "ray": "Ray", "pool": "Pool"}
+NAMES = {"distkernel": "distkernel", "ray": "Ray", "pool": "Pool",
+         "distkernel-ray": "distkernel on Ray"}
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,11 @@ def label(metric: Metric, results: dict[str, dict[str, Any]]) -> str:
 
 def table(results: dict[str, dict[str, Any]], engines: list[str]) -> str:
     """The Markdown table; ratio columns appear for the engines that ran."""
-    others = [e for e in engines if e != "distkernel" and "distkernel" in engines]
-    head = ["workload", *(NAMES[e] for e in engines), *(f"dk ÷ {NAMES[e]}" for e in others)]
+    others = [e for e in engines
+              if e not in ("distkernel", "distkernel-ray") and "distkernel" in engines]
+    on_ray = "distkernel-ray" in engines and "ray" in engines  # our front's cost on Ray
+    head = ["workload", *(NAMES[e] for e in engines), *(f"dk ÷ {NAMES[e]}" for e in others),
+            *(["dk on Ray ÷ Ray"] if on_ray else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ours = results.get("distkernel")
     for metric in METRICS:
@@ -143,7 +147,9 @@ def table(results: dict[str, dict[str, Any]], engines: list[str]) -> str:
         if metric.section == "batched_map" and "pool" not in engines:
             continue  # a Pool-only reference row
         row = [label(metric, results), *(cell(results.get(e), metric) for e in engines),
-               *(ratio(ours, results.get(e), metric) for e in others)]
+               *(ratio(ours, results.get(e), metric) for e in others),
+               *([ratio(results.get("distkernel-ray"), results.get("ray"), metric)]
+                 if on_ray else [])]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

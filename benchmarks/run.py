@@ -39,7 +39,8 @@ import report
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "child.py"
 #: The module each engine needs, to skip an engine that is not installed.
-REQUIRES = {"distkernel": "distkernel", "pool": "multiprocess", "ray": "ray"}
+REQUIRES = {"distkernel": "distkernel", "pool": "multiprocess", "ray": "ray",
+            "distkernel-ray": "ray"}
 DEFAULT_ENGINES = "distkernel,pool,ray"
 
 

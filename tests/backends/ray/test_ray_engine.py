@@ -172,9 +172,18 @@ def nap(seconds):
         time.sleep(0.1)
     return seconds
 
+def settled(tag, count):   # the cell's records, once all ended (a moment after the results)
+    deadline = time.monotonic() + 20
+    while True:
+        records = engine.timeline(cell=tag)
+        if len(records) >= count and all(r.status != "pending" for r in records):
+            return records
+        assert time.monotonic() < deadline, records
+        time.sleep(0.05)
+
 before = time.time()
 assert dk.get([hello.remote(i) for i in range(4)]) == [0, 1, 2, 3]
-records = engine.timeline(cell="In [1]")
+records = settled("In [1]", 4)
 assert len(records) == 4, records
 for record in records:
     assert record.name == "hello" and record.kind == "task" and record.status == "finished"
@@ -187,12 +196,7 @@ except ValueError:
     pass
 counter, echo = Counter.remote(), Echo.remote()
 assert dk.get([counter.add.remote(1), counter.add.remote(2), echo.ping.remote(5)]) == [1, 3, 5]
-deadline = time.monotonic() + 20
-while len(engine.timeline(cell="In [2]")) < 4 or \\
-        any(r.status == "pending" for r in engine.timeline(cell="In [2]")):
-    assert time.monotonic() < deadline, engine.timeline(cell="In [2]")
-    time.sleep(0.05)
-second = {r.name: r for r in engine.timeline(cell="In [2]")}
+second = {r.name: r for r in settled("In [2]", 4)}
 assert second["boom"].status == "failed" and "ValueError: boom" in second["boom"].error, second
 assert second["Counter.add"].kind == "actor_method" and second["Echo.ping"].status == "finished"
 

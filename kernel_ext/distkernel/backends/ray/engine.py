@@ -61,9 +61,12 @@ class RayEngine(Engine):
         self._lock = threading.Lock()
         self._held: dict[str, Any] = {}  # our id -> Ray ObjectRef or actor handle
         self._counts: Counter[str] = Counter()  # our id -> our refs alive
-        self._functions: dict[tuple[str, int], Any] = {}  # (hash, num_returns) -> Ray's
+        self._functions: dict[tuple[str, int], Any] = {}  # (hash, num_returns) -> traced
         self._classes: dict[str, Any] = {}  # class hash -> Ray actor class
         self._actors: dict[str, tuple[str, frozenset[str]]] = {}  # id -> class, traced methods
+        # Ray's .options(...) results, kept: per function and options, per actor and method.
+        self._optioned: dict[tuple[str, TaskOptions], Any] = {}
+        self._actor_methods: dict[str, dict[tuple[str, int], Any]] = {}
         self._book = TaskBook(settings.log_to_driver)
         options: dict[str, Any] = {"namespace": settings.namespace, "include_dashboard": False,
                                    "log_to_driver": settings.log_to_driver}
@@ -92,6 +95,8 @@ class RayEngine(Engine):
             if self._counts[object_id] <= 0:
                 del self._counts[object_id]
                 self._held.pop(object_id, None)
+                self._actors.pop(object_id, None)
+                self._actor_methods.pop(object_id, None)
 
     def _ours(self, held: Any) -> ObjectRef:
         object_id = refs.new_id()
@@ -165,14 +170,17 @@ class RayEngine(Engine):
             class_name, traced = self._actors.get(actor_id, ("actor", frozenset()))
             name, kind = f"{class_name}.{method}", "actor_method"
             reports = method in traced
-            remote = getattr(handle, method).options(num_returns=count + reports)
+            methods = self._actor_methods.setdefault(actor_id, {})
+            remote = methods.get((method, count))
+            if remote is None:  # Ray's .options() costs tens of µs: once per method
+                remote = methods[(method, count)] = \
+                    getattr(handle, method).options(num_returns=count + reports)
         else:
             name, kind, reports = options.name or function.name, options.kind, True
-            ray_options = _task_options(options, function.name)
-            ray_options["num_returns"] = count + 1
-            if options.pin_worker:  # %%remote --all: one copy per node
-                ray_options["scheduling_strategy"] = self._on_node(options.pin_worker)
-            remote = self._remote_function(function, count).options(**ray_options)
+            remote = self._optioned.get((function.function_hash, options))
+            if remote is None:
+                remote = self._optioned[(function.function_hash, options)] = \
+                    self._remote_function(function, options)
         made = self._call(remote.remote, *call_args, **call_kwargs)
         made = list(made) if isinstance(made, list) else [made]
         report = made.pop() if reports else None
@@ -188,13 +196,19 @@ class RayEngine(Engine):
             raise DistkernelError(msg)
         return NodeAffinitySchedulingStrategy(node_id, soft=False)
 
-    def _remote_function(self, function: FunctionPayload, num_returns: int) -> Any:
-        key = (function.function_hash, num_returns)
-        remote = self._functions.get(key)
-        if remote is None:
-            traced = runner.traced(pickle.loads(function.data), num_returns)
-            remote = self._functions[key] = self._ray.remote(traced)
-        return remote
+    def _remote_function(self, function: FunctionPayload, options: TaskOptions) -> Any:
+        """Ray's remote function for ``function`` with these options, made with them: a
+        ``.options(...)`` copy checks its options again at every call (about 80 µs)."""
+        count = options.num_returns
+        traced = self._functions.get((function.function_hash, count))
+        if traced is None:  # its report is one return more
+            traced = self._functions[(function.function_hash, count)] = runner.traced(
+                pickle.loads(function.data), count)
+        ray_options = _task_options(options, function.name)
+        ray_options["num_returns"] = count + 1
+        if options.pin_worker:  # %%remote --all: one copy per node
+            ray_options["scheduling_strategy"] = self._on_node(options.pin_worker)
+        return self._ray.remote(**ray_options)(traced)
 
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                      options: ActorOptions) -> ObjectRef:
