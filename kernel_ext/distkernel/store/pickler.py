@@ -62,11 +62,14 @@ class SerializerRegistry:
     def __contains__(self, cls: type) -> bool:
         return cls in self._entries
 
+    def items(self) -> list[tuple[type, tuple[Callable[[Any], Any], Callable[[Any], Any]]]]:
+        """``(class, (serializer, deserializer))`` pairs, a copy."""
+        with self._lock:
+            return list(self._entries.items())
+
     def dump(self) -> bytes:
         """The whole registry, pickled by value, for shipping to workers."""
-        with self._lock:
-            items = list(self._entries.items())
-        return cloudpickle.dumps(items, protocol=PROTOCOL)
+        return cloudpickle.dumps(self.items(), protocol=PROTOCOL)
 
     def load(self, data: bytes) -> None:
         """Replace the registry with one a driver shipped."""

@@ -235,3 +235,92 @@ def test_records_timings_and_output_of_each_cell_on_ray(tmp_path):
     interrupting a cell cancels its tasks there."""
     done = run_driver_script(tmp_path, RECORDS, timeout=240)
     assert "records ok" in done.stdout
+
+
+SERIALIZATION = """
+import threading
+import distkernel as dk
+
+dk.init(address="ray", num_cpus=2)
+
+class Point:                      # a notebook class that pickle refuses
+    def __init__(self, x):
+        self.x = x
+    def __reduce__(self):
+        raise TypeError("Point cannot be pickled as is")
+
+dk.register_serializer(Point, serializer=lambda p: p.x, deserializer=lambda x: Point(x))
+
+@dk.remote
+def double(p):
+    return Point(p.x * 2)         # made in a Ray worker, sent back through the registry
+
+@dk.remote
+class Keeper:
+    def __init__(self, p):
+        self.p = p
+    def get(self):
+        return self.p
+
+assert dk.get(double.remote(Point(21))).x == 42
+assert dk.get(dk.put(Point(5))).x == 5
+assert dk.get([double.remote(Point(i)) for i in range(20)])[-1].x == 38  # every worker
+keeper = Keeper.remote(Point(7))
+assert dk.get(keeper.get.remote()).x == 7
+dk.deregister_serializer(Point)
+try:
+    dk.put(Point(1))
+except dk.SerializationError as error:
+    assert "Point" in str(error), error
+else:
+    raise AssertionError("a deregistered class still travelled")
+@dk.remote
+def make_point(x):
+    return Point(x)
+
+try:
+    dk.get(make_point.remote(1))  # the worker no longer knows how to send a Point back
+except dk.TaskError as error:
+    assert "Point cannot be pickled" in str(error), error
+else:
+    raise AssertionError("the worker kept the old registry")
+
+class Holder:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+for attempt in (lambda: dk.put(Holder()), lambda: double.remote(Holder())):
+    try:
+        attempt()
+    except dk.SerializationError as error:   # the culprit's path, as on the local engine
+        assert "Holder(...).lock" in str(error) and "_thread.lock" in str(error), error
+    else:
+        raise AssertionError("a lock travelled")
+
+@dk.remote
+class Named:
+    def hello(self):
+        return "hello"
+
+named = Named.options(name="keeper-of-names").remote()
+assert dk.get(named.hello.remote()) == "hello"
+again = dk.get_actor("keeper-of-names")
+assert dk.get(again.hello.remote()) == "hello"
+try:
+    dk.get_actor("nobody-here")
+except ValueError:
+    pass
+else:
+    raise AssertionError("get_actor found an actor that does not exist")
+dk.shutdown()
+print("serialization ok")
+"""
+
+
+def test_serializers_errors_and_named_actors_on_ray(tmp_path):
+    """register_serializer applies to what the driver sends and to what each Ray worker
+    sends back (the registry goes with every call, so workers started later have it
+    too), deregister_serializer undoes both; a value that cannot travel raises our
+    SerializationError naming the member; get_actor finds a named actor."""
+    done = run_driver_script(tmp_path, SERIALIZATION, timeout=240)
+    assert "serialization ok" in done.stdout

@@ -37,10 +37,13 @@ from distkernel.backends.snapshot import (
     WorkerSnapshot,
 )
 from distkernel.core import config, refs
-from distkernel.core.exceptions import DistkernelError
+from distkernel.core.exceptions import DistkernelError, SerializationError
 from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
 from distkernel.core.refs import ObjectRef
 from distkernel.core.timings import TaskRecord
+from distkernel.engine import specs
+from distkernel.store.pickler import registry
+from distkernel.store.serialization import serialize
 
 if TYPE_CHECKING:
     from distkernel.engine.scheduler_types import WorkerStateName
@@ -68,6 +71,10 @@ class RayEngine(Engine):
         self._optioned: dict[tuple[str, TaskOptions], Any] = {}
         self._actor_methods: dict[str, dict[tuple[str, int], Any]] = {}
         self._book = TaskBook(settings.log_to_driver)
+        self._registry_version = -1  # of our serializer registry, as last given to Ray
+        self._registered: list[type] = []
+        self._registry_data: bytes | None = None
+        self._actor_registry: dict[str, bytes] = {}  # actor id -> the registry it was given
         options: dict[str, Any] = {"namespace": settings.namespace, "include_dashboard": False,
                                    "log_to_driver": settings.log_to_driver}
         if address == LOCAL_RAY:
@@ -97,6 +104,7 @@ class RayEngine(Engine):
                 self._held.pop(object_id, None)
                 self._actors.pop(object_id, None)
                 self._actor_methods.pop(object_id, None)
+                self._actor_registry.pop(object_id, None)
 
     def _ours(self, held: Any) -> ObjectRef:
         object_id = refs.new_id()
@@ -132,7 +140,11 @@ class RayEngine(Engine):
     # -- objects ---------------------------------------------------------------------------
 
     def put(self, value: Any) -> ObjectRef:
-        return self._ours(self._call(self._ray.put, value))
+        self._sync_registry()
+        try:
+            return self._ours(self._call(self._ray.put, value))
+        except TypeError as exc:
+            raise _why_not_serializable(exc, lambda: serialize(value)) from None
 
     def get(self, object_refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         theirs = [self._theirs(ref) for ref in object_refs]
@@ -164,6 +176,7 @@ class RayEngine(Engine):
                options: TaskOptions, *, actor_id: str = "",
                method: str = "") -> list[ObjectRef]:
         call_args, call_kwargs = self._arguments(args, kwargs)
+        registry_data = self._sync_registry()
         count = options.num_returns
         if actor_id:
             handle = self._held_as(actor_id, f"the actor {actor_id}")
@@ -181,11 +194,44 @@ class RayEngine(Engine):
             if remote is None:
                 remote = self._optioned[(function.function_hash, options)] = \
                     self._remote_function(function, options)
-        made = self._call(remote.remote, *call_args, **call_kwargs)
+        if reports and registry_data is not None:
+            if not actor_id:
+                call_kwargs[runner.REGISTRY_KEYWORD] = registry_data
+            elif self._actor_registry.get(actor_id) is not registry_data:
+                self._call(getattr(handle, runner.USE_REGISTRY).remote, registry_data)
+                self._actor_registry[actor_id] = registry_data
+        try:
+            made = self._call(remote.remote, *call_args, **call_kwargs)
+        except TypeError as exc:
+            raise _why_not_serializable(exc, lambda: specs.serialize_arguments(
+                args, kwargs, f"{name}.remote(...)")) from None
         made = list(made) if isinstance(made, list) else [made]
         report = made.pop() if reports else None
         self._book.submitted(name, kind, made[0], report)  # type: ignore[arg-type]
         return [self._ours(ray_ref) for ray_ref in made]
+
+    def _sync_registry(self) -> bytes | None:
+        """Our serializer registry, made Ray's in this driver (for what it sends) when it
+        changed; its pickled form, which traced calls take along for what workers send
+        (None while it is empty)."""
+        version = registry.version
+        if version == self._registry_version:
+            return self._registry_data
+        from ray import util
+
+        entries = registry.items()
+        for cls in self._registered:
+            util.deregister_serializer(cls)
+        for cls, (serializer, deserializer) in entries:
+            util.register_serializer(cls, serializer=serializer, deserializer=deserializer)
+        # Pickled by Ray's own cloudpickle: a notebook class in it is then the very class
+        # the worker rebuilds from the task's function (one tracker of classes by id). Once
+        # there was one, even an empty registry goes along: workers must forget classes.
+        if entries or self._registered or self._registry_data is not None:
+            self._registry_data = self._ray.cloudpickle.dumps(entries)
+        self._registered = [cls for cls, _ in entries]
+        self._registry_version = version
+        return self._registry_data
 
     def _on_node(self, index: int) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -214,21 +260,39 @@ class RayEngine(Engine):
                      options: ActorOptions) -> ObjectRef:
         actor_class = self._classes.get(cls.function_hash)
         if actor_class is None:
-            traced = runner.traced_class(pickle.loads(cls.data), options.methods)
+            traced = runner.traced_class(pickle.loads(cls.data), options.methods, options)
             actor_class = self._classes[cls.function_hash] = (
                 self._ray.remote(traced), getattr(traced, runner.TRACED))
         call_args, call_kwargs = self._arguments(args, kwargs)
-        handle = self._call(actor_class[0].options(**_actor_options(options)).remote,
-                            *call_args, **call_kwargs)
+        self._sync_registry()
+        try:
+            handle = self._call(actor_class[0].options(**_actor_options(options)).remote,
+                                *call_args, **call_kwargs)
+        except TypeError as exc:
+            raise _why_not_serializable(exc, lambda: specs.serialize_arguments(
+                args, kwargs, f"{options.class_name}.remote(...)")) from None
         ours = self._ours(handle)
         self._actors[ours.hex()] = (options.class_name, actor_class[1])
         return ours
 
     def named_actor(self, name: str,
                     namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None:
-        msg = ("get_actor() on a Ray cluster is not available yet in this version: keep the "
-               "handle the creating cell returned")
-        raise DistkernelError(msg)
+        """Ray's named actor (any driver's), with the options it was made with, which the
+        actor itself keeps (``runner.DESCRIBE``); None if there is none of that name."""
+        try:
+            handle = self._ray.get_actor(name, namespace=namespace or self.settings.namespace)
+        except ValueError:  # Ray's answer for "no such actor"
+            return None
+        try:
+            options, traced = self._call(self._ray.get,
+                                         getattr(handle, runner.DESCRIBE).remote(), timeout=60)
+        except AttributeError:
+            msg = (f"the actor {name!r} was not made through distkernel: use ray.get_actor "
+                   f"for it")
+            raise DistkernelError(msg) from None
+        ours = self._ours(handle)
+        self._actors[ours.hex()] = (options.class_name, traced)
+        return ours, options
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
         handle = self._held_as(actor_id, f"the actor {actor_id}")
@@ -330,6 +394,18 @@ class RayEngine(Engine):
             except Exception:  # noqa: BLE001 - it ended meanwhile: nothing to cancel
                 pass
         return [task_id for task_id, _ in unfinished]
+
+
+def _why_not_serializable(error: TypeError, ours: Callable[[], object]) -> BaseException:
+    """Ray could not pickle a value: our pickler's SerializationError, which names the
+    member that cannot travel and the fixes (``ours`` raises it), else Ray's error."""
+    try:
+        ours()
+    except SerializationError as named:
+        return named
+    except Exception:  # noqa: BLE001 - ours fails otherwise: Ray's message stands
+        return error
+    return error
 
 
 def _node_state(node: NodeSnapshot) -> WorkerStateName:

@@ -27,6 +27,14 @@ from typing import Any, NamedTuple
 REPORT_ATTRIBUTE = "_distkernel_report"
 #: The attribute of a ``traced_class`` naming its traced methods.
 TRACED = "_distkernel_traced"
+#: The method of a ``traced_class`` that says how the actor was made (its options).
+DESCRIBE = "_distkernel_describe"
+#: The keyword a task carries the driver's serializer registry in (its pickled form),
+#: once there is one: the worker registers it with Ray before the call, for what it sends.
+REGISTRY_KEYWORD = "_distkernel_registry"
+#: The method of a ``traced_class`` an actor is given the registry by (Ray would not take
+#: an extra keyword on its methods), before the calls that follow it.
+USE_REGISTRY = "_distkernel_use_registry"
 
 
 class Report(NamedTuple):
@@ -107,7 +115,7 @@ def traced(function: Callable[..., Any], num_returns: int) -> Callable[..., Any]
     if inspect.iscoroutinefunction(function):
         @functools.wraps(function)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            call = _begin()
+            call = _begin(kwargs)
             try:
                 value = await function(*args, **kwargs)
             except BaseException as exc:
@@ -117,11 +125,11 @@ def traced(function: Callable[..., Any], num_returns: int) -> Callable[..., Any]
                 _end(call)
             return _returned(value, call, num_returns, function)
 
-        return run_async
+        return _taking_registry(run_async, function)
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
-        call = _begin()
+        call = _begin(kwargs)
         try:
             value = function(*args, **kwargs)
         except BaseException as exc:
@@ -131,7 +139,24 @@ def traced(function: Callable[..., Any], num_returns: int) -> Callable[..., Any]
             _end(call)
         return _returned(value, call, num_returns, function)
 
-    return run
+    return _taking_registry(run, function)
+
+
+def _taking_registry(wrapper: Callable[..., Any], function: Callable[..., Any]
+                     ) -> Callable[..., Any]:
+    """``wrapper`` with ``function``'s signature plus the registry keyword: Ray checks a
+    call's arguments against the signature it reads."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # no signature to check against: nothing to add
+        return wrapper
+    params = list(signature.parameters.values())
+    extra = inspect.Parameter(REGISTRY_KEYWORD, inspect.Parameter.KEYWORD_ONLY, default=None)
+    at = len(params) - 1 if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD \
+        else len(params)
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*params[:at], extra, *params[at:]])
+    return wrapper
 
 
 class _Call(NamedTuple):
@@ -140,10 +165,33 @@ class _Call(NamedTuple):
     started: float
 
 
-def _begin() -> _Call:
+def _begin(kwargs: dict[str, Any]) -> _Call:
+    registry = kwargs.pop(REGISTRY_KEYWORD, None)
+    if registry is not None:
+        _use_registry(registry)
     _capture_streams()
     buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
     return _Call(buffers, _buffers.set(buffers), time.time())
+
+
+_registered: dict[str, Any] = {"data": b"", "classes": []}
+
+
+def _use_registry(data: bytes) -> None:
+    """Make Ray's serialization in this worker follow the driver's registry (the pickled
+    ``(class, serializer, deserializer)`` list), if it changed since the last call."""
+    if data == _registered["data"]:
+        return
+    import pickle
+
+    from ray import util
+
+    entries = pickle.loads(data)
+    for cls in _registered["classes"]:
+        util.deregister_serializer(cls)
+    for cls, serializer, deserializer in ((c, s, d) for c, (s, d) in entries):
+        util.register_serializer(cls, serializer=serializer, deserializer=deserializer)
+    _registered.update(data=data, classes=[cls for cls, _ in entries])
 
 
 def _end(call: _Call) -> None:
@@ -169,16 +217,27 @@ def _returned(value: Any, call: _Call, num_returns: int, function: Any) -> Any:
     return (*values, report)
 
 
-def traced_class(cls: type, methods: tuple[tuple[str, int], ...]) -> type:
+def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any) -> type:
     """An actor class whose listed methods are ``traced`` (each with its num_returns); its
-    ``TRACED`` attribute names them (static and class methods are left as they are)."""
+    ``TRACED`` attribute names them (static and class methods are left as they are). Its
+    ``DESCRIBE`` method returns ``options`` and those names: what ``get_actor`` needs."""
     namespace: dict[str, Any] = {
         name: traced(getattr(cls, name), num_returns) for name, num_returns in methods
         if inspect.isfunction(inspect.getattr_static(cls, name, None))}  # plain methods only
     namespace[TRACED] = frozenset(namespace)
+    namespace[DESCRIBE] = functools.partialmethod(_describe, options)
+    namespace[USE_REGISTRY] = _accept_registry
     namespace["__module__"] = cls.__module__
     namespace["__qualname__"] = cls.__qualname__
     return type(cls.__name__, (cls,), namespace)
+
+
+def _accept_registry(self: Any, data: bytes) -> None:
+    _use_registry(data)
+
+
+def _describe(self: Any, options: Any) -> tuple[Any, frozenset[str]]:
+    return options, getattr(type(self), TRACED)
 
 
 def _report(call: _Call) -> Report:
