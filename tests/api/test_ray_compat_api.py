@@ -393,6 +393,13 @@ def test_scheduling_strategy_hints_run(cluster, strategy):
 def test_options_that_need_a_ray_cluster_are_refused_with_the_alternative(cluster):
     with pytest.raises(ValueError, match="one node"):
         one.options(scheduling_strategy="NODE_AFFINITY")
+
+    class NodeAffinitySchedulingStrategy:  # stands for Ray's: its tasks need a Ray cluster
+        pass
+
+    pinned = one.options(scheduling_strategy=NodeAffinitySchedulingStrategy())
+    with pytest.raises(ValueError, match=r"one node.*init\(address=\.\.\.\)"):
+        pinned.remote(1)
     with pytest.raises(ValueError, match="placement groups"):
         one.options(placement_group="pg")
     with pytest.raises(ValueError, match=r"init\(runtime_env=\.\.\.\)"):

@@ -12,6 +12,7 @@ from typing import Any
 from distkernel.core import config
 from distkernel.core.exceptions import safe_repr
 from distkernel.core.protocol import TaskOptions
+from distkernel.engine.resources import is_strategy_object, local_strategy_error
 from distkernel.store.serialization import dumps
 
 #: Options ``@remote(...)`` and ``.options(...)`` take for functions. ``memory`` is accepted
@@ -70,7 +71,7 @@ def check_options(options: dict[str, Any], allowed: tuple[str, ...], what: str) 
                f"got {gpus!r}")
         raise ValueError(msg)
     checked_resources(options.get("resources"), what)
-    _check_placement(options, what)
+    _check_placement(options, what, strategies_travel=allowed is FUNCTION_OPTIONS)
 
 
 def check_amount(value: Any, key: str, what: str) -> None:
@@ -107,14 +108,17 @@ def checked_resources(resources: Any, what: str) -> tuple[tuple[str, float], ...
     return tuple(sorted((name, float(amount)) for name, amount in resources.items()))
 
 
-def _check_placement(options: dict[str, Any], what: str) -> None:
-    """``scheduling_strategy`` and a per-call ``runtime_env``: what one node can honour."""
+def _check_placement(options: dict[str, Any], what: str, *,
+                     strategies_travel: bool = False) -> None:
+    """``scheduling_strategy`` and a per-call ``runtime_env``: what one node can honour.
+
+    A function's strategy object (Ray's ``NodeAffinitySchedulingStrategy`` ...) travels
+    with its tasks: Ray honours it, the local engine refuses it when it is called."""
     strategy = options.get("scheduling_strategy")
-    if not isinstance(strategy, (str, type(None))) or strategy not in SCHEDULING_STRATEGIES:
-        msg = (f"{what}: scheduling_strategy={safe_repr(strategy)} cannot be honoured by the "
-               f"local engine, which has one node; use 'DEFAULT' or 'SPREAD' (both mean "
-               f"any free worker), or drop the option")
-        raise ValueError(msg)
+    if strategies_travel and is_strategy_object(strategy):
+        pass
+    elif not isinstance(strategy, (str, type(None))) or strategy not in SCHEDULING_STRATEGIES:
+        raise ValueError(local_strategy_error(strategy, what))
     runtime_env = options.get("runtime_env")
     if runtime_env:  # None and {} ask for nothing
         msg = (f"{what}: runtime_env per task or actor is not available on the local engine, "
@@ -152,4 +156,5 @@ def task_options(options: dict[str, Any], default_name: str, what: str) -> TaskO
                        num_gpus=options.get("num_gpus") or 0,
                        resources=checked_resources(options.get("resources"), what),
                        retry_exceptions=retry_exceptions_field(
-                           options.get("retry_exceptions"), what))
+                           options.get("retry_exceptions"), what),
+                       scheduling_strategy=options.get("scheduling_strategy"))

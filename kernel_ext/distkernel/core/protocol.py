@@ -368,3 +368,5 @@ class TaskOptions:
     resources: tuple[tuple[str, float], ...] = ()  # custom resources by name
     retry_exceptions: bool | bytes = False  # see TaskSpec
     concurrency_group: str = ""  # an actor method call: the group it runs in
+    # None, "DEFAULT", "SPREAD" or one of Ray's strategy objects (only Ray honours those)
+    scheduling_strategy: Any = None

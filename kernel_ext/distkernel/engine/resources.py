@@ -12,6 +12,9 @@ does I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
+
+from distkernel.core.exceptions import safe_repr
 
 Needs = Mapping[str, float]
 
@@ -113,3 +116,15 @@ class Resources:
         free = [device for device, left in enumerate(self._gpus) if left >= 1 - _EPSILON]
         count = int(gpus)
         return tuple(free[:count]) if len(free) >= count else None
+
+
+def is_strategy_object(strategy: Any) -> bool:
+    """One of Ray's scheduling strategy classes (by name: Ray need not be installed)."""
+    return type(strategy).__name__.endswith("SchedulingStrategy")
+
+
+def local_strategy_error(strategy: Any, what: str) -> str:
+    """Why the local engine, one node, cannot honour a ``scheduling_strategy``."""
+    return (f"{what}: scheduling_strategy={safe_repr(strategy)} cannot be honoured by the "
+            f"local engine, which has one node; use 'DEFAULT' or 'SPREAD' (both mean any "
+            f"free worker), drop the option, or run on a Ray cluster (init(address=...))")

@@ -79,6 +79,11 @@ try:
     on_head = where.options(resources={"head": 1}).remote()
     assert dk.get([on_first, on_second, on_head]) == [first.node_id, second.node_id,
                                                       cluster.head_node.node_id]
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        second.node_id, soft=False))
+    assert dk.get([pinned.remote() for _ in range(3)]) == [second.node_id] * 3
     keeper = Keeper.remote()
     assert dk.get([keeper.keep.remote(1), keeper.keep.remote(2)]) == [(second.node_id, 1),
                                                                       (second.node_id, 2)]
@@ -93,10 +98,17 @@ try:
     arr = dk.get(big)
     assert arr.shape == (n,) and arr[12345] == 12345.0
 
-    # The records name the node each task ran on, by the number status() gives it.
-    records = {r.task_id: r for r in dk.timeline() if r.name == "where"}
-    assert sorted(r.worker_id for r in records.values()) == sorted(
-        [index_of[first.node_id], index_of[second.node_id], index_of[cluster.head_node.node_id]])
+    # The records name the node each task ran on, by the number status() gives it (they
+    # end a moment after the results).
+    deadline = time.monotonic() + 20
+    while True:
+        records = [r for r in dk.timeline() if r.name == "where"]
+        if len(records) == 6 and all(r.status == "finished" for r in records):
+            break
+        assert time.monotonic() < deadline, records
+        time.sleep(0.05)
+    expected = [first.node_id, second.node_id, cluster.head_node.node_id] + [second.node_id] * 3
+    assert sorted(r.worker_id for r in records) == sorted(index_of[n] for n in expected)
     text = repr(status_view(runtime.current_engine().snapshot()))   # what %dist status shows
     assert "3 nodes, 3 CPUs" in text and first.node_id[:8] in text, text
 

@@ -58,7 +58,7 @@ from distkernel.core.protocol import (
 from distkernel.core.refs import ObjectRef
 from distkernel.core.timings import TaskRecord
 from distkernel.engine import specs
-from distkernel.engine.resources import needs_of
+from distkernel.engine.resources import is_strategy_object, local_strategy_error, needs_of
 from distkernel.engine.scheduler_types import ActorState, WorkerState
 from distkernel.store import object_store, reaper
 from distkernel.store.arena import Region
@@ -220,6 +220,9 @@ class LocalEngine(EngineCore, Engine):
                options: TaskOptions, *, actor_id: str = "", method: str = "") -> list[ObjectRef]:
         if not actor_id and (options.num_cpus != 1 or options.num_gpus or options.resources):
             self._check_feasible(specs.task_resources(options), options.name or function.name)
+        if is_strategy_object(options.scheduling_strategy):
+            raise ValueError(local_strategy_error(options.scheduling_strategy,
+                                                  f"{function.name}.remote(...)"))
         spec, serialized, args_id = specs.prepare_call(
             function, args, kwargs, options, self._store_arguments,
             kind="actor_method" if actor_id else "task", actor_id=actor_id, method=method)

@@ -424,6 +424,8 @@ def _task_options(options: TaskOptions, name: str) -> dict[str, Any]:
         ray_options["resources"] = dict(options.resources)
     if options.retry_exceptions is True:
         ray_options["retry_exceptions"] = True
+    if options.scheduling_strategy is not None:
+        ray_options["scheduling_strategy"] = options.scheduling_strategy
     return ray_options
 
 
