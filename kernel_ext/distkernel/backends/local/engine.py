@@ -400,8 +400,10 @@ class LocalEngine(EngineCore, Engine):
         return process.pid if process is not None else None
 
     def timeline(self, last: int | None = None, *, cell: str | None = None) -> list[TaskRecord]:
-        records = self.history.last(last) if cell is None else self.cell_timelines.of(cell, last)
         with DEFERRED_SIGINT, self.lock:  # copies: the engine updates records under its lock
+            self.drain()  # the tail of a burst, still queued, is recorded first
+            records = self.history.last(last) if cell is None else \
+                self.cell_timelines.of(cell, last)
             return [record.copy() for record in records]
 
     # -- the notebook cell behind each task ----------------------------------------------------
