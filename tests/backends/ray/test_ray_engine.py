@@ -324,3 +324,55 @@ def test_serializers_errors_and_named_actors_on_ray(tmp_path):
     SerializationError naming the member; get_actor finds a named actor."""
     done = run_driver_script(tmp_path, SERIALIZATION, timeout=240)
     assert "serialization ok" in done.stdout
+
+
+NESTED = """
+import distkernel as dk
+
+dk.init(address="ray", num_cpus=2)
+
+@dk.remote
+def square(x):
+    return x * x
+
+@dk.remote
+def total(refs):                  # refs inside a list: ours again in the task
+    return sum(dk.get(refs))
+
+@dk.remote
+def fan_out(n):                   # the API inside a task: tasks of its own, and get
+    return dk.get([square.remote(i) for i in range(n)])
+
+@dk.remote
+def make_refs(n):                 # refs made in a task, returned to the driver
+    return [square.remote(i) for i in range(n)]
+
+@dk.remote
+def deep(d):
+    return dk.get(d["k"][0])
+
+@dk.remote
+class Accumulator:
+    def __init__(self, start):
+        self.value = dk.get(start[0])   # the API in an actor's constructor too
+    def add(self, refs):
+        self.value += sum(dk.get(refs))
+        return self.value
+
+parts = [square.remote(i) for i in range(5)]
+assert dk.get(total.remote(parts)) == 30
+assert dk.get(fan_out.remote(4)) == [0, 1, 4, 9]
+assert dk.get(dk.get(make_refs.remote(3))) == [0, 1, 4]
+assert dk.get(deep.remote(dk.put({"k": [dk.put(7)]}))) == 7
+accumulator = Accumulator.remote([dk.put(10)])
+assert dk.get(accumulator.add.remote(parts)) == 40
+dk.shutdown()
+print("nested ok")
+"""
+
+
+def test_refs_inside_values_and_the_api_inside_tasks_on_ray(tmp_path):
+    """Our refs travel inside arguments, results and stored values as the Ray refs they
+    stand for, and a task or actor calls get / put / .remote as the driver does."""
+    done = run_driver_script(tmp_path, NESTED, timeout=240)
+    assert "nested ok" in done.stdout

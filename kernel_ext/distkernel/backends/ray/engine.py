@@ -36,7 +36,7 @@ from distkernel.backends.snapshot import (
     StoreSnapshot,
     WorkerSnapshot,
 )
-from distkernel.core import config, refs
+from distkernel.core import config, context, refs
 from distkernel.core.exceptions import DistkernelError, SerializationError
 from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
 from distkernel.core.refs import ObjectRef
@@ -52,10 +52,15 @@ if TYPE_CHECKING:
 LOCAL_RAY = "ray"
 
 
+#: This process's Ray engine: the driver's, or the one inside a task (``in_task``).
+_this_process: RayEngine | None = None
+
+
 class RayEngine(Engine):
     name = "ray"
 
-    def __init__(self, settings: config.ClusterSettings, address: str) -> None:
+    def __init__(self, settings: config.ClusterSettings, address: str, *,
+                 in_task: bool = False) -> None:
         self._ray = ray
         self.settings = settings
         self.cluster_id = secrets.token_hex(8)
@@ -82,12 +87,19 @@ class RayEngine(Engine):
         else:
             options["address"] = address
         try:
-            ray.init(**options)
+            if not in_task:  # a task's worker is connected already
+                ray.init(**options)
         except Exception as exc:
             msg = f"could not start or join Ray at {address!r}: {exc}"
             raise DistkernelError(msg) from exc
         self.store_address = address
         refs.set_tracker(self)
+        # Our refs travel inside values as the Ray refs they stand for (Ray then tracks who
+        # borrows them), and come back as ours in whichever process unpickles them.
+        ray.util.register_serializer(ObjectRef, serializer=self._ref_out,
+                                     deserializer=_ref_in)
+        global _this_process
+        _this_process = self
 
     # -- our refs and Ray's ----------------------------------------------------------------
 
@@ -105,6 +117,9 @@ class RayEngine(Engine):
                 self._actors.pop(object_id, None)
                 self._actor_methods.pop(object_id, None)
                 self._actor_registry.pop(object_id, None)
+
+    def _ref_out(self, ref: ObjectRef) -> Any:
+        return self._theirs(ref)
 
     def _ours(self, held: Any) -> ObjectRef:
         object_id = refs.new_id()
@@ -249,7 +264,7 @@ class RayEngine(Engine):
         traced = self._functions.get((function.function_hash, count))
         if traced is None:  # its report is one return more
             traced = self._functions[(function.function_hash, count)] = runner.traced(
-                pickle.loads(function.data), count)
+                pickle.loads(function.data), count, attach_in_task)
         ray_options = _task_options(options, function.name)
         ray_options["num_returns"] = count + 1
         if options.pin_worker:  # %%remote --all: one copy per node
@@ -260,7 +275,8 @@ class RayEngine(Engine):
                      options: ActorOptions) -> ObjectRef:
         actor_class = self._classes.get(cls.function_hash)
         if actor_class is None:
-            traced = runner.traced_class(pickle.loads(cls.data), options.methods, options)
+            traced = runner.traced_class(pickle.loads(cls.data), options.methods, options,
+                                         attach_in_task)
             actor_class = self._classes[cls.function_hash] = (
                 self._ray.remote(traced), getattr(traced, runner.TRACED))
         call_args, call_kwargs = self._arguments(args, kwargs)
@@ -308,6 +324,18 @@ class RayEngine(Engine):
         self._call(self._ray.cancel, results, force=force)
         return True
 
+    # -- where a task runs (the API inside a task: core.context.WorkerContext) ----------------
+
+    @property
+    def actor_id(self) -> str:
+        return self._ray.get_runtime_context().get_actor_id() or ""
+
+    def task_id(self) -> str:
+        return self._ray.get_runtime_context().get_task_id() or ""
+
+    def gpu_ids(self) -> list[str]:
+        return [str(gpu) for gpu in self._ray.get_gpu_ids()]
+
     # -- the cluster ---------------------------------------------------------------------------
 
     @property
@@ -328,6 +356,9 @@ class RayEngine(Engine):
             self._held.clear()
             self._counts.clear()
         refs.set_tracker(None)
+        self._ray.util.deregister_serializer(ObjectRef)
+        global _this_process
+        _this_process = None
         self._ray.shutdown()
 
     def snapshot(self) -> ClusterSnapshot:
@@ -394,6 +425,26 @@ class RayEngine(Engine):
             except Exception:  # noqa: BLE001 - it ended meanwhile: nothing to cancel
                 pass
         return [task_id for task_id, _ in unfinished]
+
+
+def _ref_in(theirs: Any) -> ObjectRef:
+    """One of our refs arriving inside a value, as the Ray ref it stood for: ours again,
+    in this process's engine (a task's, made here if this is a Ray worker)."""
+    engine = _this_process or attach_in_task()
+    return engine._ours(theirs)
+
+
+def attach_in_task() -> RayEngine:
+    """In a Ray worker, before a task of ours runs: our API calls there go to Ray directly
+    (``get`` / ``put`` / ``.remote`` inside a task, and refs inside its arguments)."""
+    engine = _this_process
+    if engine is None:
+        import ray
+
+        settings = config.ClusterSettings(0, 0, namespace=ray.get_runtime_context().namespace)
+        engine = RayEngine(settings, "", in_task=True)
+        context.set_worker(engine)  # type: ignore[arg-type]
+    return engine
 
 
 def _why_not_serializable(error: TypeError, ours: Callable[[], object]) -> BaseException:

@@ -104,10 +104,12 @@ def _node_id() -> str:
         return ""
 
 
-def traced(function: Callable[..., Any], num_returns: int) -> Callable[..., Any]:
+def traced(function: Callable[..., Any], num_returns: int,
+           setup: Callable[[], object] | None = None) -> Callable[..., Any]:
     """``function`` returning its results and then its ``Report`` (``num_returns + 1``
     values in all), or raising with the report attached. A coroutine function stays one
-    (an async actor's method).
+    (an async actor's method). ``setup`` runs in the worker before each call (it makes
+    our API usable there).
 
     The wrapper refers to module functions only, which Ray's pickler sends by name: the
     state they keep (a lock, a context variable) stays in the worker's own module.
@@ -115,6 +117,8 @@ def traced(function: Callable[..., Any], num_returns: int) -> Callable[..., Any]
     if inspect.iscoroutinefunction(function):
         @functools.wraps(function)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
+            if setup is not None:
+                setup()
             call = _begin(kwargs)
             try:
                 value = await function(*args, **kwargs)
@@ -129,6 +133,8 @@ def traced(function: Callable[..., Any], num_returns: int) -> Callable[..., Any]
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
+        if setup is not None:
+            setup()
         call = _begin(kwargs)
         try:
             value = function(*args, **kwargs)
@@ -217,14 +223,25 @@ def _returned(value: Any, call: _Call, num_returns: int, function: Any) -> Any:
     return (*values, report)
 
 
-def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any) -> type:
+def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any,
+                 setup: Callable[[], object] | None = None) -> type:
     """An actor class whose listed methods are ``traced`` (each with its num_returns); its
     ``TRACED`` attribute names them (static and class methods are left as they are). Its
     ``DESCRIBE`` method returns ``options`` and those names: what ``get_actor`` needs."""
     namespace: dict[str, Any] = {
-        name: traced(getattr(cls, name), num_returns) for name, num_returns in methods
+        name: traced(getattr(cls, name), num_returns, setup) for name, num_returns in methods
         if inspect.isfunction(inspect.getattr_static(cls, name, None))}  # plain methods only
     namespace[TRACED] = frozenset(namespace)
+    if setup is not None:
+        original_init = getattr(cls, "__init__")  # noqa: B009 - the class, not an instance
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            setup()
+            original_init(self, *args, **kwargs)
+
+        if inspect.isfunction(original_init):  # not object's: Ray reads a Python signature
+            functools.update_wrapper(__init__, original_init)
+        namespace["__init__"] = __init__
     namespace[DESCRIBE] = functools.partialmethod(_describe, options)
     namespace[USE_REGISTRY] = _accept_registry
     namespace["__module__"] = cls.__module__
