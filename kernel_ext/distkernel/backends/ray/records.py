@@ -24,12 +24,14 @@ from distkernel.core.refs import new_id
 from distkernel.core.timings import CellTimelines, TaskRecord, Timeline
 
 _MAX_TAGS = 20_000
-#: The watcher waits for this many of the oldest tasks at a time, for up to this long (s).
+#: Every WATCH_PERIOD seconds the watcher looks which of the oldest WATCH_BATCH are in.
 WATCH_BATCH = 1000
 WATCH_PERIOD = 0.05
 
 
 class TaskBook:
+    """Records, cells and output of the tasks this process sent to Ray (thread-safe)."""
+
     def __init__(self, log_to_driver: bool) -> None:
         self._lock = threading.Lock()
         self._log_to_driver = log_to_driver
