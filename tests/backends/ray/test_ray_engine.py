@@ -366,6 +366,11 @@ assert dk.get(dk.get(make_refs.remote(3))) == [0, 1, 4]
 assert dk.get(deep.remote(dk.put({"k": [dk.put(7)]}))) == 7
 accumulator = Accumulator.remote([dk.put(10)])
 assert dk.get(accumulator.add.remote(parts)) == 40
+
+from distkernel.api import runtime   # options made per call (a name each) do not pile up
+named = [square.options(name=f"square-{i}").remote(i) for i in range(300)]
+assert dk.get(named)[-1] == 299 * 299
+assert len(runtime.current_engine()._optioned) <= 256
 dk.shutdown()
 print("nested ok")
 """

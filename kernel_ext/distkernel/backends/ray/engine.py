@@ -19,7 +19,7 @@ import pickle
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 #: Addresses that start a Ray of our own on this machine; any other joins a running one.
 LOCAL_RAY = "ray"
+#: How many (function, options) combinations keep their Ray remote function.
+OPTIONED_KEPT = 256
 
 
 #: This process's Ray engine: the driver's, or the one inside a task (``in_task``).
@@ -73,7 +75,7 @@ class RayEngine(Engine):
         self._classes: dict[str, Any] = {}  # class hash -> Ray actor class
         self._actors: dict[str, tuple[str, frozenset[str]]] = {}  # id -> class, traced methods
         # Ray's .options(...) results, kept: per function and options, per actor and method.
-        self._optioned: dict[tuple[str, TaskOptions], Any] = {}
+        self._optioned: OrderedDict[tuple[str, TaskOptions], Any] = OrderedDict()
         self._actor_methods: dict[str, dict[tuple[str, int], Any]] = {}
         self._book = TaskBook(settings.log_to_driver)
         self._registry_version = -1  # of our serializer registry, as last given to Ray
@@ -205,10 +207,7 @@ class RayEngine(Engine):
                     getattr(handle, method).options(num_returns=count + reports)
         else:
             name, kind, reports = options.name or function.name, options.kind, True
-            remote = self._optioned.get((function.function_hash, options))
-            if remote is None:
-                remote = self._optioned[(function.function_hash, options)] = \
-                    self._remote_function(function, options)
+            remote = self._function_with(function, options)
         if reports and registry_data is not None:
             if not actor_id:
                 call_kwargs[runner.REGISTRY_KEYWORD] = registry_data
@@ -256,6 +255,23 @@ class RayEngine(Engine):
             msg = f"there is no node {index} in this Ray cluster (see %dist status)"
             raise DistkernelError(msg)
         return NodeAffinitySchedulingStrategy(node_id, soft=False)
+
+    def _function_with(self, function: FunctionPayload, options: TaskOptions) -> Any:
+        """Ray's remote function for these options, kept for the last OPTIONED_KEPT
+        combinations (options made per call, say a name each, must not pile up)."""
+        key = (function.function_hash, options)
+        try:
+            hash(key)
+        except TypeError:  # a scheduling strategy that cannot be hashed: made each time
+            return self._remote_function(function, options)
+        remote = self._optioned.get(key)
+        if remote is None:
+            remote = self._optioned[key] = self._remote_function(function, options)
+            if len(self._optioned) > OPTIONED_KEPT:
+                self._optioned.popitem(last=False)
+        else:
+            self._optioned.move_to_end(key)
+        return remote
 
     def _remote_function(self, function: FunctionPayload, options: TaskOptions) -> Any:
         """Ray's remote function for ``function`` with these options, made with them: a
