@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -68,6 +68,27 @@ class Timeline:
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
+
+
+class TaskCells:
+    """Which notebook cell each of the latest ``capacity`` tasks came from (its tag): where
+    its output goes and what an interrupted cell cancels. Not locked: the engine's lock
+    guards it."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self._cells: OrderedDict[str, str] = OrderedDict()
+        self._capacity = capacity
+
+    def remember(self, task_id: str, cell: str) -> None:
+        self._cells[task_id] = cell
+        if len(self._cells) > self._capacity:
+            self._cells.popitem(last=False)
+
+    def get(self, task_id: str) -> str | None:
+        return self._cells.get(task_id)
+
+    def tasks_of(self, cell: str) -> list[str]:
+        return [task_id for task_id, tag in self._cells.items() if tag == cell]
 
 
 class CellTimelines:

@@ -19,7 +19,7 @@ import pickle
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -55,7 +55,7 @@ from distkernel.core.protocol import (
     Value,
     WorkerReady,
 )
-from distkernel.core.timings import CellTimelines, TaskRecord, Timeline
+from distkernel.core.timings import CellTimelines, TaskCells, TaskRecord, Timeline
 from distkernel.engine.scheduler import (
     Dispatch,
     FailTask,
@@ -71,8 +71,6 @@ from distkernel.store import object_store
 from distkernel.store.pickler import registry
 from distkernel.store.reaper import Space
 from distkernel.store.serialization import serialize
-
-_MAX_TAGS = 20_000
 
 
 class QueuedTask(NamedTuple):
@@ -139,7 +137,7 @@ class EngineCore:
         # Which notebook cell each task belongs to (output routing, timings, interrupts):
         # ``tag_source`` names the current cell; tasks started by tasks inherit their tag.
         self.tag_source: CellSource | None = None
-        self.task_tags: OrderedDict[str, str] = OrderedDict()
+        self.task_tags = TaskCells()
         self.cell_timelines = CellTimelines(2 * config.TIMELINE_CAPACITY)
         self.counts: Counter[str] = Counter()  # tasks by how they ended; workers started, died
         self.borrowed_refs: Borrowed[str] = Borrowed()  # refs workers hold, counted for them
@@ -293,13 +291,8 @@ class EngineCore:
         else:
             tag = self.tag_source() if self.tag_source is not None else None
         if tag is not None:
-            self._remember_tag(task_id, tag)
+            self.task_tags.remember(task_id, tag)
         return tag
-
-    def _remember_tag(self, task_id: str, tag: str) -> None:
-        self.task_tags[task_id] = tag
-        if len(self.task_tags) > _MAX_TAGS:
-            self.task_tags.popitem(last=False)
 
     def register_queued(self) -> None:
         """Register the submissions a caller queued without the lock (lock held): all of a
@@ -320,7 +313,7 @@ class EngineCore:
                 expect(return_id).refs = 1
                 producers[return_id] = spec.task_id
             if task.cell is not None:
-                self._remember_tag(spec.task_id, task.cell)
+                self.task_tags.remember(spec.task_id, task.cell)
             records.append(self._record_new(spec, task.submitted, task.nbytes, task.cell, True))
             specs.append(spec)
         self.history.extend(records)
@@ -334,8 +327,7 @@ class EngineCore:
 
     def tasks_tagged(self, tag: str) -> list[str]:
         """Ids of the tasks of one cell that have not finished yet."""
-        return [t for t, cell in self.task_tags.items()
-                if cell == tag and t in self.scheduler.tasks]
+        return [t for t in self.task_tags.tasks_of(tag) if t in self.scheduler.tasks]
 
     def complete(self, spec: TaskSpec, values: Sequence[Value], status: str,
                  error: str | None = None, started: float | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any
 
 from distkernel.backends.base import CellSource, OutputHandler, print_output
@@ -21,9 +21,8 @@ from distkernel.backends.ray.runner import REPORT_ATTRIBUTE, Report
 from distkernel.core import config
 from distkernel.core.protocol import TaskKind
 from distkernel.core.refs import new_id
-from distkernel.core.timings import CellTimelines, TaskRecord, Timeline
+from distkernel.core.timings import CellTimelines, TaskCells, TaskRecord, Timeline
 
-_MAX_TAGS = 20_000
 #: Every WATCH_PERIOD seconds the watcher looks which of the oldest WATCH_BATCH are in.
 WATCH_BATCH = 1000
 WATCH_PERIOD = 0.05
@@ -38,7 +37,7 @@ class TaskBook:
         self.history = Timeline(config.TIMELINE_CAPACITY)
         self.cells = CellTimelines(2 * config.TIMELINE_CAPACITY)
         self._unfinished: dict[str, tuple[TaskRecord, Any]] = {}  # id -> record, a Ray ref
-        self._tags: OrderedDict[str, str] = OrderedDict()  # task id -> its cell
+        self._tags = TaskCells()
         self._nodes: dict[str, int] = {}  # Ray node id -> its index here (1, 2, ...)
         self.counts: Counter[str] = Counter()
         self.tag_source: CellSource | None = None
@@ -48,6 +47,7 @@ class TaskBook:
         # is never fetched: it may be large, and its readiness is all the record needs.
         self._watched: dict[Any, tuple[str, bool]] = {}
         self._stop = threading.Event()
+        self._work = threading.Event()  # set when there is something to watch, or to stop
         self._watcher = threading.Thread(target=self._watch, name="distkernel-ray-records",
                                          daemon=True)
         self._watcher.start()
@@ -82,24 +82,26 @@ class TaskBook:
             self._unfinished[task_id] = (record, results)
             self.counts["submitted"] += 1
             if cell is not None:
-                self._tags[task_id] = cell
-                if len(self._tags) > _MAX_TAGS:
-                    self._tags.popitem(last=False)
+                self._tags.remember(task_id, cell)
         self.history.add(record)
         if cell is not None:
             self.cells.add(cell, record, opens=True)
         with self._lock:
+            idle = not self._watched
             if report is not None:
                 self._watched[report] = (task_id, True)
             else:
                 self._watched[results] = (task_id, False)
+        if idle:  # the watcher sleeps until there is something to watch
+            self._work.set()
         return task_id
 
     def _watch(self) -> None:
         """The watcher thread: end the records of tasks whose report (or result) is in.
 
-        Every WATCH_PERIOD it looks, without waiting, which of the oldest WATCH_BATCH
-        are in, and handles those: a bounded cost per round, whatever the number in
+        While tasks are in flight, every WATCH_PERIOD it looks, without waiting, which of
+        the oldest WATCH_BATCH are in, and handles those (with none, it sleeps until a
+        submission): a bounded cost per round, whatever the number in
         flight, and no wake-up per task (waiting on them as they came in took the GIL
         from the caller at every task: a round trip cost 20 % more, submission half).
         """
@@ -109,7 +111,10 @@ class TaskBook:
             self._stop.wait(WATCH_PERIOD)
             with self._lock:
                 refs = list(itertools.islice(self._watched, WATCH_BATCH))
-            if not refs:
+                if not refs:
+                    self._work.clear()
+            if not refs:  # nothing in flight: sleep until a submission (no polling)
+                self._work.wait()
                 continue
             try:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
@@ -199,6 +204,7 @@ class TaskBook:
         """Shut down (before Ray does): the watcher ends, no more output is written."""
         self.closed = True
         self._stop.set()
+        self._work.set()
         self._watcher.join(timeout=5)
         with self._lock:
             self._unfinished.clear()
