@@ -15,6 +15,7 @@ calling the API from inside a task, and our serializer registry on Ray's workers
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import secrets
 import threading
@@ -54,6 +55,17 @@ LOCAL_RAY = "ray"
 OPTIONED_KEPT = 256
 
 
+@dataclasses.dataclass
+class _Actor:
+    """What calls to one actor need: its class's name, which methods report (``runner``),
+    Ray's method handles made with options, and the serializer registry it was given."""
+
+    class_name: str
+    traced: frozenset[str]
+    methods: dict[tuple[str, int], Any] = dataclasses.field(default_factory=dict)
+    registry: bytes | None = None
+
+
 #: This process's Ray engine: the driver's, or the one inside a task (``in_task``).
 _this_process: RayEngine | None = None
 
@@ -73,15 +85,13 @@ class RayEngine(Engine):
         self._counts: Counter[str] = Counter()  # our id -> our refs alive
         self._functions: dict[tuple[str, int], Any] = {}  # (hash, num_returns) -> traced
         self._classes: dict[str, Any] = {}  # class hash -> Ray actor class
-        self._actors: dict[str, tuple[str, frozenset[str]]] = {}  # id -> class, traced methods
-        # Ray's .options(...) results, kept: per function and options, per actor and method.
+        self._actors: dict[str, _Actor] = {}  # our id of an actor -> what calls to it need
+        # Ray's remote functions made with options, kept (see _function_with).
         self._optioned: OrderedDict[tuple[str, TaskOptions], Any] = OrderedDict()
-        self._actor_methods: dict[str, dict[tuple[str, int], Any]] = {}
         self._book = TaskBook(settings.log_to_driver)
         self._registry_version = -1  # of our serializer registry, as last given to Ray
         self._registered: list[type] = []
         self._registry_data: bytes | None = None
-        self._actor_registry: dict[str, bytes] = {}  # actor id -> the registry it was given
         options: dict[str, Any] = {"namespace": settings.namespace, "include_dashboard": False,
                                    "log_to_driver": settings.log_to_driver}
         if address == LOCAL_RAY:
@@ -117,8 +127,6 @@ class RayEngine(Engine):
                 del self._counts[object_id]
                 self._held.pop(object_id, None)
                 self._actors.pop(object_id, None)
-                self._actor_methods.pop(object_id, None)
-                self._actor_registry.pop(object_id, None)
 
     def _ref_out(self, ref: ObjectRef) -> Any:
         return self._theirs(ref)
@@ -197,23 +205,24 @@ class RayEngine(Engine):
         count = options.num_returns
         if actor_id:
             handle = self._held_as(actor_id, f"the actor {actor_id}")
-            class_name, traced = self._actors.get(actor_id, ("actor", frozenset()))
-            name, kind = f"{class_name}.{method}", "actor_method"
-            reports = method in traced
-            methods = self._actor_methods.setdefault(actor_id, {})
-            remote = methods.get((method, count))
+            actor = self._actors.get(actor_id)
+            if actor is None:  # a handle that did not come from create_actor or get_actor
+                actor = self._actors[actor_id] = _Actor("actor", frozenset())
+            name, kind = f"{actor.class_name}.{method}", "actor_method"
+            reports = method in actor.traced
+            remote = actor.methods.get((method, count))
             if remote is None:  # Ray's .options() costs tens of µs: once per method
-                remote = methods[(method, count)] = \
+                remote = actor.methods[(method, count)] = \
                     getattr(handle, method).options(num_returns=count + reports)
         else:
             name, kind, reports = options.name or function.name, options.kind, True
-            remote = self._function_with(function, options)
+            remote, actor = self._function_with(function, options), None
         if reports and registry_data is not None:
-            if not actor_id:
+            if actor is None:
                 call_kwargs[runner.REGISTRY_KEYWORD] = registry_data
-            elif self._actor_registry.get(actor_id) is not registry_data:
+            elif actor.registry is not registry_data:
                 self._call(getattr(handle, runner.USE_REGISTRY).remote, registry_data)
-                self._actor_registry[actor_id] = registry_data
+                actor.registry = registry_data
         try:
             made = self._call(remote.remote, *call_args, **call_kwargs)
         except TypeError as exc:
@@ -304,7 +313,7 @@ class RayEngine(Engine):
             raise _why_not_serializable(exc, lambda: specs.serialize_arguments(
                 args, kwargs, f"{options.class_name}.remote(...)")) from None
         ours = self._ours(handle)
-        self._actors[ours.hex()] = (options.class_name, actor_class[1])
+        self._actors[ours.hex()] = _Actor(options.class_name, actor_class[1])
         return ours
 
     def named_actor(self, name: str,
@@ -323,7 +332,7 @@ class RayEngine(Engine):
                    f"for it")
             raise DistkernelError(msg) from None
         ours = self._ours(handle)
-        self._actors[ours.hex()] = (options.class_name, traced)
+        self._actors[ours.hex()] = _Actor(options.class_name, traced)
         return ours, options
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
