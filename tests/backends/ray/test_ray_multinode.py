@@ -10,6 +10,7 @@ import importlib.util
 
 import pytest
 
+from tests.backends.ray.scripts import NOTHING_LEFT
 from tests.conftest import run_driver_script
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -19,7 +20,6 @@ SCRIPT = """
 import signal
 import time
 import numpy as np
-import psutil
 from ray.cluster_utils import Cluster
 import distkernel as dk
 from distkernel.api import runtime
@@ -126,17 +126,12 @@ try:
 finally:
     dk.shutdown()
     cluster.shutdown()
-deadline = time.monotonic() + 30
-while psutil.Process().children(recursive=True) and time.monotonic() < deadline:
-    time.sleep(0.2)
-left = [p.name() for p in psutil.Process().children(recursive=True)]
-assert not left, f"still running after shutdown: {left}"
 print("multinode ok")
 """
 
 
 @pytest.mark.timeout(320)
 def test_a_head_and_two_nodes_on_this_machine(tmp_path):
-    done = run_driver_script(tmp_path, SCRIPT, timeout=300)
+    done = run_driver_script(tmp_path, SCRIPT + NOTHING_LEFT, timeout=300)
     assert "multinode ok" in done.stdout
     assert "removed node: WorkerCrashedError" in done.stdout, done.stdout
