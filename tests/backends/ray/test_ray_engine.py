@@ -377,3 +377,26 @@ def test_refs_inside_values_and_the_api_inside_tasks_on_ray(tmp_path):
     stand for, and a task or actor calls get / put / .remote as the driver does."""
     done = run_driver_script(tmp_path, NESTED + NOTHING_LEFT, timeout=240)
     assert "nested ok" in done.stdout
+
+
+def test_leaving_without_shutdown_starts_no_second_ray(tmp_path):
+    """A notebook kernel or script that ends without shutdown(): Ray shuts itself down at
+    exit first, and our own shutdown then must not touch Ray (any call would start a new
+    one)."""
+    done = run_driver_script(tmp_path, """
+import time
+import distkernel as dk
+dk.init(address="ray", num_cpus=1)
+assert dk.get(dk.put(41)) == 41
+
+@dk.remote
+def nap():
+    time.sleep(30)
+
+running = nap.remote()   # in flight at exit: the records watcher is busy
+time.sleep(0.5)
+print("leaving")
+""", timeout=120)
+    assert "leaving" in done.stdout
+    started = (done.stdout + done.stderr).count("Started a local Ray instance")
+    assert started == 1, done.stderr

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 LOCAL_RAY = "ray"
 #: How many (function, options) combinations keep their Ray remote function.
 OPTIONED_KEPT = 256
+#: How long kill(no_restart=True) waits for the actor to stop answering (seconds).
+KILL_WAIT = 10.0
 
 
 @dataclasses.dataclass
@@ -336,8 +338,20 @@ class RayEngine(Engine):
         return ours, options
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
+        """Stop the actor now, as on the local engine: Ray's kill only asks for it, and a
+        call made right after could still run; with ``no_restart`` this waits (up to
+        KILL_WAIT seconds) until the actor answers no more."""
         handle = self._held_as(actor_id, f"the actor {actor_id}")
         self._call(self._ray.kill, handle, no_restart=no_restart)
+        if not no_restart:
+            return  # it may restart: there is no "dead" to wait for
+        deadline = time.monotonic() + KILL_WAIT
+        while time.monotonic() < deadline:
+            try:
+                self._ray.get(handle.__ray_ready__.remote(), timeout=KILL_WAIT)
+            except Exception:  # noqa: BLE001 - any failure: it no longer answers
+                return
+            time.sleep(0.01)
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         self._call(self._ray.cancel, self._theirs(ref), force=force)
@@ -381,10 +395,13 @@ class RayEngine(Engine):
             self._held.clear()
             self._counts.clear()
         refs.set_tracker(None)
-        self._ray.util.deregister_serializer(ObjectRef)
         global _this_process
         _this_process = None
-        self._ray.shutdown()
+        # At interpreter exit Ray may have shut itself down first: any call of its would
+        # then start a new Ray.
+        if self._ray.is_initialized():
+            self._ray.util.deregister_serializer(ObjectRef)
+            self._ray.shutdown()
 
     def snapshot(self) -> ClusterSnapshot:
         nodes = self._nodes()

@@ -116,6 +116,8 @@ class TaskBook:
             if not refs:  # nothing in flight: sleep until a submission (no polling)
                 self._work.wait()
                 continue
+            if not ray.is_initialized():  # Ray shut down (at exit, before us): any call of
+                return  # its would start a new Ray
             try:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             except Exception:  # noqa: BLE001 - Ray shut down under us: nothing more to watch
