@@ -38,6 +38,25 @@ export interface IStore {
   largest: { id: string; bytes: number; made_by: string; cell: number | null }[];
 }
 
+/**
+ * A machine of a multi-node cluster (Ray): its tasks' `worker` is its `index`. CPUs and
+ * GPUs in units, memory and object store in bytes; `*_free` is what is not taken.
+ */
+export interface INode {
+  index: number;
+  id: string;
+  address: string;
+  alive: boolean;
+  cpus: number;
+  cpus_free: number;
+  gpus: number;
+  gpus_free: number;
+  memory: number;
+  memory_free: number;
+  store: number;
+  store_free: number;
+}
+
 export interface ICluster {
   backend: string;
   cluster_id: string;
@@ -50,6 +69,11 @@ export interface ICluster {
   actors: IActor[];
   store: IStore;
   counters: { submitted: number; finished: number; failed: number; cancelled: number };
+  /**
+   * Shown in place of the workers table when not empty: on Ray the workers are its
+   * nodes. Absent from kernels older than the node table.
+   */
+  nodes?: INode[];
 }
 
 export interface ITask {

@@ -33,8 +33,8 @@ export class ClusterPanel extends Widget {
       '<div class="jp-Distkernel-header">' +
       '<div class="jp-Distkernel-title">distkernel <span class="jp-Distkernel-kernel"></span></div>' +
       '<div class="jp-Distkernel-actions">' +
-      '<label>workers <input class="jp-Distkernel-scaleInput" type="number" min="1" max="1024"></label>' +
-      '<button class="jp-Distkernel-button" data-action="scale">Scale</button>' +
+      '<label class="jp-Distkernel-scale">workers <input class="jp-Distkernel-scaleInput" type="number" min="1" max="1024"></label>' +
+      '<button class="jp-Distkernel-button jp-Distkernel-scale" data-action="scale">Scale</button>' +
       '<button class="jp-Distkernel-button" data-action="restart">Restart</button>' +
       '</div><div class="jp-Distkernel-notice" role="status"></div></div>' +
       '<div class="jp-Distkernel-state"></div>' +
@@ -103,6 +103,12 @@ export class ClusterPanel extends Widget {
     if (update.cluster && document.activeElement !== input && !input.value) {
       input.placeholder = String(update.cluster.num_workers);
     }
+    // Nodes shown: a Ray cluster, whose size is Ray's (ray start / ray stop, its
+    // autoscaler); the kernel would refuse to scale it, so the panel does not offer to.
+    const onNodes = (update.cluster?.nodes ?? []).length > 0;
+    this.node.querySelectorAll<HTMLElement>('.jp-Distkernel-scale').forEach(element => {
+      element.hidden = onNodes;
+    });
   }
 
   private _showState(): void {

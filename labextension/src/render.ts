@@ -2,7 +2,7 @@
  * Drawing one update: pure functions from an update to HTML. Every text from the kernel
  * goes through `escape`; buttons carry `data-action` and are handled by the panel.
  */
-import { Bar, ICluster, ITask, IUpdate, IWorker } from './messages';
+import { Bar, ICluster, INode, ITask, IUpdate, IWorker } from './messages';
 
 /** Seconds of task stream shown (the kernel sends the last minute). */
 export const STREAM_SECONDS = 60;
@@ -50,6 +50,14 @@ export function formatSeconds(seconds: number | null): string {
   }
   return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
 }
+
+/** CPUs or GPUs: whole amounts as they are, fractions (Ray's `num_cpus=0.5`) to a tenth. */
+export function formatAmount(amount: number): string {
+  return Number.isInteger(amount) ? String(amount) : amount.toFixed(1);
+}
+
+/** What a lane of the stream and a task's `worker` stand for: a worker, or a node on Ray. */
+type Place = 'worker' | 'node';
 
 /** One colour per function name, the same in the chart and its legend. */
 export function colourOf(name: string, names: string[]): string {
@@ -155,7 +163,54 @@ function workers(cluster: ICluster, now: number): string {
   );
 }
 
-function actors(cluster: ICluster): string {
+function nodeRow(node: INode, withGpus: boolean): string {
+  const state = node.alive ? 'alive' : 'dead';
+  const used = (total: number, free: number) => Math.max(0, total - free);
+  const amount = (total: number, free: number) =>
+    `<td class="jp-Distkernel-num">${formatAmount(used(total, free))}&nbsp;/ ${formatAmount(total)}</td>`;
+  const reserved = used(node.memory, node.memory_free);
+  return (
+    `<tr data-node="${node.index}" title="node id ${escape(node.id)}">` +
+    `<td>${node.index}</td>` +
+    `<td>${escape(node.address)}</td>` +
+    `<td><span class="jp-Distkernel-state jp-Distkernel-state-${state}">${state}</span></td>` +
+    amount(node.cpus, node.cpus_free) +
+    (withGpus ? amount(node.gpus, node.gpus_free) : '') +
+    `<td class="jp-Distkernel-num">${formatBytes(used(node.store, node.store_free))}&nbsp;/ ${formatBytes(
+      node.store
+    )}</td>` +
+    `<td class="jp-Distkernel-num" title="${formatBytes(reserved)} reserved by tasks">${formatBytes(
+      node.memory
+    )}</td></tr>`
+  );
+}
+
+/** On Ray, in place of the workers: a task's worker there is its node (see panel_model). */
+function nodes(list: INode[]): string {
+  const withGpus = list.some(n => n.gpus > 0);
+  const alive = list.filter(n => n.alive);
+  const cpus = alive.reduce((sum, n) => sum + n.cpus, 0);
+  const dead = list.length - alive.length;
+  const summary =
+    `${alive.length} ${alive.length === 1 ? 'node' : 'nodes'}, ${formatAmount(cpus)} CPUs` +
+    (dead ? `, ${dead} dead` : '');
+  return (
+    '<section class="jp-Distkernel-section jp-Distkernel-nodes">' +
+    `<h3>Nodes <span class="jp-Distkernel-dim">(${summary})</span></h3>` +
+    // Scrolls sideways in a narrow sidebar rather than squeezing the numbers; memory (what
+    // tasks may reserve, rarely all taken) comes last, as the least telling.
+    '<div class="jp-Distkernel-scroll"><table class="jp-Distkernel-table"><thead><tr>' +
+    '<th>#</th><th>address</th><th>state</th>' +
+    '<th class="jp-Distkernel-num" title="used / total">CPUs</th>' +
+    (withGpus ? '<th class="jp-Distkernel-num" title="used / total">GPUs</th>' : '') +
+    '<th class="jp-Distkernel-num" title="object store: used / total">store</th>' +
+    '<th class="jp-Distkernel-num">memory</th>' +
+    `</tr></thead><tbody>${list.map(n => nodeRow(n, withGpus)).join('')}</tbody></table>` +
+    '</div></section>'
+  );
+}
+
+function actors(cluster: ICluster, place: Place): string {
   if (cluster.actors.length === 0) {
     return '';
   }
@@ -177,12 +232,12 @@ function actors(cluster: ICluster): string {
   return (
     '<section class="jp-Distkernel-section jp-Distkernel-actors"><h3>Actors</h3>' +
     '<table class="jp-Distkernel-table"><thead><tr><th>class</th><th>name</th><th>state</th>' +
-    `<th>worker</th><th>queued</th><th></th></tr></thead><tbody>${rows}</tbody></table></section>`
+    `<th>${place}</th><th>queued</th><th></th></tr></thead><tbody>${rows}</tbody></table></section>`
   );
 }
 
-/** The task stream of the last minute: one lane per worker, bars coloured by function. */
-function stream(bars: Bar[], cluster: ICluster, now: number): string {
+/** The task stream of the last minute: one lane per worker (node), bars coloured by function. */
+function stream(bars: Bar[], cluster: ICluster, now: number, place: Place): string {
   const lanes = cluster.workers.map(w => w.id);
   for (const bar of bars) {
     if (!lanes.includes(bar[0])) {
@@ -209,14 +264,14 @@ function stream(bars: Bar[], cluster: ICluster, now: number): string {
       return (
         `<rect class="jp-Distkernel-streamBar${failed}" x="${x0.toFixed(1)}" y="${y}" ` +
         `width="${(x1 - x0).toFixed(1)}" height="${lane - 4}" fill="${colourOf(name, names)}">` +
-        `<title>${escape(name)} on worker ${worker}: ${status}</title></rect>`
+        `<title>${escape(name)} on ${place} ${worker}: ${status}</title></rect>`
       );
     })
     .join('');
   const labels = lanes
     .map(
       (id, i) =>
-        `<text class="jp-Distkernel-laneLabel" x="0" y="${i * lane + lane - 3}">w${id}</text>`
+        `<text class="jp-Distkernel-laneLabel" x="0" y="${i * lane + lane - 3}">${place[0]}${id}</text>`
     )
     .join('');
   const legend = names
@@ -236,7 +291,7 @@ function stream(bars: Bar[], cluster: ICluster, now: number): string {
   );
 }
 
-function taskRow(task: ITask): string {
+function taskRow(task: ITask, place: Place): string {
   const queue = task.started !== null ? task.started - task.submitted : null;
   const run =
     task.started !== null && task.finished !== null ? task.finished - task.started : null;
@@ -251,7 +306,7 @@ function taskRow(task: ITask): string {
   const details =
     `queue ${formatSeconds(queue)} · run ${formatSeconds(run)} · ` +
     `in ${formatBytes(task.bytes_in)} · out ${formatBytes(task.bytes_out)}` +
-    (task.worker !== null ? ` · worker ${task.worker}` : '');
+    (task.worker !== null ? ` · ${place} ${task.worker}` : '');
   return (
     `<tr data-task="${escape(task.id)}" class="jp-Distkernel-task-${task.status}" ` +
     `title="${escape(details)}">` +
@@ -265,18 +320,22 @@ function taskRow(task: ITask): string {
   );
 }
 
-function tasks(list: ITask[]): string {
+function tasks(list: ITask[], place: Place): string {
   return (
     '<section class="jp-Distkernel-section jp-Distkernel-tasks"><h3>Last tasks</h3>' +
     '<div class="jp-Distkernel-scroll"><table class="jp-Distkernel-table"><thead><tr>' +
     '<th>task</th><th>cell</th><th class="jp-Distkernel-num">queue</th>' +
     '<th class="jp-Distkernel-num">run</th><th class="jp-Distkernel-num">in / out</th>' +
     '<th>status</th></tr></thead>' +
-    `<tbody>${list.map(taskRow).join('')}</tbody></table></div></section>`
+    `<tbody>${list.map(task => taskRow(task, place)).join('')}</tbody></table></div></section>`
   );
 }
 
-/** The whole panel body for one update; `now` is the kernel's clock (epoch seconds). */
+/**
+ * The whole panel body for one update; `now` is the kernel's clock (epoch seconds). When
+ * the kernel sends nodes (Ray), they take the workers table's place, and lanes, task rows
+ * and the actors table say "node".
+ */
 export function renderUpdate(update: IUpdate, now: number): string {
   const cluster = update.cluster;
   if (cluster === null) {
@@ -285,12 +344,14 @@ export function renderUpdate(update: IUpdate, now: number): string {
       'It starts with the next <code>dk.init()</code>, task or <code>%dist init</code>.</div>'
     );
   }
+  const nodeList = cluster.nodes ?? [];
+  const place: Place = nodeList.length > 0 ? 'node' : 'worker';
   return (
     counters(update, cluster) +
-    workers(cluster, now) +
-    actors(cluster) +
+    (place === 'node' ? nodes(nodeList) : workers(cluster, now)) +
+    actors(cluster, place) +
     store(cluster) +
-    stream(update.stream, cluster, now) +
-    tasks(update.tasks)
+    stream(update.stream, cluster, now, place) +
+    tasks(update.tasks, place)
   );
 }

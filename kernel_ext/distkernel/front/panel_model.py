@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from distkernel.backends.snapshot import ClusterSnapshot
+from distkernel.backends.snapshot import ClusterSnapshot, NodeSnapshot
 from distkernel.core.timings import TaskRecord
 
 #: Rows of the panel's task table.
@@ -18,8 +18,11 @@ RECENT_TASKS = 50
 STREAM_SECONDS = 60.0
 #: ... and at most this many bars.
 STREAM_MAX = 400
-#: Bumped when the shape of an update changes; the panel checks it.
+#: Bumped when the shape of an update changes; the panel checks it. (Fields added that an
+#: older panel can ignore, as ``nodes``, keep it.)
 VERSION = 1
+#: Engines whose worker rows are machines (a task's ``worker_id`` is its node's number).
+NODE_BACKENDS = frozenset({"ray"})
 
 #: The notebook cell number (``In [n]``) a task's cell tag stands for, if known.
 CellNumber = Callable[[str], "int | None"]
@@ -27,7 +30,8 @@ CellNumber = Callable[[str], "int | None"]
 
 def cluster_part(snapshot: ClusterSnapshot,
                  cell_number: CellNumber = lambda tag: None) -> dict[str, Any]:
-    """Workers, actors, store, queue and counters, with short keys."""
+    """Workers, actors, store, queue, counters and (see ``shown_nodes``) nodes, with short
+    keys."""
     return {
         "backend": snapshot.backend, "cluster_id": snapshot.cluster_id,
         "started_at": snapshot.started_at, "taken_at": snapshot.taken_at,
@@ -51,7 +55,39 @@ def cluster_part(snapshot: ClusterSnapshot,
                      "finished": snapshot.counters.finished,
                      "failed": snapshot.counters.failed,
                      "cancelled": snapshot.counters.cancelled},
+        "nodes": [node_row(node) for node in shown_nodes(snapshot)],
     }
+
+
+def shown_nodes(snapshot: ClusterSnapshot) -> tuple[NodeSnapshot, ...]:
+    """The nodes the panel shows in place of its workers table; () keeps the workers table.
+
+    On Ray a "worker" row of the snapshot is a node (no pid, task, CPU % or RSS of its own)
+    and tasks are placed per node, so the panel shows the nodes there, also when there is
+    one: a one-row "workers" table of dashes would read as a pool of one process. The local
+    engine's workers are processes of this one machine, with their own state, task, CPU
+    and memory; it reports no nodes, and a table of this one machine would only repeat the
+    store and pool figures, so its panel stays as it is. Any engine reporting more than one
+    node gets the table too: then where a task ran is a machine.
+    """
+    if snapshot.backend in NODE_BACKENDS or len(snapshot.nodes) > 1:
+        return snapshot.nodes
+    return ()
+
+
+def node_row(node: NodeSnapshot) -> dict[str, Any]:
+    """One node: its resources, total and free (CPUs and GPUs in units, memory and object
+    store in bytes; a resource Ray lists no free amount of is all taken)."""
+    total, free = dict(node.resources_total), dict(node.resources_available)
+    row: dict[str, Any] = {"index": node.index, "id": node.node_id, "address": node.address,
+                           "alive": node.alive}
+    for key, resource, unit in (("cpus", "CPU", float), ("gpus", "GPU", float),
+                                ("memory", "memory", int),
+                                ("store", "object_store_memory", int)):
+        amount = total.get(resource, 0.0)
+        row[key] = unit(amount)
+        row[f"{key}_free"] = unit(min(free.get(resource, 0.0), amount))
+    return row
 
 
 def task_rows(records: Sequence[TaskRecord], cell_of: Callable[[str], str | None],
