@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -99,3 +100,9 @@ def task_resources(options: TaskOptions) -> tuple[tuple[str, float], ...]:
     if options.num_gpus:
         needs.append(("GPU", float(options.num_gpus)))
     return (*needs, *((name, float(amount)) for name, amount in options.resources))
+
+
+def exception_kinds(pickled: bytes) -> tuple[type[BaseException], ...]:
+    """The exception classes a task's retry_exceptions names (pickled once per function)."""
+    kinds = pickle.loads(pickled)
+    return tuple(kinds) if isinstance(kinds, (tuple, list)) else (kinds,)

@@ -40,7 +40,7 @@ _CONTAINERS = frozenset({tuple, list, dict})
 _SMALL = 16
 
 
-def _plain(obj: Any, depth: int = 2) -> bool:
+def plain_data(obj: Any, depth: int = 2) -> bool:
     """Scalars, and small tuples / lists / dicts of them (to ``depth`` levels)."""
     cls = type(obj)
     if cls in _SCALARS:
@@ -49,11 +49,11 @@ def _plain(obj: Any, depth: int = 2) -> bool:
         return False
     if cls is dict:
         for key, value in obj.items():
-            if type(key) not in _SCALARS or not _plain(value, depth - 1):
+            if type(key) not in _SCALARS or not plain_data(value, depth - 1):
                 return False
         return True
     for item in obj:
-        if type(item) not in _SCALARS and not _plain(item, depth - 1):
+        if type(item) not in _SCALARS and not plain_data(item, depth - 1):
             return False
     return True
 
@@ -64,7 +64,7 @@ def serialize(obj: Any, *, out_of_band: bool = True) -> Serialized:
     Plain data (the arguments and results of most small tasks) skips cloudpickle's
     set-up, a few microseconds per task on both sides.
     """
-    if _plain(obj):
+    if plain_data(obj):
         return Serialized(pickle.dumps(obj, protocol=PROTOCOL), [], [])
     buffers: list[pickle.PickleBuffer] = []
     file = io.BytesIO()
@@ -97,7 +97,7 @@ def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
     """
     text = user_traceback(exc)
     exc.__traceback__ = None
-    for reduce in (None, _rebuild_exception_reduce):
+    for reduce in (None, rebuildable):
         try:
             data = dumps(exc) if reduce is None else dumps(reduce(exc))
             pickle.loads(data)
@@ -143,7 +143,9 @@ class _ExceptionState:
         return (_rebuild_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
 
 
-def _rebuild_exception_reduce(exc: BaseException) -> _ExceptionState:
+def rebuildable(exc: BaseException) -> _ExceptionState:
+    """``exc`` as an object that any pickler can bring back: rebuilt from its ``args``
+    and ``__dict__``, without running its constructor."""
     return _ExceptionState(exc)
 
 

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import pickle
 import secrets
 import threading
 import time
@@ -56,6 +55,7 @@ from distkernel.core.protocol import (
     WorkerReady,
 )
 from distkernel.core.timings import CellTimelines, TaskCells, TaskRecord, Timeline
+from distkernel.engine import specs
 from distkernel.engine.scheduler import (
     Dispatch,
     FailTask,
@@ -614,7 +614,7 @@ class EngineCore:
         if spec.retry_exceptions is True:
             return True
         try:
-            kinds = exception_kinds(spec.retry_exceptions)  # type: ignore[arg-type]
+            kinds = specs.exception_kinds(spec.retry_exceptions)  # type: ignore[arg-type]
             error = object_store.load(results[0])
         except Exception:  # noqa: BLE001 - cannot tell: do not retry
             return False
@@ -670,12 +670,6 @@ class EngineCore:
 
 
 @functools.lru_cache(maxsize=256)
-def exception_kinds(pickled: bytes) -> tuple[type[BaseException], ...]:
-    """The exception classes a task's retry_exceptions names (pickled once per function)."""
-    kinds = pickle.loads(pickled)
-    return tuple(kinds) if isinstance(kinds, (tuple, list)) else (kinds,)
-
-
 def _error_summary(value: Value) -> str:
     try:
         error = object_store.load(value)

@@ -9,8 +9,12 @@ output) and handed to ``ray.remote``, which ships it to Ray's workers by value. 
 reports fill the task records (``records.TaskBook``) that the inline timings, the panel
 and an interrupted cell use. Ray's errors are raised as ours (``errors.translated``).
 
-Not in this engine yet: bytes in / out in the records, refs nested inside arguments,
-calling the API from inside a task, and our serializer registry on Ray's workers.
+A process connected to Ray already (its own ``ray.init``, or a Ray worker) keeps its
+connection: ``shutdown()`` then ends this engine's tasks and actors, as Ray does for a
+driver that leaves, and stays connected.
+
+Not in this engine yet: bytes in / out in the records, and the records of tasks that
+tasks submit.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from distkernel.backends.ray import runner
 from distkernel.backends.ray.errors import translated
 from distkernel.backends.ray.records import TaskBook
 from distkernel.backends.snapshot import (
+    ActorSnapshot,
     ClusterSnapshot,
     Counters,
     NodeSnapshot,
@@ -47,12 +52,16 @@ from distkernel.store.pickler import registry
 from distkernel.store.serialization import serialize
 
 if TYPE_CHECKING:
-    from distkernel.engine.scheduler_types import WorkerStateName
+    from distkernel.engine.scheduler_types import ActorStateName, WorkerStateName
 
 #: Addresses that start a Ray of our own on this machine; any other joins a running one.
 LOCAL_RAY = "ray"
 #: How many (function, options) combinations keep their Ray remote function.
 OPTIONED_KEPT = 256
+#: How many actors a snapshot describes (Ray answers for each separately).
+ACTORS_SHOWN = 100
+#: Ray's actor states, as ours.
+_ACTOR_STATES: dict[str, ActorStateName] = {"ALIVE": "alive", "DEAD": "dead"}
 #: How long kill(no_restart=True) waits for the actor to stop answering (seconds).
 KILL_WAIT = 10.0
 
@@ -64,6 +73,8 @@ class _Actor:
 
     class_name: str
     traced: frozenset[str]
+    made_here: bool = False  # by this engine's create_actor, not found by name
+    detached: bool = False
     methods: dict[tuple[str, int], Any] = dataclasses.field(default_factory=dict)
     registry: bytes | None = None
 
@@ -94,18 +105,13 @@ class RayEngine(Engine):
         self._registry_version = -1  # of our serializer registry, as last given to Ray
         self._registered: list[type] = []
         self._registry_data: bytes | None = None
-        options: dict[str, Any] = {"namespace": settings.namespace, "include_dashboard": False,
-                                   "log_to_driver": settings.log_to_driver}
-        if address == LOCAL_RAY:
-            options.update(num_cpus=settings.num_workers, resources=dict(settings.resources))
-        else:
-            options["address"] = address
-        try:
-            if not in_task:  # a task's worker is connected already
-                ray.init(**options)
-        except Exception as exc:
-            msg = f"could not start or join Ray at {address!r}: {exc}"
-            raise DistkernelError(msg) from exc
+        # A task's worker is connected already, and so is a process whose own code called
+        # ray.init: that connection is used, and left open by shutdown().
+        self._borrowed = in_task or ray.is_initialized()
+        if not self._borrowed:
+            _connect(address, settings)
+        elif not in_task:
+            _check_connected_to(address)
         self.store_address = address
         refs.set_tracker(self)
         # Our refs travel inside values as the Ray refs they stand for (Ray then tracks who
@@ -195,7 +201,7 @@ class RayEngine(Engine):
             ours = translated(exc)
             if ours is exc:
                 raise
-            raise ours from None
+            raise ours from ours.__cause__  # a TaskError's: its remote traceback
 
     # -- tasks and actors ------------------------------------------------------------------
 
@@ -208,8 +214,11 @@ class RayEngine(Engine):
         if actor_id:
             handle = self._held_as(actor_id, f"the actor {actor_id}")
             actor = self._actors.get(actor_id)
-            if actor is None:  # a handle that did not come from create_actor or get_actor
-                actor = self._actors[actor_id] = _Actor("actor", frozenset())
+            if actor is None:  # a handle that came inside a value: the actor says what it is
+                described = self._describe(handle)
+                actor = self._actors[actor_id] = \
+                    _Actor(described[0].class_name, described[1]) if described is not None \
+                    else _Actor("actor", frozenset())
             name, kind = f"{actor.class_name}.{method}", "actor_method"
             reports = method in actor.traced
             remote = actor.methods.get((method, count))
@@ -314,8 +323,22 @@ class RayEngine(Engine):
         except TypeError as exc:
             raise _why_not_serializable(exc, lambda: specs.serialize_arguments(
                 args, kwargs, f"{options.class_name}.remote(...)")) from None
+        except DistkernelError as exc:
+            if options.name and "is already taken" in str(exc):  # as the local engine says
+                msg = (f"an actor named {options.name!r} already exists; pick another name, "
+                       f"use get_if_exists=True, or get it with get_actor({options.name!r})")
+                raise ValueError(msg) from None
+            raise
+        if options.get_if_exists:
+            known = self._known_actor(handle)
+            if known is not None:
+                return known
         ours = self._ours(handle)
-        self._actors[ours.hex()] = _Actor(options.class_name, actor_class[1])
+        self._actors[ours.hex()] = _Actor(options.class_name, actor_class[1], made_here=True,
+                                          detached=options.detached)
+        # Its record ends when the actor is ready (its constructor ran, or failed).
+        self._book.submitted(options.class_name, "actor_create", handle.__ray_ready__.remote(),
+                             None)
         return ours
 
     def named_actor(self, name: str,
@@ -323,19 +346,43 @@ class RayEngine(Engine):
         """Ray's named actor (any driver's), with the options it was made with, which the
         actor itself keeps (``runner.DESCRIBE``); None if there is none of that name."""
         try:
-            handle = self._ray.get_actor(name, namespace=namespace or self.settings.namespace)
+            handle = self._ray.get_actor(  # by default the namespace this process is in
+                name, namespace=namespace or self._ray.get_runtime_context().namespace)
         except ValueError:  # Ray's answer for "no such actor"
             return None
-        try:
-            options, traced = self._call(self._ray.get,
-                                         getattr(handle, runner.DESCRIBE).remote(), timeout=60)
-        except AttributeError:
+        described = self._describe(handle)
+        if described is None:
             msg = (f"the actor {name!r} was not made through distkernel: use ray.get_actor "
                    f"for it")
-            raise DistkernelError(msg) from None
+            raise DistkernelError(msg)
+        options, traced = described
+        known = self._known_actor(handle)
+        if known is not None:
+            return known, options
         ours = self._ours(handle)
         self._actors[ours.hex()] = _Actor(options.class_name, traced)
         return ours, options
+
+    def _known_actor(self, handle: Any) -> ObjectRef | None:
+        """A new ref to an actor this driver holds already (found by name, or made with
+        get_if_exists): the same handle, as on the local engine; None if it is new here."""
+        with self._lock:
+            known = next((actor_id for actor_id in self._actors
+                          if getattr(self._held.get(actor_id), "_actor_id", None)
+                          == handle._actor_id), None)
+            if known is None:
+                return None
+            self._counts[known] += 1
+        return ObjectRef.counted(known, self.cluster_id)
+
+    def _describe(self, handle: Any) -> tuple[ActorOptions, frozenset[str]] | None:
+        """An actor's options and traced methods, as it keeps them; None for an actor not
+        made through distkernel."""
+        try:
+            describe = getattr(handle, runner.DESCRIBE)
+        except AttributeError:
+            return None
+        return self._call(self._ray.get, describe.remote(), timeout=60)  # type: ignore[no-any-return]
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
         """Stop the actor now, as on the local engine: Ray's kill only asks for it, and a
@@ -390,7 +437,7 @@ class RayEngine(Engine):
         if self.closing:
             return
         self.closing = True
-        self._book.close()
+        ending = (self._book.close(), self._own_actors())
         with self._lock:
             self._held.clear()
             self._counts.clear()
@@ -399,9 +446,34 @@ class RayEngine(Engine):
         _this_process = None
         # At interpreter exit Ray may have shut itself down first: any call of its would
         # then start a new Ray.
-        if self._ray.is_initialized():
-            self._ray.util.deregister_serializer(ObjectRef)
+        if not self._ray.is_initialized():
+            return
+        self._ray.util.deregister_serializer(ObjectRef)
+        if self._borrowed:
+            self._end_own_work(ending)
+        else:
             self._ray.shutdown()
+
+    def _end_own_work(self, ending: tuple[list[Any], list[Any]]) -> None:
+        """What a disconnecting driver's work gets from Ray, on a connection that stays
+        open: its unfinished tasks are stopped and its actors (not detached ones) killed."""
+        unfinished, actors = ending
+        for results in unfinished:
+            try:
+                self._ray.cancel(results, force=True, recursive=True)
+            except Exception:  # noqa: BLE001 - an actor's call (ends with its actor), or done
+                pass
+        for handle in actors:
+            try:
+                self._ray.kill(handle, no_restart=True)
+            except Exception:  # noqa: BLE001 - gone already
+                pass
+
+    def _own_actors(self) -> list[Any]:
+        """Handles of the actors this engine made that end with it (not detached ones)."""
+        with self._lock:
+            return [self._held[actor_id] for actor_id, actor in self._actors.items()
+                    if actor.made_here and not actor.detached and actor_id in self._held]
 
     def snapshot(self) -> ClusterSnapshot:
         nodes = self._nodes()
@@ -419,11 +491,33 @@ class RayEngine(Engine):
         counts = self._book.counts
         return ClusterSnapshot(
             self.name, self.cluster_id, self.started_at, time.time(), self.num_workers, workers,
-            (), StoreSnapshot(store_total, store_total - store_free, held, 0, 0), 0,
+            self._actor_rows(), StoreSnapshot(store_total, store_total - store_free, held, 0, 0), 0,
             self._book.running_count(), tuple(sorted(total.items())),
             tuple(sorted(available.items())),
             Counters(counts["submitted"], counts["finished"], counts["failed"],
                      counts["cancelled"]), nodes)
+
+    def _actor_rows(self) -> tuple[ActorSnapshot, ...]:
+        """The actors this driver holds a handle to, as Ray's actor table has them now
+        (at most ACTORS_SHOWN: one query each)."""
+        from ray._private import state
+
+        with self._lock:
+            held = [(actor_id, actor.class_name, self._held[actor_id])
+                    for actor_id, actor in self._actors.items() if actor_id in self._held]
+        rows = []
+        for actor_id, class_name, handle in held[:ACTORS_SHOWN]:
+            try:
+                row = state.actors(actor_id=handle._actor_id.hex())
+            except Exception:  # noqa: BLE001 - not known (yet, or any more): not shown
+                continue
+            node = row.get("Address", {}).get("NodeID")
+            rows.append(ActorSnapshot(
+                actor_id, row.get("ActorClassName") or class_name, row.get("Name") or "",
+                _ACTOR_STATES.get(row.get("State", ""), "starting"),
+                self._book.node_index(node) if node else None, row.get("Pid") or None, 0,
+                int(row.get("NumRestarts") or 0)))
+        return tuple(rows)
 
     def _nodes(self) -> tuple[NodeSnapshot, ...]:
         """Every node Ray knows, numbered as the records number them (``node_index``)."""
@@ -447,6 +541,8 @@ class RayEngine(Engine):
         return tuple(sorted(described, key=lambda node: node.index))
 
     def timeline(self, last: int | None = None, *, cell: str | None = None) -> list[TaskRecord]:
+        """As on the local engine, a task whose result a ``get`` returned is finished here."""
+        self._call(self._book.catch_up)
         return self._book.timeline(last, cell)
 
     # -- the notebook cell behind each task ----------------------------------------------------
@@ -467,6 +563,35 @@ class RayEngine(Engine):
             except Exception:  # noqa: BLE001 - it ended meanwhile: nothing to cancel
                 pass
         return [task_id for task_id, _ in unfinished]
+
+
+def _connect(address: str, settings: config.ClusterSettings) -> None:
+    """Start a Ray of our own ("ray"), or join the cluster at ``address``."""
+    options: dict[str, Any] = {"namespace": settings.namespace, "include_dashboard": False,
+                               "log_to_driver": settings.log_to_driver}
+    if address == LOCAL_RAY:  # Ray's "local": a new one even if a cluster runs here
+        options.update(address="local", num_cpus=settings.num_workers,
+                       resources=dict(settings.resources))
+    else:
+        options["address"] = address
+    try:
+        ray.init(**options)
+    except Exception as exc:
+        msg = f"could not start or join Ray at {address!r}: {exc}"
+        raise DistkernelError(msg) from exc
+
+
+def _check_connected_to(address: str) -> None:
+    """This process is connected to Ray already: an explicit ``host:port`` must be that
+    cluster's (any other address means "the Ray this process uses")."""
+    if address in (LOCAL_RAY, "auto") or address.startswith("ray://"):
+        return
+    connected = ray.get_runtime_context().gcs_address
+    if connected != address:
+        msg = (f"this process is connected to the Ray cluster at {connected} already, not "
+               f"{address}: use init(address={connected!r}) or init(address='auto'), or call "
+               f"ray.shutdown() first")
+        raise DistkernelError(msg)
 
 
 def _ref_in(theirs: Any) -> ObjectRef:
@@ -517,6 +642,8 @@ def _task_options(options: TaskOptions, name: str) -> dict[str, Any]:
         ray_options["resources"] = dict(options.resources)
     if options.retry_exceptions is True:
         ray_options["retry_exceptions"] = True
+    elif options.retry_exceptions:  # the classes, pickled: Ray takes them as a list
+        ray_options["retry_exceptions"] = list(specs.exception_kinds(options.retry_exceptions))
     if options.scheduling_strategy is not None:
         ray_options["scheduling_strategy"] = options.scheduling_strategy
     return ray_options

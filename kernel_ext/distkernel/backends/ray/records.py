@@ -114,16 +114,31 @@ class TaskBook:
                 if not refs:
                     self._work.clear()
             if not refs:  # nothing in flight: sleep until a submission (no polling)
-                self._work.wait()
+                if not self.closed:  # close() sets closed, then _work: never missed
+                    self._work.wait()
                 continue
             if not ray.is_initialized():  # Ray shut down (at exit, before us): any call of
                 return  # its would start a new Ray
             try:
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+                self._end_ready(refs)
             except Exception:  # noqa: BLE001 - Ray shut down under us: nothing more to watch
                 return
-            if not ready:
-                continue
+
+    def catch_up(self) -> None:
+        """End now the records of the tasks that are done (for a timeline asked for right
+        after a ``get``: the watcher may not have looked yet)."""
+        with self._lock:
+            refs = list(itertools.islice(self._watched, WATCH_BATCH))
+        if refs and not self.closed:
+            self._end_ready(refs)
+
+    def _end_ready(self, refs: list[Any]) -> None:
+        """Of ``refs`` (watched reports and results), end the records of those that are in,
+        without waiting; each is ended once, whoever looks (the watcher or a caller)."""
+        import ray
+
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        if ready:
             with self._lock:
                 watched = [self._watched.pop(ref, None) for ref in ready]
             reports = [ref for ref, w in zip(ready, watched) if w is not None and w[1]]
@@ -160,6 +175,7 @@ class TaskBook:
         # The record's fields are set one by one; readers copy records (timeline()).
         if report is not None:
             record.started, record.finished = report.started, report.finished
+            record.bytes_in, record.bytes_out = report.bytes_in, report.bytes_out
         else:
             record.finished = time.time()
         record.worker_id = node
@@ -202,15 +218,18 @@ class TaskBook:
         records = self.history.last(last) if cell is None else self.cells.of(cell, last)
         return [record.copy() for record in records]
 
-    def close(self) -> None:
-        """Shut down (before Ray does): the watcher ends, no more output is written."""
+    def close(self) -> list[Any]:
+        """Shut down (before Ray does): the watcher ends, no more output is written.
+        Returns the Ray refs of the tasks still unfinished."""
         self.closed = True
         self._stop.set()
         self._work.set()
         self._watcher.join(timeout=5)
         with self._lock:
+            unfinished = [results for _, results in self._unfinished.values()]
             self._unfinished.clear()
             self._watched.clear()
+        return unfinished
 
 
 def _report_of(error: BaseException | None) -> Report | None:

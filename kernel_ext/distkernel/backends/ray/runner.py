@@ -16,12 +16,16 @@ import contextvars
 import functools
 import inspect
 import io
+import itertools
 import os
+import pickle
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+from distkernel.store.serialization import plain_data
 
 #: The attribute a raised exception carries its task's report in.
 REPORT_ATTRIBUTE = "_distkernel_report"
@@ -44,6 +48,8 @@ class Report(NamedTuple):
     pid: int
     stdout: str
     stderr: str
+    bytes_in: int = 0  # an estimate (``size_of``) of the arguments
+    bytes_out: int = 0  # and of the results
 
 
 class _TaskStreams(io.TextIOBase):
@@ -119,12 +125,14 @@ def traced(function: Callable[..., Any], num_returns: int,
         async def run_async(*args: Any, **kwargs: Any) -> Any:
             if setup is not None:
                 setup()
-            call = _begin(kwargs)
+            call = _begin(args, kwargs)
             try:
                 value = await function(*args, **kwargs)
             except BaseException as exc:
-                _failed(exc, call)
-                raise
+                failed = _failed(exc, call)
+                if failed is exc:
+                    raise
+                raise failed from exc
             finally:
                 _end(call)
             return _returned(value, call, num_returns, function)
@@ -135,12 +143,14 @@ def traced(function: Callable[..., Any], num_returns: int,
     def run(*args: Any, **kwargs: Any) -> Any:
         if setup is not None:
             setup()
-        call = _begin(kwargs)
+        call = _begin(args, kwargs)
         try:
             value = function(*args, **kwargs)
         except BaseException as exc:
-            _failed(exc, call)
-            raise
+            failed = _failed(exc, call)
+            if failed is exc:
+                raise
+            raise failed from exc
         finally:
             _end(call)
         return _returned(value, call, num_returns, function)
@@ -169,15 +179,37 @@ class _Call(NamedTuple):
     buffers: dict[str, list[str]]
     token: contextvars.Token[Any]
     started: float
+    bytes_in: int
 
 
-def _begin(kwargs: dict[str, Any]) -> _Call:
+def _begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
     registry = kwargs.pop(REGISTRY_KEYWORD, None)
     if registry is not None:
         _use_registry(registry)
     _capture_streams()
     buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
-    return _Call(buffers, _buffers.set(buffers), time.time())
+    return _Call(buffers, _buffers.set(buffers), time.time(), size_of(args) + size_of(kwargs))
+
+
+#: How many items of a container ``size_of`` looks at (the rest are not counted).
+SIZED_ITEMS = 1000
+
+
+def size_of(value: Any, depth: int = 3) -> int:
+    """About how many bytes ``value`` takes to send, without pickling it: the buffers of
+    arrays, bytes and strings exactly, containers by their items (to ``depth`` levels,
+    SIZED_ITEMS each), anything else by its own size in memory."""
+    nbytes = getattr(value, "nbytes", None)  # numpy arrays, memoryviews, arrow buffers
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if depth and isinstance(value, (list, tuple, set, frozenset)):
+        return sum(size_of(item, depth - 1) for item in itertools.islice(value, SIZED_ITEMS))
+    if depth and isinstance(value, dict):
+        return sum(size_of(key, depth - 1) + size_of(item, depth - 1)
+                   for key, item in itertools.islice(value.items(), SIZED_ITEMS))
+    return sys.getsizeof(value, 0)
 
 
 _registered: dict[str, Any] = {"data": b"", "classes": []}
@@ -204,23 +236,104 @@ def _end(call: _Call) -> None:
     _buffers.reset(call.token)
 
 
-def _failed(exc: BaseException, call: _Call) -> None:
+class CarriedError(Exception):
+    """An exception Ray's pickler cannot bring back (its constructor does not take its
+    ``args``, a common pattern), carried as our pickler wrote it; the driver unpacks it
+    (``errors.translated``), so that it is raised as the task raised it."""
+
+    def __init__(self, data: bytes, text: str) -> None:
+        super().__init__(data, text)
+        self.data = data
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+def _failed(exc: BaseException, call: _Call) -> BaseException:
+    """The exception to raise for ``exc``, with its report attached."""
+    exc = _travelling(exc)
     try:
         setattr(exc, REPORT_ATTRIBUTE, _report(call))
     except Exception:  # noqa: BLE001 - an exception that takes no attributes
         pass
+    return exc
+
+
+def _travelling(exc: BaseException) -> BaseException:
+    """``exc`` if Ray can pickle it and bring it back, else it as a ``CarriedError``.
+
+    Pickled by Ray's own cloudpickle, which made the notebook's classes in this worker:
+    the driver then gets its own exception class back, not a copy of it."""
+    from ray import cloudpickle
+
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: Ray's own handling
+        return exc
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any failure: rebuilt from its state instead
+        pass
+    from distkernel.core.exceptions import exception_text
+    from distkernel.store.serialization import rebuildable
+
+    text = exception_text(exc)
+    for carried in (rebuildable(exc), RuntimeError(f"{type(exc).__module__}.{text}")):
+        try:
+            data = cloudpickle.dumps(carried)
+            cloudpickle.loads(data)
+            return CarriedError(data, text)
+        except Exception:  # noqa: BLE001 - the next, sturdier way
+            continue
+    return RuntimeError(text)
 
 
 def _returned(value: Any, call: _Call, num_returns: int, function: Any) -> Any:
-    report = _report(call)
     if num_returns == 1:
-        return value, report
+        return _checked(value), _report(call, size_of(value))
     values = tuple(value)
     if len(values) != num_returns:
         name = getattr(function, "__qualname__", "the task")
         msg = f"{name} has num_returns={num_returns} but returned {len(values)} values"
         raise ValueError(msg)
-    return (*values, report)
+    return (*(_checked(each) for each in values), _report(call, size_of(values)))
+
+
+def _checked(value: Any) -> Any:
+    """A result as Ray will send it: plain data and arrays as they are, anything else in
+    a ``_Checked`` (so that a result which cannot be pickled raises our
+    SerializationError, naming the member, as on the local engine)."""
+    if plain_data(value) or type(value).__module__ == "numpy":
+        return value
+    return _Checked(value)
+
+
+class _Checked:
+    """Pickles its value itself, within Ray's pickling of the result (whose hooks for
+    refs apply), with its buffers left out of band: no copy is added. Unpickles as the
+    value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from ray import cloudpickle
+
+        from distkernel.store.serializability import explain_failure
+
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            data = cloudpickle.dumps(self.value, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:  # noqa: BLE001 - named, with the fixes
+            raise explain_failure(self.value, exc) from None
+        return (_unpickled, (data, *buffers))
+
+
+def _unpickled(data: bytes, *buffers: Any) -> Any:
+    from ray import cloudpickle
+
+    return cloudpickle.loads(data, buffers=buffers)
 
 
 def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any,
@@ -257,6 +370,7 @@ def _describe(self: Any, options: Any) -> tuple[Any, frozenset[str]]:
     return options, getattr(type(self), TRACED)
 
 
-def _report(call: _Call) -> Report:
+def _report(call: _Call, bytes_out: int = 0) -> Report:
     return Report(call.started, time.time(), _node_id(), os.getpid(),
-                  "".join(call.buffers["stdout"]), "".join(call.buffers["stderr"]))
+                  "".join(call.buffers["stdout"]), "".join(call.buffers["stderr"]),
+                  call.bytes_in, bytes_out)
