@@ -119,6 +119,7 @@ def test_kill_fails_pending_and_later_calls(cluster):
     assert wait_until(lambda: not process_alive(pid))
 
 
+@pytest.mark.local_only("Ray's message for an actor's death names no exit code")
 def test_crash_names_class_pid_and_exit(cluster):
     counter = Counter.remote()
     pid = dk.get(counter.pid.remote())
@@ -131,6 +132,7 @@ def test_crash_names_class_pid_and_exit(cluster):
     assert dk.get(dk.remote(lambda: "pool fine").remote()) == "pool fine"
 
 
+@pytest.mark.local_only("Ray's message for an actor's death names no signal")
 def test_signal_death_is_named(cluster):
     counter = Counter.remote()
     pid = dk.get(counter.pid.remote())
@@ -139,6 +141,8 @@ def test_signal_death_is_named(cluster):
         dk.get(counter.add.remote(), timeout=10)
 
 
+@pytest.mark.local_only("Ray fails a call made while its actor restarts (unless "
+                        "max_task_retries is set); the local engine runs it once the actor is back")
 def test_restart_from_constructor(cluster):
     counter = Counter.options(max_restarts=1).remote(5)
     first_pid = dk.get(counter.pid.remote())
@@ -215,6 +219,7 @@ def test_detached_actor_outlives_its_handles_until_killed(cluster):
         dk.get_actor("keeper")
 
 
+@pytest.mark.local_only("its 0.9 s deadline is shorter than a Ray worker's start")
 def test_waiting_call_does_not_block_other_callers(cluster):
     counter = Counter.remote()
 
@@ -280,6 +285,7 @@ def _three_rounds(item):
     return answers, time.monotonic() - started
 
 
+@pytest.mark.local_only("times calls against a 0.2 s nap: a Ray actor's start takes longer")
 def test_seed_cup_with_spoon_ref_local_spoon_and_leborn(cluster):
     answers, took = _three_rounds(dk.put(Spoon()))
     assert answers == [False, False, True] and took >= 3 * NAP

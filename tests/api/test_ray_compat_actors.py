@@ -78,6 +78,7 @@ def test_ready_call_is_true_once_the_actor_is_up(cluster):
     assert ray.get(box.get.remote()) == 5
 
 
+@pytest.mark.local_only("exit_actor() is not yet mapped onto Ray's ray.actor.exit_actor()")
 def test_exit_actor_ends_the_actor_after_the_call(cluster):
     box = Box.remote()
     assert ray.get(box.stop.remote()) is None
@@ -143,6 +144,7 @@ def test_get_actor_works_inside_tasks(cluster):
     ray.kill(keep)
 
 
+@pytest.mark.local_only("the ids in the runtime context are Ray's own on Ray")
 def test_actor_ids_in_the_runtime_context(cluster):
     box = Box.remote()
     actor_id, task_id = ray.get(box.whoami.remote())

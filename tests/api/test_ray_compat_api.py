@@ -322,6 +322,7 @@ def test_arguments_are_checked_inside_tasks_too(cluster):
     assert "too many positional arguments" in ray.get(caller.remote())
 
 
+@pytest.mark.local_only("counts the local front's reads of a signature")
 def test_the_signature_is_found_once_per_function_not_per_call(cluster, monkeypatch):
     @ray.remote
     def three(a, b, c=0):
@@ -390,6 +391,7 @@ def test_scheduling_strategy_hints_run(cluster, strategy):
     assert ray.get(one.options(scheduling_strategy=strategy).remote(2)) == 2
 
 
+@pytest.mark.local_only("on Ray these options are Ray's own")
 def test_options_that_need_a_ray_cluster_are_refused_with_the_alternative(cluster):
     with pytest.raises(ValueError, match="one node"):
         one.options(scheduling_strategy="NODE_AFFINITY")
@@ -486,6 +488,7 @@ def test_small_arrays_are_64_byte_aligned_in_the_driver(cluster, array):
     np.testing.assert_array_equal(made, array)
 
 
+@pytest.mark.local_only("the local store's alignment; Ray aligns as Ray does")
 def test_small_arrays_are_64_byte_aligned_in_workers(cluster):
     seen = ray.get(alignment.remote(SMALL_ARRAYS))  # inside the arguments
     assert seen == [(0, False)] * len(SMALL_ARRAYS)
@@ -495,6 +498,7 @@ def test_small_arrays_are_64_byte_aligned_in_workers(cluster):
 
 # -- names Ray users reach for -----------------------------------------------------------------
 
+@pytest.mark.local_only("the ids in the runtime context are Ray's own on Ray")
 def test_runtime_context_in_the_driver_and_in_tasks(cluster):
     @ray.remote
     def where():

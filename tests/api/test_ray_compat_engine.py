@@ -108,6 +108,7 @@ def test_an_actor_that_asks_for_a_cpu_holds_it_while_it_lives():
     assert overlap(*ray.get([span.remote(0.3), span.remote(0.3)]))  # both CPUs again
 
 
+@pytest.mark.local_only('Ray keeps an infeasible task waiting for a node that fits')
 def test_asking_for_more_than_the_cluster_has_fails_at_the_call(cluster):
     with pytest.raises(ValueError, match="needs 8 CPUs and the cluster has 2"):
         span.options(num_cpus=8).remote(0)
@@ -203,6 +204,7 @@ def test_a_running_async_call_can_be_cancelled_and_the_actor_lives_on(cluster):
     assert ray.get(sleeper.sleep.remote(0)) == "woke"
 
 
+@pytest.mark.local_only('concurrency groups are not yet passed to Ray')
 def test_a_concurrency_group_of_one_runs_its_calls_one_at_a_time(cluster):
     @ray.remote(concurrency_groups={"serial": 1}, max_concurrency=4)
     class Service:
@@ -223,6 +225,7 @@ def test_a_concurrency_group_of_one_runs_its_calls_one_at_a_time(cluster):
     assert overlap(*ray.get([service.work.remote(0.3) for _ in range(2)]))
 
 
+@pytest.mark.local_only("exit_actor() is not yet mapped onto Ray's ray.actor.exit_actor()")
 def test_exit_actor_is_not_restarted(cluster):
     @ray.remote(max_restarts=3)
     class Quitter:

@@ -260,6 +260,7 @@ def test_every_line_printed_by_tasks_arrives_one_by_one_or_in_a_burst(cluster, c
     assert wait_until(all_lines_seen, timeout=10), (missing()[:10], "".join(errors)[-3000:])
 
 
+@pytest.mark.local_only("the local pool's workers and store (Ray's: tests/backends/ray)")
 def test_status_reports_workers_and_store(cluster):
     dk.get(add.remote(1))
     ref = dk.put(b"x" * 200_000)
@@ -332,6 +333,7 @@ def _count_load(path):
     return CountsUnpickling(path)
 
 
+@pytest.mark.local_only("counts the local pool's worker processes")
 def test_function_is_shipped_and_unpickled_once_per_worker(cluster, tmp_path):
     log = tmp_path / "loads.txt"
     marker = CountsUnpickling(str(log))

@@ -192,9 +192,10 @@ except ValueError:
     pass
 counter, echo = Counter.remote(), Echo.remote()
 assert dk.get([counter.add.remote(1), counter.add.remote(2), echo.ping.remote(5)]) == [1, 3, 5]
-second = {r.name: r for r in settled("In [2]", 4)}
+second = {r.name: r for r in settled("In [2]", 6)}   # with the two actors' creations
 assert second["boom"].status == "failed" and "ValueError: boom" in second["boom"].error, second
 assert second["Counter.add"].kind == "actor_method" and second["Echo.ping"].status == "finished"
+assert second["Counter"].kind == "actor_create" and second["Echo"].status == "finished", second
 
 with lock:
     by_stream = {s: sorted(t for _, tag, stream, t in written if tag == "In [1]" and stream == s)
@@ -207,7 +208,7 @@ assert ("In [2]", "about to fail\\n") in later, "a failed task's output goes to 
 assert {("In [2]", "adding 1\\n"), ("In [2]", "adding 2\\n"), ("In [2]", "ping 5\\n")} <= set(later)
 
 status = dk.status()["counters"]
-assert (status["submitted"], status["finished"], status["failed"]) == (8, 7, 1), status
+assert (status["submitted"], status["finished"], status["failed"]) == (10, 9, 1), status
 
 cell[0] = "In [3]"   # interrupting this cell cancels its tasks, as on the local engine
 naps = [nap.remote(30) for _ in range(3)]

@@ -1,0 +1,73 @@
+"""The API tests run on both engines: ``cluster`` is a two-CPU local cluster, and, when
+ray is installed, a driver joined to a two-CPU Ray cluster started once for the run
+(``tests/backends/ray/cluster_server.py``). A test that exercises what only the local
+engine has (worker processes of its own, its store's limits) is marked
+``@pytest.mark.local_only("why")`` and is skipped on Ray with that reason."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import distkernel as dk
+
+ENGINES = ["local"] + (["ray"] if importlib.util.find_spec("ray") is not None else [])
+ROOT = Path(__file__).resolve().parents[2]
+#: How long the Ray cluster may take to start (seconds).
+RAY_START = 120
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "local_only(reason): the test needs the local engine")
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[str]:
+    """"local", or the address of this run's own Ray cluster, which the process joins
+    once (before any test's leak check looks): each test's init() uses that connection,
+    and its shutdown() ends only that test's tasks and actors."""
+    if request.param == "local":
+        yield "local"
+        return
+    import ray
+    address_file = tmp_path_factory.mktemp("ray") / "address"
+    server = subprocess.Popen([sys.executable, "-m", "tests.backends.ray.cluster_server",
+                               str(address_file)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + RAY_START
+        while not address_file.exists():
+            assert server.poll() is None, f"the Ray cluster did not start ({server.returncode})"
+            assert time.monotonic() < deadline, "the Ray cluster did not start in time"
+            time.sleep(0.1)
+        ray.init(address=address_file.read_text(), include_dashboard=False, log_to_driver=False)
+        yield address_file.read_text()
+        ray.shutdown()
+    finally:
+        started = psutil.Process(server.pid).children(recursive=True)
+        server.terminate()  # the cluster stops every process it started
+        server.wait(60)
+        left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        for process in left:
+            os.kill(process.pid, 9)
+        assert not left, f"the Ray cluster left processes running: {left}"
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, engine: str) -> Iterator[dk.ClusterInfo]:
+    """A fresh two-CPU cluster on ``engine``."""
+    marker = request.node.get_closest_marker("local_only")
+    if engine != "local" and marker is not None:
+        pytest.skip(f"local engine only: {marker.args[0]}")
+    info = dk.init(2) if engine == "local" else dk.init(address=engine)
+    yield info
+    dk.shutdown()
