@@ -221,6 +221,22 @@ for ref in naps:
         pass
     else:
         raise AssertionError("a task of the interrupted cell went on")
+
+cell[0] = "In [4]"   # tasks that tasks submit: recorded, and their output, under this cell
+
+@dk.remote
+def parent(n):
+    print("parent starts")
+    return sum(dk.get([hello.remote(i) for i in range(n)]))
+
+assert dk.get(parent.remote(2)) == 1
+fourth = settled("In [4]", 3)
+assert sorted(r.name for r in fourth) == ["hello", "hello", "parent"], fourth
+assert all(r.status == "finished" and r.worker_id == 1 for r in fourth), fourth
+with lock:
+    nested_out = sorted(t for _, tag, stream, t in written if tag == "In [4]")
+assert nested_out == ["careful 0\\n", "careful 1\\n", "hello 0\\n", "hello 1\\n",
+                      "parent starts\\n"], written
 dk.shutdown()
 print("records ok")
 """

@@ -13,8 +13,9 @@ A process connected to Ray already (its own ``ray.init``, or a Ray worker) keeps
 connection: ``shutdown()`` then ends this engine's tasks and actors, as Ray does for a
 driver that leaves, and stays connected.
 
-Not in this engine yet: bytes in / out in the records, and the records of tasks that
-tasks submit.
+Tasks submitted inside a task are recorded in that worker; those that ended by the time
+their parent did travel in its report, and the driver files them, with their output,
+under the parent's cell.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class _Actor:
     traced: frozenset[str]
     made_here: bool = False  # by this engine's create_actor, not found by name
     detached: bool = False
-    methods: dict[tuple[str, int], Any] = dataclasses.field(default_factory=dict)
+    methods: dict[tuple[str, int, str], Any] = dataclasses.field(default_factory=dict)
     registry: bytes | None = None
 
 
@@ -97,11 +98,12 @@ class RayEngine(Engine):
         self._held: dict[str, Any] = {}  # our id -> Ray ObjectRef or actor handle
         self._counts: Counter[str] = Counter()  # our id -> our refs alive
         self._functions: dict[tuple[str, int], Any] = {}  # (hash, num_returns) -> traced
-        self._classes: dict[str, Any] = {}  # class hash -> Ray actor class
+        # (class hash, concurrency groups) -> Ray actor class, and its traced methods
+        self._classes: dict[tuple[str, Any], Any] = {}
         self._actors: dict[str, _Actor] = {}  # our id of an actor -> what calls to it need
         # Ray's remote functions made with options, kept (see _function_with).
         self._optioned: OrderedDict[tuple[str, TaskOptions], Any] = OrderedDict()
-        self._book = TaskBook(settings.log_to_driver)
+        self._book = TaskBook(settings.log_to_driver, in_task=in_task)
         self._registry_version = -1  # of our serializer registry, as last given to Ray
         self._registered: list[type] = []
         self._registry_data: bytes | None = None
@@ -221,10 +223,14 @@ class RayEngine(Engine):
                     else _Actor("actor", frozenset())
             name, kind = f"{actor.class_name}.{method}", "actor_method"
             reports = method in actor.traced
-            remote = actor.methods.get((method, count))
+            group = options.concurrency_group
+            remote = actor.methods.get((method, count, group))
             if remote is None:  # Ray's .options() costs tens of µs: once per method
-                remote = actor.methods[(method, count)] = \
-                    getattr(handle, method).options(num_returns=count + reports)
+                method_options: dict[str, Any] = {"num_returns": count + reports}
+                if group:
+                    method_options["concurrency_group"] = group
+                remote = actor.methods[(method, count, group)] = \
+                    getattr(handle, method).options(**method_options)
         else:
             name, kind, reports = options.name or function.name, options.kind, True
             remote, actor = self._function_with(function, options), None
@@ -241,7 +247,8 @@ class RayEngine(Engine):
                 args, kwargs, f"{name}.remote(...)")) from None
         made = list(made) if isinstance(made, list) else [made]
         report = made.pop() if reports else None
-        self._book.submitted(name, kind, made[0], report)  # type: ignore[arg-type]
+        task_id = self._book.submitted(name, kind, made[0], report)  # type: ignore[arg-type]
+        runner.submitted_here(task_id)  # inside a task: its report will carry this one
         return [self._ours(ray_ref) for ray_ref in made]
 
     def _sync_registry(self) -> bytes | None:
@@ -309,12 +316,15 @@ class RayEngine(Engine):
 
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                      options: ActorOptions) -> ObjectRef:
-        actor_class = self._classes.get(cls.function_hash)
+        key = (cls.function_hash, options.concurrency_groups)
+        actor_class = self._classes.get(key)
         if actor_class is None:
             traced = runner.traced_class(pickle.loads(cls.data), options.methods, options,
                                          attach_in_task)
-            actor_class = self._classes[cls.function_hash] = (
-                self._ray.remote(traced), getattr(traced, runner.TRACED))
+            groups = dict(options.concurrency_groups)  # Ray takes them here, not in options()
+            made = (self._ray.remote(concurrency_groups=groups)(traced)  # type: ignore[call-overload]
+                    if groups else self._ray.remote(traced))
+            actor_class = self._classes[key] = (made, getattr(traced, runner.TRACED))
         call_args, call_kwargs = self._arguments(args, kwargs)
         self._sync_registry()
         try:
@@ -337,8 +347,9 @@ class RayEngine(Engine):
         self._actors[ours.hex()] = _Actor(options.class_name, actor_class[1], made_here=True,
                                           detached=options.detached)
         # Its record ends when the actor is ready (its constructor ran, or failed).
-        self._book.submitted(options.class_name, "actor_create", handle.__ray_ready__.remote(),
-                             None)
+        task_id = self._book.submitted(options.class_name, "actor_create",
+                                       handle.__ray_ready__.remote(), None)
+        runner.submitted_here(task_id)
         return ours
 
     def named_actor(self, name: str,
@@ -611,6 +622,7 @@ def attach_in_task() -> RayEngine:
         settings = config.ClusterSettings(0, 0, namespace=ray.get_runtime_context().namespace)
         engine = RayEngine(settings, "", in_task=True)
         context.set_worker(engine)  # type: ignore[arg-type]
+        runner.take_nested = engine._book.take_nested
     return engine
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import Counter
-from typing import Any
+from collections import Counter, OrderedDict
+from typing import Any, NamedTuple
 
 from distkernel.backends.base import CellSource, OutputHandler, print_output
 from distkernel.backends.ray.runner import REPORT_ATTRIBUTE, Report
@@ -28,10 +28,38 @@ WATCH_BATCH = 1000
 WATCH_PERIOD = 0.05
 
 
-class TaskBook:
-    """Records, cells and output of the tasks this process sent to Ray (thread-safe)."""
+class NestedRecord(NamedTuple):
+    """A task submitted inside a task, as its parent's report carries it to the driver."""
 
-    def __init__(self, log_to_driver: bool) -> None:
+    name: str
+    kind: TaskKind
+    submitted: float
+    started: float | None
+    finished: float | None
+    status: str
+    bytes_in: int
+    bytes_out: int
+    error: str | None
+    node_id: str
+    stdout: str
+    stderr: str
+
+
+#: How many ended tasks a worker keeps for parents' reports (those whose parent ended
+#: first are never taken: the oldest go).
+KEPT_NESTED = 10_000
+
+
+class TaskBook:
+    """Records, cells and output of the tasks this process sent to Ray (thread-safe).
+
+    In the driver, an ended task's output goes to the output handler. In a Ray worker
+    (``in_task``), where tasks submit tasks, it is kept with the record instead, for the
+    report of the call that submitted it (``take_nested``): the driver then files both
+    under that call's cell.
+    """
+
+    def __init__(self, log_to_driver: bool, *, in_task: bool = False) -> None:
         self._lock = threading.Lock()
         self._log_to_driver = log_to_driver
         self.history = Timeline(config.TIMELINE_CAPACITY)
@@ -43,6 +71,8 @@ class TaskBook:
         self.tag_source: CellSource | None = None
         self.output_handler: OutputHandler = print_output
         self.closed = False
+        self._in_task = in_task
+        self._kept: OrderedDict[str, list[NestedRecord]] = OrderedDict()
         # Ray ref of a task's report -> its id; or of its result (an untraced call), which
         # is never fetched: it may be large, and its readiness is all the record needs.
         self._watched: dict[Any, tuple[str, bool]] = {}
@@ -181,17 +211,72 @@ class TaskBook:
         record.worker_id = node
         record.error = None if error is None else _error_text(error)
         record.status = status  # type: ignore[assignment]
+        if self._in_task:
+            self._keep(task_id, record, report)
+            return
+        if report is not None and report.nested:
+            self._file_nested(task_id, report.nested)
         if report is not None and self._log_to_driver and not self.closed:
             self._deliver(node or 0, task_id, report)
 
+    def _keep(self, task_id: str, record: TaskRecord, report: Report | None) -> None:
+        """In a worker: the ended task, with its output and its own nested ones, for its
+        parent's report."""
+        ended = NestedRecord(
+            record.name, record.kind, record.submitted, record.started, record.finished,
+            record.status, record.bytes_in, record.bytes_out, record.error,
+            report.node_id if report is not None else "",
+            report.stdout if report is not None else "",
+            report.stderr if report is not None else "")
+        with self._lock:
+            self._kept[task_id] = [ended, *(report.nested if report is not None else ())]
+            while len(self._kept) > KEPT_NESTED:
+                self._kept.popitem(last=False)
+
+    def take_nested(self, task_ids: list[str]) -> tuple[NestedRecord, ...]:
+        """The records of these tasks (a call's children) that have ended, and of the tasks
+        they submitted, taken out (a worker, as the call ends)."""
+        try:
+            self.catch_up()
+        except Exception:  # noqa: BLE001 - Ray unavailable: what was kept is still sent
+            pass
+        with self._lock:
+            taken = [self._kept.pop(t, []) for t in task_ids]
+        return tuple(record for each in taken for record in each)
+
+    def _file_nested(self, parent_id: str, nested: tuple[NestedRecord, ...]) -> None:
+        """The driver: tasks a task submitted, filed as records of the parent's cell, their
+        output delivered there."""
+        cell = self.cell_of(parent_id)
+        for each in nested:
+            task_id = new_id()
+            node = self.node_index(each.node_id) if each.node_id else None
+            record = TaskRecord(task_id, each.name, each.kind, node, each.submitted,
+                                each.started, each.finished, each.status,  # type: ignore[arg-type]
+                                each.bytes_in, each.bytes_out, each.error)
+            with self._lock:
+                self.counts["submitted"] += 1
+                self.counts[each.status] += 1
+                if cell is not None:
+                    self._tags.remember(task_id, cell)
+            self.history.add(record)
+            if cell is not None:
+                self.cells.add(cell, record, opens=False)
+            if self._log_to_driver and not self.closed:
+                for stream, text in (("stdout", each.stdout), ("stderr", each.stderr)):
+                    if text:
+                        self._write(node or 0, task_id, stream, text)
+
     def _deliver(self, node: int, task_id: str, report: Report) -> None:
-        write = self.output_handler
         for stream, text in (("stdout", report.stdout), ("stderr", report.stderr)):
             if text:
-                try:
-                    write(node, task_id, stream, text)
-                except Exception:  # noqa: BLE001 - a broken handler must not stop Ray's thread
-                    pass
+                self._write(node, task_id, stream, text)
+
+    def _write(self, node: int, task_id: str, stream: str, text: str) -> None:
+        try:
+            self.output_handler(node, task_id, stream, text)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - a broken handler must not stop Ray's thread
+            pass
 
     # -- what the front asks -----------------------------------------------------------------
 

@@ -50,6 +50,9 @@ class Report(NamedTuple):
     stderr: str
     bytes_in: int = 0  # an estimate (``size_of``) of the arguments
     bytes_out: int = 0  # and of the results
+    # The tasks it submitted that had ended by the time it did (``records.NestedRecord``s,
+    # theirs included): the driver files them under the cell of this one.
+    nested: tuple[Any, ...] = ()
 
 
 class _TaskStreams(io.TextIOBase):
@@ -88,8 +91,20 @@ class _TaskStreams(io.TextIOBase):
         return int(self._original.fileno())
 
 
+#: What the running call collects: its output by stream, and under "children" the ids of
+#: the tasks it submits.
 _buffers: contextvars.ContextVar[dict[str, list[str]] | None] = contextvars.ContextVar(
     "distkernel_task_output", default=None)
+#: In a worker, what becomes of a call's children (the ids in "children") once it ends:
+#: the records of those that ended, taken from this worker's engine (set when it starts).
+take_nested: Callable[[list[str]], tuple[Any, ...]] | None = None
+
+
+def submitted_here(task_id: str) -> None:
+    """A task was submitted by the call running now, if any (its report lists it)."""
+    buffers = _buffers.get()
+    if buffers is not None:
+        buffers["children"].append(task_id)
 _install_lock = threading.Lock()
 
 
@@ -187,7 +202,7 @@ def _begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
     if registry is not None:
         _use_registry(registry)
     _capture_streams()
-    buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    buffers: dict[str, list[str]] = {"stdout": [], "stderr": [], "children": []}
     return _Call(buffers, _buffers.set(buffers), time.time(), size_of(args) + size_of(kwargs))
 
 
@@ -371,6 +386,8 @@ def _describe(self: Any, options: Any) -> tuple[Any, frozenset[str]]:
 
 
 def _report(call: _Call, bytes_out: int = 0) -> Report:
+    children = call.buffers["children"]
+    nested = take_nested(children) if children and take_nested is not None else ()
     return Report(call.started, time.time(), _node_id(), os.getpid(),
                   "".join(call.buffers["stdout"]), "".join(call.buffers["stderr"]),
-                  call.bytes_in, bytes_out)
+                  call.bytes_in, bytes_out, nested)
