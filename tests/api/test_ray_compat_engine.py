@@ -204,7 +204,6 @@ def test_a_running_async_call_can_be_cancelled_and_the_actor_lives_on(cluster):
     assert ray.get(sleeper.sleep.remote(0)) == "woke"
 
 
-@pytest.mark.local_only('concurrency groups are not yet passed to Ray')
 def test_a_concurrency_group_of_one_runs_its_calls_one_at_a_time(cluster):
     @ray.remote(concurrency_groups={"serial": 1}, max_concurrency=4)
     class Service:
