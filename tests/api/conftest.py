@@ -1,5 +1,5 @@
 """The API tests run on both engines: ``cluster`` is a two-CPU local cluster, and, when
-ray is installed, a driver joined to a two-CPU Ray cluster started once for the run
+ray is installed, a driver joined to a two-CPU Ray cluster started once for these tests
 (``tests/backends/ray/cluster_server.py``). A test that exercises what only the local
 engine has (worker processes of its own, its store's limits) is marked
 ``@pytest.mark.local_only("why")`` and is skipped on Ray with that reason."""
@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "local_only(reason): the test needs the local engine")
 
 
-@pytest.fixture(scope="session", params=ENGINES)
+@pytest.fixture(scope="package", params=ENGINES)  # Ray stops once tests/api is done
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[str]:
     """"local", or the address of this run's own Ray cluster, which the process joins
