@@ -44,7 +44,7 @@ from distkernel.backends.snapshot import (
     WorkerSnapshot,
 )
 from distkernel.core import config, context, refs
-from distkernel.core.exceptions import DistkernelError, SerializationError
+from distkernel.core.exceptions import ActorDiedError, DistkernelError, SerializationError
 from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
 from distkernel.core.refs import ObjectRef
 from distkernel.core.timings import TaskRecord
@@ -217,7 +217,10 @@ class RayEngine(Engine):
             handle = self._held_as(actor_id, f"the actor {actor_id}")
             actor = self._actors.get(actor_id)
             if actor is None:  # a handle that came inside a value: the actor says what it is
-                described = self._describe(handle)
+                try:
+                    described = self._describe(handle)
+                except ActorDiedError:  # the call below fails as any call to it does
+                    described = None
                 actor = self._actors[actor_id] = \
                     _Actor(described[0].class_name, described[1]) if described is not None \
                     else _Actor("actor", frozenset())

@@ -105,6 +105,8 @@ def submitted_here(task_id: str) -> None:
     buffers = _buffers.get()
     if buffers is not None:
         buffers["children"].append(task_id)
+
+
 _install_lock = threading.Lock()
 
 
