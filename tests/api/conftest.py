@@ -41,8 +41,10 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     import ray
     address_file = tmp_path_factory.mktemp("ray") / "address"
     server = subprocess.Popen([sys.executable, "-m", "tests.backends.ray.cluster_server",
-                               str(address_file)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                               str(address_file)], cwd=ROOT, stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its input stays open while this process lives: if it ends without the teardown below
+    # (killed), the cluster shuts itself down.
     try:
         deadline = time.monotonic() + RAY_START
         while not address_file.exists():
@@ -56,6 +58,7 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         started = psutil.Process(server.pid).children(recursive=True)
         server.terminate()  # the cluster stops every process it started
         server.wait(60)
+        server.stdin.close()  # type: ignore[union-attr]
         left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         for process in left:
             os.kill(process.pid, 9)
