@@ -208,25 +208,32 @@ def _begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
     return _Call(buffers, _buffers.set(buffers), time.time(), size_of(args) + size_of(kwargs))
 
 
-#: How many items of a container ``size_of`` looks at (the rest are not counted).
+#: How many values ``size_of`` looks at in all, whatever the nesting (the rest are not
+#: counted): it runs for every call's arguments and results.
 SIZED_ITEMS = 1000
 
 
-def size_of(value: Any, depth: int = 3) -> int:
+def size_of(value: Any) -> int:
     """About how many bytes ``value`` takes to send, without pickling it: the buffers of
-    arrays, bytes and strings exactly, containers by their items (to ``depth`` levels,
-    SIZED_ITEMS each), anything else by its own size in memory."""
-    nbytes = getattr(value, "nbytes", None)  # numpy arrays, memoryviews, arrow buffers
-    if isinstance(nbytes, int):
-        return nbytes
-    if isinstance(value, (bytes, bytearray, str)):
-        return len(value)
-    if depth and isinstance(value, (list, tuple, set, frozenset)):
-        return sum(size_of(item, depth - 1) for item in itertools.islice(value, SIZED_ITEMS))
-    if depth and isinstance(value, dict):
-        return sum(size_of(key, depth - 1) + size_of(item, depth - 1)
-                   for key, item in itertools.islice(value.items(), SIZED_ITEMS))
-    return sys.getsizeof(value, 0)
+    arrays, bytes and strings exactly, containers by their items (up to SIZED_ITEMS
+    values in all), anything else by its own size in memory."""
+    total, seen, pending = 0, 0, [value]
+    while pending and seen < SIZED_ITEMS:
+        item = pending.pop()
+        seen += 1
+        nbytes = getattr(item, "nbytes", None)  # numpy arrays, memoryviews, arrow buffers
+        if isinstance(nbytes, int):
+            total += nbytes
+        elif isinstance(item, (bytes, bytearray, str)):
+            total += len(item)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend(itertools.islice(item, SIZED_ITEMS - seen))
+        elif isinstance(item, dict):
+            for key, each in itertools.islice(item.items(), SIZED_ITEMS - seen):
+                pending += (key, each)
+        else:
+            total += sys.getsizeof(item, 0)
+    return total
 
 
 _registered: dict[str, Any] = {"data": b"", "classes": []}

@@ -1,0 +1,21 @@
+"""The sizes a task's record gets on Ray (``runner.size_of``): estimated without pickling,
+and bounded in work however deep and wide the value is (it runs for every call)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distkernel.backends.ray.runner import SIZED_ITEMS, size_of
+
+
+def test_buffers_count_exactly_and_containers_by_their_items():
+    assert size_of(np.ones(1000)) == 8000
+    value = {"a": b"xy", "b": [np.zeros(10, dtype=np.uint8), "abc"]}
+    assert size_of(value) == 1 + 2 + 1 + 10 + 3  # keys, bytes, array, string
+    assert size_of(((np.ones(5),), {})) == 40
+
+
+def test_a_huge_nested_value_is_looked_at_only_so_far():
+    inner = [np.ones(1, dtype=np.uint8)] * 1000
+    huge = [[inner] * 1000] * 1000  # a billion leaves
+    assert 0 < size_of(huge) <= SIZED_ITEMS
