@@ -513,18 +513,25 @@ class RayEngine(Engine):
 
     def _actor_rows(self) -> tuple[ActorSnapshot, ...]:
         """The actors this driver holds a handle to, as Ray's actor table has them now
-        (at most ACTORS_SHOWN: one query each)."""
+        (at most ACTORS_SHOWN); a snapshot is taken every panel update, so one query."""
         from ray._private import state
 
         with self._lock:
             held = [(actor_id, actor.class_name, self._held[actor_id])
                     for actor_id, actor in self._actors.items() if actor_id in self._held]
+        try:  # this job's actors in one query; another job's (found by name) one by one
+            job = self._ray.JobID.from_hex(self._ray.get_runtime_context().get_job_id())
+            table = state.actors(job_id=job)
+        except Exception:  # noqa: BLE001 - asked one by one below
+            table = {}
         rows = []
         for actor_id, class_name, handle in held[:ACTORS_SHOWN]:
-            try:
-                row = state.actors(actor_id=handle._actor_id.hex())
-            except Exception:  # noqa: BLE001 - not known (yet, or any more): not shown
-                continue
+            row = table.get(handle._actor_id.hex())
+            if row is None:
+                try:
+                    row = state.actors(actor_id=handle._actor_id.hex())
+                except Exception:  # noqa: BLE001 - not known (yet, or any more): not shown
+                    continue
             node = row.get("Address", {}).get("NodeID")
             rows.append(ActorSnapshot(
                 actor_id, row.get("ActorClassName") or class_name, row.get("Name") or "",
