@@ -1057,3 +1057,32 @@ def test_a_dead_workers_runs_are_forgotten():
     assert sched.running_task(1) is None
     assert sched.task_of_run(1) is None
     assert seq_of(sched, t) is None
+
+
+# --- batches: one entry for several tasks (backends.local.batches) --------------------------------
+
+def test_a_batch_run_takes_one_seq_per_task_and_the_next_run_follows_them():
+    sched = booted(1)
+    batch, after = task("f+batch"), task("g")
+    assert sched.submit_plain([batch, after], {batch.task_id: 5}) == [Dispatch(1, 1, batch)]
+    assert sched.task_done(1, 1, 0.01) == [Dispatch(1, 6, after)]
+    assert sched.next_seq == 7
+
+
+def test_note_duration_teaches_how_many_runs_a_worker_may_hold():
+    sched = booted(1)
+    assert sched.depth_of("f") == 1  # not known to be short
+    sched.note_duration("f", SHORT)
+    assert sched.depth_of("f") == PREFETCH_DEPTH
+    sched.note_duration("f", LONG)
+    assert sched.depth_of("f") == 1  # one slow run makes it long again (0.7 / 0.3 average)
+
+
+def test_run_of_is_the_seq_of_a_sent_task_and_none_for_a_queued_one():
+    sched = booted(1)
+    first, second = task("a"), task("b")
+    sched.submit(first)
+    sched.submit(second)
+    assert sched.run_of(first.task_id) == 1
+    assert sched.run_of(second.task_id) is None
+    assert sched.run_of("unknown") is None

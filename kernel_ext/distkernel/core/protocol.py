@@ -162,6 +162,22 @@ class Reply:
 
 
 @message
+class RunBatch:
+    """Run several plain tasks of one function, one after the other: a loop of short
+    submissions travels as one message each way (see ``backends.local.batches``).
+
+    Member ``i`` runs as run ``seq + i`` (cancel marks and revokes address it alone);
+    it is ``template`` with its own task id, arguments and return ids.
+    """
+
+    seq: int
+    template: TaskSpec
+    members: tuple[tuple[str, Value, tuple[str, ...]], ...]  # (task_id, args, return_ids)
+    function: bytes | None = None
+    poll_after: bool = True
+
+
+@message
 class SetSerializers:
     """The driver's serializer registry, pickled, replacing the worker's."""
 
@@ -187,6 +203,20 @@ class TaskDone:
     failed: bool = False
     cancelled: bool = False
     actor_exited: bool = False  # the call ended its actor (exit_actor())
+
+
+#: One member's end in a BatchDone: (index in the batch, results or one error value,
+#: started, finished, failed, cancelled).
+MemberDone = tuple[int, tuple[Value, ...], float, float, bool, bool]
+
+
+@message
+class BatchDone:
+    """Members of the batch sent as run ``seq`` that finished; ``last``: the batch is over."""
+
+    seq: int
+    members: tuple[MemberDone, ...]
+    last: bool
 
 
 @message
@@ -340,7 +370,7 @@ class WorkerReady:
     """First message of a worker: it is up and listening."""
 
 
-WorkerMessage = Union[TaskDone, Output, Request, RefDelta, WorkerReady]
+WorkerMessage = Union[TaskDone, BatchDone, Output, Request, RefDelta, WorkerReady]
 
 
 # --- what a submission carries ---------------------------------------------------------------

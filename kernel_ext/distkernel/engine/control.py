@@ -23,6 +23,11 @@ run revoked before it even arrived is still dropped. Marks are not cleared:
 the ring holds the last ``RING`` of them, far more than the runs one worker is
 ever sent ahead. One writer (the driver, under its lock) stores whole aligned
 8-byte slots, entry before count; one reader loads count before entries.
+
+The other way, the worker stores the seq of the run it is in (0 between runs) in a
+slot of its own, one aligned store per run: when several runs travel in one message
+(``RunBatch``), the driver learns from it which one a dead worker was in, and which
+one a worker busy with a batch is running, without a message per run.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import tempfile
 import threading
 
 _SLOT = 8
-HEADER = 8  # slots: [0] marks written so far; the others are spare
+HEADER = 8  # slots: [0] marks written so far; [1] the worker's run now; the others are spare
+_RUNNING = 1
 RING = mmap.PAGESIZE // _SLOT - HEADER  # the block is one page
 SIZE = (HEADER + RING) * _SLOT
 
@@ -91,6 +97,10 @@ class ControlBlock:
         if len(self._recent) > RING:
             del self._recent[0]
 
+    def running(self) -> int:
+        """The seq of the run the worker is in (0: none), as the worker last wrote it."""
+        return self._slots[_RUNNING] if not self._map.closed else 0
+
     def close(self) -> None:
         """Unmap (the memory goes with the worker's mapping); safe to call twice."""
         self.close_fd()
@@ -100,17 +110,22 @@ class ControlBlock:
 
 
 class ControlView:
-    """The worker's side: read-only, checked before each run and by the SIGINT handler."""
+    """The worker's side: marks read before each run and by the SIGINT handler; the one
+    slot it writes says which run it is in."""
 
     def __init__(self, fd: int) -> None:
         try:
-            self._map = mmap.mmap(fd, SIZE, access=mmap.ACCESS_READ)
+            self._map = mmap.mmap(fd, SIZE)
         finally:
             os.close(fd)
         self._slots = memoryview(self._map).cast("q")
         self._seen = 0
         self._marks: dict[int, int] = {}  # seq -> REVOKED / CANCELLED, not yet acted on
         self._lock = threading.Lock()  # concurrent actor calls take marks from threads
+
+    def set_running(self, seq: int) -> None:
+        """Publish the run this worker is in now (0: between runs)."""
+        self._slots[_RUNNING] = seq
 
     def take(self, seq: int, *, in_order: bool = True) -> int:
         """The mark of a run about to start (0 if none), forgetting it.

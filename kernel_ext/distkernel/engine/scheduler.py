@@ -249,16 +249,38 @@ class Scheduler:
             return []
         return self._dispatch()
 
-    def submit_plain(self, specs: Sequence[TaskSpec]) -> list[Instruction]:
+    def submit_plain(self, specs: Sequence[TaskSpec],
+                     sizes: Mapping[str, int] | None = None) -> list[Instruction]:
         """Track tasks submitted together that each need one CPU and nothing else: no
-        actor, no pinned worker, no ref arguments (so they wait for nothing)."""
+        actor, no pinned worker, no ref arguments (so they wait for nothing).
+
+        ``sizes``: the tasks that are batches of several (task id -> how many); a run of
+        one takes as many seqs, one for each of its tasks.
+        """
         tasks, queue = self.tasks, self.queue
         for spec in specs:
             self._submitted += 1
             tasks[spec.task_id] = TaskState(spec, _NOT_WAITING, spec.max_retries, None, None,
                                             False, "driver", self._submitted, ONE_CPU)
             queue.append(spec.task_id)
+        for task_id, size in (sizes or {}).items():
+            tasks[task_id].seqs = size
         return self._dispatch()
+
+    def depth_of(self, function_hash: str) -> int:
+        """How many runs of this function a worker may hold (1: not known to be short)."""
+        return self._depths.get(function_hash, 1)
+
+    def note_duration(self, function_hash: str, duration: float) -> None:
+        """A run of this function took ``duration`` seconds: update its typical time."""
+        typical = 0.7 * self._durations.get(function_hash, duration) + 0.3 * duration
+        self._durations[function_hash] = typical
+        self._depths[function_hash] = prefetch_depth(typical)
+
+    def run_of(self, task_id: str) -> int | None:
+        """The seq of the task's run now (None: not sent to a worker)."""
+        task = self.tasks.get(task_id)
+        return task.seq if task is not None else None
 
     def infeasible(self, needs: Needs) -> str | None:
         """Why a task or actor asking for ``needs`` can never run here, or None."""
@@ -341,10 +363,7 @@ class Scheduler:
             del self.tasks[task.spec.task_id]
             self._let_go(task)
             if duration is not None:
-                function_hash = task.spec.function_hash
-                typical = 0.7 * self._durations.get(function_hash, duration) + 0.3 * duration
-                self._durations[function_hash] = typical
-                self._depths[function_hash] = prefetch_depth(typical)
+                self.note_duration(task.spec.function_hash, duration)
         worker = self.workers.get(worker_id)
         out: list[Instruction] = []
         if worker is not None and seq in worker.assigned:
@@ -565,7 +584,7 @@ class Scheduler:
     def _assign(self, worker: WorkerState, task_id: str, *, hold: bool = True) -> Dispatch:
         task = self.tasks[task_id]
         seq = self._next_seq
-        self._next_seq += 1
+        self._next_seq += task.seqs
         task.seq, task.worker_id = seq, worker.worker_id
         if hold and task.needs:
             task.gpu_ids = self.resources.acquire(task.needs)

@@ -119,6 +119,7 @@ class TaskState:
     needs: Mapping[str, float] = NOTHING  # while it runs (resources)
     held: Mapping[str, float] = NOTHING  # what it holds right now
     gpu_ids: tuple[int, ...] = ()
+    seqs: int = 1  # seqs a run of it takes: one per task of a batch (RunBatch)
 
 
 @dataclass(slots=True)

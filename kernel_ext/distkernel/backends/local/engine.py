@@ -251,14 +251,17 @@ class LocalEngine(EngineCore, Engine):
 
     def _queue(self, spec: TaskSpec, nbytes: int, function: FunctionPayload) -> list[ObjectRef]:
         """A plain task in a burst: queued without the lock, registered with the next
-        PUMP_EVERY - 1 (or by the I/O thread once the burst ends, or by any call that
-        takes the lock first). Its refs are counted when it is registered."""
+        PUMP_EVERY - 1 (or by the I/O thread once the burst ends, woken if it waits in
+        select, or by any call that takes the lock first). Its refs are counted when it is
+        registered."""
         cell = self.tag_source() if self.tag_source is not None else None
         outputs: list[Any] = []
         with DEFERRED_SIGINT:  # queued and its refs made, or neither
             self.queued.append(QueuedTask(spec, nbytes, function, cell, time.time()))
             results = [ObjectRef.counted(i, self.cluster_id) for i in spec.return_ids]
-            if len(self.queued) >= PUMP_EVERY or self.io.reading_now():
+            if len(self.queued) == 1 and self.io.reading_now():
+                self.io.wake_reader()  # it registers them, soon
+            elif len(self.queued) >= PUMP_EVERY:
                 with self.lock:
                     self.cork()  # the runs registered and those results free: one write
                     try:
@@ -335,14 +338,14 @@ class LocalEngine(EngineCore, Engine):
             self.drain()
             task_id = self.producers.get(object_id)
             if task_id is not None:
-                self.execute(self.scheduler.cancel(task_id, force=force))
+                self.execute(self.cancel_run(task_id, force))
 
     def cancel_task(self, task_id: str, *, force: bool = False) -> bool:
         with DEFERRED_SIGINT, self.lock:
             self.drain()
-            if task_id not in self.scheduler.tasks:
+            if not self.is_unfinished(task_id):
                 return False
-            self.execute(self.scheduler.cancel(task_id, force=force))
+            self.execute(self.cancel_run(task_id, force))
             return True
 
     def resize(self, num_workers: int) -> None:
@@ -365,6 +368,11 @@ class LocalEngine(EngineCore, Engine):
                             for object_id, entry in self.store.largest(LARGEST_SHOWN))
             queued = len(scheduler.queue) + len(scheduler.special)
             running = sum(len(w.assigned) for w in scheduler.workers.values())
+            for batch in self.batches.by_id.values():  # one entry, many tasks
+                if scheduler.run_of(batch.spec.task_id) is None:
+                    queued += len(batch.pending) - 1
+                else:
+                    running += len(batch.pending) - 1
             total = tuple(scheduler.resources.capacity.items())
             available = tuple(scheduler.resources.available().items())
             counts = self.counts
@@ -381,7 +389,7 @@ class LocalEngine(EngineCore, Engine):
             queued, running, total, available, counters)
 
     def _worker_snapshot(self, worker_id: int, state: WorkerState) -> WorkerSnapshot:
-        spec = self.scheduler.running_task(worker_id)
+        spec = self.running_spec(worker_id)
         record = self.records.get(spec.task_id) if spec is not None else None
         return WorkerSnapshot(worker_id, self._pid_of(worker_id), state.state,
                               spec.name if spec else None, spec.task_id if spec else None,
@@ -421,8 +429,7 @@ class LocalEngine(EngineCore, Engine):
         with DEFERRED_SIGINT, self.lock:
             self.drain()  # the tail of a burst may still be queued
             task_ids = self.tasks_tagged(cell)
-            for task_id in task_ids:
-                self.execute(self.scheduler.cancel(task_id, force=force))
+            self.cancel_all(task_ids, force)
         return task_ids
 
     # -- checks ------------------------------------------------------------------------------
@@ -508,6 +515,7 @@ class LocalEngine(EngineCore, Engine):
                 self.memory.close()
                 self.records.clear()
                 self.producers.clear()
+                self.batches.clear()
                 self.sleepers.wake_all()
             self.space.remove_all()
             os.close(self._space_lock)

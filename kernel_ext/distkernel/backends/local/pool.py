@@ -67,10 +67,11 @@ class WorkerProcess:
         else:
             self.outbox.send(pickle.dumps(list(messages), protocol=5))
 
-    def interrupt(self, seq: int) -> None:
-        """Cancel run ``seq``: marked first, so it is dropped if it has not started, and
+    def interrupt(self, *seqs: int) -> None:
+        """Cancel runs: each marked first, so it is dropped if it has not started, and
         interrupted by SIGINT if it runs (the worker ignores a SIGINT for another run)."""
-        self.control.cancel(seq)
+        for seq in seqs:
+            self.control.cancel(seq)
         try:
             os.kill(self.pid, signal.SIGINT)
         except ProcessLookupError:

@@ -100,6 +100,7 @@ class IOLoop:
         # on this, not on the engine's lock: a caller submitting in a burst holds that
         # lock most of the time, and a thread queued on it costs each release a wake-up.
         self._turn = threading.Event()
+        self._delivering = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="distkernel-io", daemon=True)
 
     def start(self) -> None:
@@ -211,8 +212,7 @@ class IOLoop:
         Returns task output, to be delivered once the lock is released.
         """
         if self._reader is not None:  # the I/O thread reads: it must have the runs now
-            self._caller_wants_turn = True  # it steps aside after its round
-            self._core.flush_held()
+            self._ask_for_turn()
             return []
         self._pumps += 1
         if self._pumps % PUMP_EVERY:
@@ -223,8 +223,7 @@ class IOLoop:
         """``pump``'s reading and sending, now (lock held); the I/O thread, if it reads
         meanwhile, is given the held runs and steps aside after its round."""
         if self._reader is not None:
-            self._caller_wants_turn = True
-            self._core.flush_held()
+            self._ask_for_turn()
             return []
         self._released_at = time.monotonic()
         outputs = self.read_pending()
@@ -233,6 +232,24 @@ class IOLoop:
         # pump, not from the start of the call it took place in.
         self._last_pump = time.monotonic()
         return outputs
+
+    def _ask_for_turn(self) -> None:
+        """A caller submits in a burst while another thread reads (lock held): that one
+        gets the held runs now and steps aside after its round, woken at once if it waits
+        in select, so that the burst's next submissions queue (and go in batches)."""
+        self._core.flush_held()
+        self._caller_wants_turn = True
+        if self._reader == "thread":
+            self._wake()
+
+    def wake_reader(self) -> None:
+        """A caller queued a submission while another thread reads (no lock): that thread
+        steps aside after its round, woken now if it waits in select, and registers what
+        is queued when it takes the role back, READER_GRACE later, unless the caller has
+        by then. Meanwhile the burst's next submissions queue (and go in batches)."""
+        self._caller_wants_turn = True
+        if self._reader == "thread":
+            self._wake()
 
     def reading_now(self) -> bool:
         """Whether a thread selects on the sockets now: a submission queued meanwhile
@@ -324,12 +341,17 @@ class IOLoop:
             core.uncork()
 
     def deliver(self, outputs: Outputs) -> None:
-        """Pass task output on (lock released), unless init(log_to_driver=False) said not to."""
-        if not self._core.settings.log_to_driver:
+        """Pass task output on (lock released), unless init(log_to_driver=False) said not to.
+
+        One thread at a time: the I/O thread and a caller may both have read some, and an
+        output handler need not be thread-safe (two threads printing to one ``sys.stdout``
+        at once can lose lines)."""
+        if not outputs or not self._core.settings.log_to_driver:
             return
-        for worker_id, output in outputs:
-            self._guarded(self._core.output_handler, worker_id, output.task_id, output.stream,
-                          output.text)
+        with self._delivering:
+            for worker_id, output in outputs:
+                self._guarded(self._core.output_handler, worker_id, output.task_id,
+                              output.stream, output.text)
 
     def _on_event(self, data: tuple[str, int], outputs: list[tuple[int, Output]]) -> None:
         kind, worker_id = data

@@ -58,6 +58,8 @@ class RequestHost(Protocol):
 
     def add_worker_ref(self, worker_id: int, object_id: str) -> None: ...
 
+    def cancel_run(self, task_id: str, force: bool) -> list[Instruction]: ...
+
     def adopt(self, worker_id: int, value: Value) -> Value: ...
 
     def error_value_copy(self, value: Value) -> Value: ...
@@ -354,4 +356,4 @@ class RequestHandler:
         task_id = backend.producers.get(request.object_id)
         if task_id is None:
             return []
-        return backend.scheduler.cancel(task_id, force=request.force)
+        return backend.cancel_run(task_id, request.force)

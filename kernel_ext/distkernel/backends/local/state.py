@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from distkernel.backends.base import CellSource, OutputHandler
 from distkernel.backends.local import pool
 from distkernel.backends.local.actor_names import ActorNames
+from distkernel.backends.local.batches import Batch, Batches, Grouper
 from distkernel.backends.local.memory import Memory
 from distkernel.backends.local.reader import IOLoop
 from distkernel.backends.local.regions import Borrowed
@@ -41,10 +42,12 @@ from distkernel.core.exceptions import (
 from distkernel.core.interrupts import DEFERRED_SIGINT, Sleepers
 from distkernel.core.protocol import (
     ActorOptions,
+    BatchDone,
     FunctionPayload,
     InlineValue,
     RefDelta,
     Request,
+    RunBatch,
     RunTask,
     SetSerializers,
     SharedValue,
@@ -147,6 +150,7 @@ class EngineCore:
         # lock (``drain``): every PUMP_EVERY of them that caller, or the I/O thread within
         # READER_GRACE of the burst's end.
         self.queued: deque[QueuedTask] = deque()
+        self.batches = Batches()  # short tasks of a burst that run together
         self.closing = False
         self.closed = False
         self._unsettled = False  # runs ended whose freed work is not handed out yet (settle)
@@ -286,13 +290,24 @@ class EngineCore:
 
     def _tag(self, task_id: str, caller: str) -> str | None:
         if caller.startswith("worker-"):
-            parent = self.scheduler.running_task(int(caller.split("-", 1)[1]))
+            parent = self.running_spec(int(caller.split("-", 1)[1]))
             tag = self.task_tags.get(parent.task_id) if parent is not None else None
         else:
             tag = self.tag_source() if self.tag_source is not None else None
         if tag is not None:
             self.task_tags.remember(task_id, tag)
         return tag
+
+    def running_spec(self, worker_id: int,
+                     process: pool.WorkerProcess | None = None) -> TaskSpec | None:
+        """The task a worker runs now; in a batch, the member it says it is in."""
+        spec = self.scheduler.running_task(worker_id)
+        batch = self.batches.by_id.get(spec.task_id) if spec is not None and self.batches \
+            else None
+        if batch is None:
+            return spec
+        process = process or self.workers.get(worker_id)
+        return batch.member_at(process.control.running()) if process is not None else None
 
     def register_queued(self) -> None:
         """Register the submissions a caller queued without the lock (lock held): all of a
@@ -303,7 +318,8 @@ class EngineCore:
             queued.clear()
             return
         functions, producers, expect = self.functions, self.producers, self.store.expect
-        specs, records = [], []
+        records = []
+        grouper = Grouper(self.batches, self.scheduler.depth_of)
         while queued:
             task = queued.popleft()
             spec, function = task.spec, task.function
@@ -315,19 +331,77 @@ class EngineCore:
             if task.cell is not None:
                 self.task_tags.remember(spec.task_id, task.cell)
             records.append(self._record_new(spec, task.submitted, task.nbytes, task.cell, True))
-            specs.append(spec)
+            grouper.add(spec, task.cell)
+        grouper.finish()
         self.history.extend(records)
-        self.counts["submitted"] += len(specs)
+        self.counts["submitted"] += len(records)
         self._sync_registry()
         self.cork()
         try:
-            self.execute(self.scheduler.submit_plain(specs))
+            self.execute(self.scheduler.submit_plain(grouper.specs, grouper.sizes))
         finally:
             self.uncork()
 
     def tasks_tagged(self, tag: str) -> list[str]:
         """Ids of the tasks of one cell that have not finished yet."""
-        return [t for t in self.task_tags.tasks_of(tag) if t in self.scheduler.tasks]
+        tracked, members = self.scheduler.tasks, self.batches.of_member
+        return [t for t in self.task_tags.tasks_of(tag) if t in tracked or t in members]
+
+    def is_unfinished(self, task_id: str) -> bool:
+        return task_id in self.scheduler.tasks or task_id in self.batches.of_member
+
+    def cancel_run(self, task_id: str, force: bool) -> list[Instruction]:
+        """What cancelling one task takes (a batch's member: see ``_cancel_member``)."""
+        if task_id in self.batches.of_member:
+            return self._cancel_member(task_id, force)
+        return self.scheduler.cancel(task_id, force=force)
+
+    def cancel_all(self, task_ids: Sequence[str], force: bool) -> None:
+        """Cancel many tasks (a cell's): a batch whose members are among them is cancelled
+        as one run (one interrupt for all its members)."""
+        whole: dict[str, None] = {}
+        wanted = set(task_ids)
+        for task_id in task_ids:
+            batch = self.batches.of(task_id) if self.batches else None
+            if batch is None:
+                self.execute(self.scheduler.cancel(task_id, force=force))
+            elif batch.pending.keys() <= wanted:
+                whole[batch.spec.task_id] = None
+            else:
+                self.execute(self._cancel_member(task_id, force))
+        for batch_id in whole:
+            self.execute(self.scheduler.cancel(batch_id, force=force))
+
+    def _cancel_member(self, member_id: str, force: bool) -> list[Instruction]:
+        """A task that runs in a batch: if the batch is queued, it leaves it, cancelled;
+        if it was sent, its own run is marked (and interrupted, if it is the one running:
+        by SIGINT, or with ``force`` by ending the worker, as for a task of its own)."""
+        batch = self.batches.of(member_id)
+        if batch is None:
+            return []
+        if self.scheduler.run_of(batch.spec.task_id) is None:  # still queued
+            member = self.batches.member_ended(batch, member_id)
+            out = self._cancelled(member, "the task was cancelled before it ran") if member else []
+            if not batch.pending:
+                out += self.scheduler.cancel(batch.spec.task_id, force=False)
+            return out
+        seq = next(s for s in batch.member_seqs(pending_only=False)
+                   if batch.member_at(s).task_id == member_id)  # type: ignore[union-attr]
+        process = self.workers.get(self.scheduler.tasks[batch.spec.task_id].worker_id or 0)
+        if process is None or process.closed:
+            return []
+        if force and process.control.running() == seq:
+            member = self.batches.member_ended(batch, member_id)
+            out = self._cancelled(member, "the task was cancelled") if member else []
+            return [*out, KillWorker(process.worker_id)]
+        process.interrupt(seq)
+        return []
+
+    def _cancelled(self, spec: TaskSpec, why: str) -> list[Instruction]:
+        error = TaskCancelledError(f"{spec.name} was cancelled ({why}); its result will never "
+                                   f"exist")
+        return self.complete(spec, [self.error_value(error) for _ in spec.return_ids],
+                             "cancelled", str(error))
 
     def complete(self, spec: TaskSpec, values: Sequence[Value], status: str,
                  error: str | None = None, started: float | None = None,
@@ -403,9 +477,17 @@ class EngineCore:
                 f"{step.message}{tried}. The pool replaced the worker and keeps working; "
                 f"if the task itself crashes the process (a segfault, os._exit, running out of "
                 f"memory), fix it or give it more memory.")
-        values = [self.error_value(error) for _ in spec.return_ids]
         status = "cancelled" if step.reason == "cancelled" else "failed"
-        return self.complete(spec, values, status=status, error=str(error))
+        batch = self.batches.by_id.get(spec.task_id) if self.batches else None
+        if batch is None:
+            values = [self.error_value(error) for _ in spec.return_ids]
+            return self.complete(spec, values, status=status, error=str(error))
+        self.batches.over(batch)  # each member ends as a task of its own would
+        out: list[Instruction] = []
+        for member in batch.pending.values():
+            values = [self.error_value(error) for _ in member.return_ids]
+            out += self.complete(member, values, status=status, error=str(error))
+        return out
 
     # -- instructions ------------------------------------------------------------------------
 
@@ -429,9 +511,13 @@ class EngineCore:
                 if process is None or process.closed:
                     continue
                 if isinstance(step, InterruptWorker):  # no message: a busy worker reads none
-                    process.interrupt(step.seq)
+                    batch = self.batches.by_seq.get(step.seq) if self.batches else None
+                    if batch is None:
+                        process.interrupt(step.seq)
+                    else:
+                        process.interrupt(*batch.member_seqs(pending_only=True))
                 elif isinstance(step, Revoke):
-                    process.revoke(step.seqs)
+                    process.revoke(self._member_seqs(step.seqs))
                 else:
                     pool.kill(process)
 
@@ -488,15 +574,50 @@ class EngineCore:
         self.workers[worker_id] = process
         self.io.watch(process)
 
+    def _member_seqs(self, seqs: tuple[int, ...]) -> tuple[int, ...]:
+        """Runs' seqs, each batch's standing for those of all its members."""
+        if not self.batches:
+            return seqs
+        found: list[int] = []
+        for seq in seqs:
+            batch = self.batches.by_seq.get(seq)
+            found.extend(batch.member_seqs(pending_only=False) if batch else (seq,))
+        return tuple(found)
+
+    def _function_for(self, process: pool.WorkerProcess, function_hash: str) -> bytes | None:
+        """The pickled function, the first time this worker runs it."""
+        if not function_hash or function_hash in process.functions:
+            return None
+        process.functions.add(function_hash)
+        return self.functions.get(function_hash)
+
+    def _dispatch_batch(self, step: Dispatch, batch: Batch) -> None:
+        process = self.workers[step.worker_id]
+        members = self.batches.sent(batch, step.seq)
+        template = members[0] if members else batch.spec
+        starts_now = self.scheduler.workers[step.worker_id].running == step.seq
+        for index, member in enumerate(members):
+            record = self.records.get(member.task_id)
+            if record is not None:
+                record.worker_id, record.status = step.worker_id, "running"
+                if index == 0 and starts_now and record.started is None:
+                    record.started = time.time()
+        self.counts["batched"] += len(members)
+        self.send(step.worker_id, RunBatch(
+            step.seq, template, tuple((m.task_id, m.args, m.return_ids) for m in members),
+            self._function_for(process, template.function_hash),
+            self.scheduler.lightly_loaded()))
+
     def _dispatch(self, step: Dispatch) -> None:
         spec = step.spec
+        batch = self.batches.by_id.get(spec.task_id) if self.batches else None
+        if batch is not None:
+            self._dispatch_batch(step, batch)
+            return
         process = self.workers[step.worker_id]
         resolved = tuple((i, self.store.value(i)) for i in spec.top_level_refs) \
             if spec.top_level_refs else ()
-        function = None
-        if spec.function_hash and spec.function_hash not in process.functions:
-            function = self.functions.get(spec.function_hash)
-            process.functions.add(spec.function_hash)
+        function = self._function_for(process, spec.function_hash)
         record = self.records.get(spec.task_id)
         if record is not None and record.started is None and \
                 self.scheduler.workers[step.worker_id].running == step.seq:
@@ -544,6 +665,8 @@ class EngineCore:
     def _handle(self, worker_id: int, message: Any, settle_later: bool = False) -> None:
         if isinstance(message, TaskDone):
             self._on_task_done(worker_id, message, settle_later)
+        elif isinstance(message, BatchDone):
+            self._on_batch_done(worker_id, message, settle_later)
         elif isinstance(message, RefDelta):
             self.memory.views_reported(worker_id, message.views_opened, ())
             for object_id in message.added:
@@ -571,12 +694,7 @@ class EngineCore:
                                   dispatch=not settle_later)
         if settle_later:
             self._unsettled = True
-        following = scheduler.running_task(worker_id)
-        record = self.records.get(following.task_id) if following is not None else None
-        if record is not None and record.started is None:
-            # A run sent ahead starts now. Until the worker says exactly when it started and
-            # ended, this is what the panel and a running task's chart show.
-            record.started = done.finished
+        self._next_run_starts(worker_id, done.finished)
         if done.actor_exited and spec is not None:
             out.extend(self.scheduler.kill_actor(
                 spec.actor_id, reason=f"the actor {spec.name.split('.')[0]} ended itself with "
@@ -584,22 +702,73 @@ class EngineCore:
         if spec is None or retry:  # taken back, failed already, or to run again: not needed
             for value in results:
                 self.store.discard(value)
-        elif done.cancelled:
-            error = TaskCancelledError(f"{spec.name} was cancelled while it ran")
-            self._finish(spec, [self.error_value(error) for _ in spec.return_ids], "cancelled",
-                         str(error), done, out)
-        elif done.failed or len(results) != len(spec.return_ids):
-            values = results[:1] or [self.error_value(DistkernelError(
-                f"{spec.name}: the worker sent {len(results)} results for "
-                f"{len(spec.return_ids)} return values"))]
-            text = _error_summary(values[0])
-            values += [self.error_value_copy(values[0]) for _ in spec.return_ids[1:]]
-            if spec.kind == "actor_create":
-                out.extend(self.scheduler.actor_creation_failed(
-                    spec.actor_id, f"its constructor raised {text}"))
-            self._finish(spec, values, "failed", text, done, out)
         else:
-            self._finish(spec, results, "finished", None, done, out)
+            out.extend(self._ended(spec, results, done.failed, done.cancelled, done.started,
+                                   done.finished))
+        self.execute(out)
+
+    def _next_run_starts(self, worker_id: int, at: float) -> None:
+        """A run sent ahead starts now. Until the worker says exactly when it started and
+        ended, this is what the panel and a running task's chart show."""
+        following = self.scheduler.running_task(worker_id)
+        record = self.records.get(following.task_id) if following is not None else None
+        if record is not None and record.started is None:
+            record.started = at
+
+    def _ended(self, spec: TaskSpec, results: list[Value], failed: bool, cancelled: bool,
+               started: float, finished: float) -> list[Instruction]:
+        """Store what a run of ``spec`` that ended sent back, as its results or its error."""
+        if cancelled:
+            error = TaskCancelledError(f"{spec.name} was cancelled while it ran")
+            return self.complete(spec, [self.error_value(error) for _ in spec.return_ids],
+                                 "cancelled", str(error), started, finished)
+        if not failed and len(results) == len(spec.return_ids):
+            return self.complete(spec, results, "finished", None, started, finished)
+        values = results[:1] or [self.error_value(DistkernelError(
+            f"{spec.name}: the worker sent {len(results)} results for "
+            f"{len(spec.return_ids)} return values"))]
+        text = _error_summary(values[0])
+        values += [self.error_value_copy(values[0]) for _ in spec.return_ids[1:]]
+        out = self.scheduler.actor_creation_failed(spec.actor_id, f"its constructor raised "
+                                                                  f"{text}") \
+            if spec.kind == "actor_create" else []
+        return out + self.complete(spec, values, "failed", text, started, finished)
+
+    def _on_batch_done(self, worker_id: int, done: BatchDone, settle_later: bool) -> None:
+        """Members of a batch ended; each is stored as a task of its own. A report of a run
+        taken back or ended already (its worker died) is dropped."""
+        spec = self.scheduler.task_of_run(done.seq)
+        batch = self.batches.by_id.get(spec.task_id) if spec is not None else None
+        out: list[Instruction] = []
+        for index, results, started, finished, failed, cancelled in done.members:
+            values = [self.adopt(worker_id, value) for value in results]
+            member = batch.sent[index] if batch is not None and index < len(batch.sent) else None
+            if member is None or self.batches.member_ended(batch, member.task_id) is None:  # type: ignore[arg-type]
+                for value in values:
+                    self.store.discard(value)
+                continue
+            if not (failed or cancelled):
+                batch.ran += finished - started  # type: ignore[union-attr]
+                batch.ran_count += 1  # type: ignore[union-attr]
+            out += self._ended(member, values, failed, cancelled, started, finished)
+        if done.last and batch is not None:
+            self.batches.over(batch)
+            for member in batch.pending.values():  # never reported: the worker lost it
+                error = DistkernelError(f"{member.name}: its worker ended the batch it was "
+                                        f"sent in without running it; submit it again")
+                out += self.complete(member, [self.error_value(error) for _ in
+                                              member.return_ids], "failed", str(error))
+            if batch.ran_count:  # failed or cancelled runs teach no duration
+                self.scheduler.note_duration(batch.sent[0].function_hash,
+                                             batch.ran / batch.ran_count)
+            if self.memory.sent.holding(worker_id):
+                self._release_sent(worker_id, done.seq + len(batch.sent) - 1)
+            out += self.scheduler.task_done(worker_id, done.seq,
+                                            batch.ran if batch.ran_count else None,
+                                            dispatch=not settle_later)
+            if settle_later:
+                self._unsettled = True
+            self._next_run_starts(worker_id, done.members[-1][3] if done.members else time.time())
         self.execute(out)
 
     def _made_by(self, object_id: str, what: str, cell: str | None) -> None:
@@ -632,16 +801,27 @@ class EngineCore:
         elif state is not None and list(state.assigned) == [seq]:
             self.memory.sent.worker_gone(worker_id)
 
-    def _finish(self, spec: TaskSpec, values: Sequence[Value], status: str, text: str | None,
-                done: TaskDone, out: list[Instruction]) -> None:
-        out.extend(self.complete(spec, values, status, text, done.started, done.finished))
-
     def error_value_copy(self, value: Value) -> Value:
         """The same error stored once more (one per return value), counted as such."""
         if isinstance(value, SharedValue):
             return self.error_value(DistkernelError("the task failed; see its first result"))
         self.memory.force_reserve(value.nbytes)
         return value
+
+    def _take_innocent_members(self, worker_id: int, running: TaskSpec | None) -> list[TaskSpec]:
+        """A worker in a batch died: the member it was in (``running``) stays in the batch,
+        which the scheduler retries or fails as it would a task; the others did not end it,
+        so they are taken out, to be queued again as tasks of their own without using a
+        retry (those that ended lost their results with the process)."""
+        spec = self.scheduler.running_task(worker_id)
+        batch = self.batches.by_id.get(spec.task_id) if spec is not None and self.batches \
+            else None
+        if batch is None or self.scheduler.tasks[spec.task_id].cancel_requested:  # type: ignore[union-attr]
+            return []  # cancelled with its batch, not run again
+        others = [m for m in batch.sent if m is not running and m.task_id in batch.pending]
+        for member in others:
+            self.batches.member_ended(batch, member.task_id)
+        return others
 
     def on_exit(self, worker_id: int) -> None:
         """A worker's process ended: expected (stopped) or not (crashed, killed)."""
@@ -652,7 +832,8 @@ class EngineCore:
         self.worker_ready_at.pop(worker_id, None)
         code = process.exit_code(timeout=2.0)
         state = self.scheduler.workers.get(worker_id)
-        spec = self.scheduler.running_task(worker_id)
+        spec = self.running_spec(worker_id, process)
+        innocent = self._take_innocent_members(worker_id, spec)
         process.close()
         self.memory.worker_gone(worker_id)  # what it was writing or reading is given back
         for object_id, count in self.borrowed_refs.worker_gone(worker_id).items():
@@ -667,6 +848,8 @@ class EngineCore:
         describe = (f"worker {worker_id} (pid {process.pid}) died with {describe_exit(code)} "
                     f"{what}")
         self.execute(self.scheduler.worker_died(worker_id, describe))
+        if innocent:
+            self.execute(self.scheduler.submit_plain(innocent))
 
 
 @functools.lru_cache(maxsize=256)

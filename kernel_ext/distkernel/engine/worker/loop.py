@@ -49,9 +49,12 @@ from distkernel.core.exceptions import (
 )
 from distkernel.core.interrupts import DEFERRED_SIGINT
 from distkernel.core.protocol import (
+    BatchDone,
     InlineValue,
+    MemberDone,
     Output,
     RefDelta,
+    RunBatch,
     RunTask,
     SetSerializers,
     SharedValue,
@@ -78,6 +81,9 @@ if TYPE_CHECKING:
 
 #: The method every actor answers once it is up, as Ray's.
 READY_METHOD = "__ray_ready__"
+#: A batch reports the members that ended so far once the first of them ended this long
+#: ago (seconds): a batch holds about a millisecond of work, but one member may run long.
+BATCH_REPORT_AFTER = 2e-3
 
 
 def _ready() -> bool:
@@ -253,6 +259,8 @@ class Worker:
         self.client = WorkerClient(self)  # the API for tasks, in this process
         self.gpus = VisibleGpus()
         self.concurrency: ConcurrentCalls | None = None  # an actor running calls at once
+        self._batch: RunBatch | None = None  # the batch whose members run now
+        self._batch_ended: list[MemberDone] = []  # its members' ends, not reported yet
 
     def _send_output(self, stream: str, text: str) -> None:
         try:
@@ -313,11 +321,31 @@ class Worker:
                     self.concurrency.submit(message)
                 else:
                     self.run(message)
+            elif isinstance(message, RunBatch):
+                self.run_batch(message)
             elif isinstance(message, SetSerializers):
                 registry.load(message.registry)
             elif isinstance(message, Stop):
                 self._stopping = True
                 return
+
+    def run_batch(self, batch: RunBatch) -> None:
+        """Run a batch's members in order, each as a run of its own (``run``); their ends
+        travel together, when the batch is over or has held them for BATCH_REPORT_AFTER."""
+        template = batch.template
+        self._batch = batch
+        try:
+            for index, (task_id, args, return_ids) in enumerate(batch.members):
+                spec = TaskSpec(task_id, template.name, template.kind, template.function_hash,
+                                args, (), return_ids, template.max_retries)
+                self.run(RunTask(batch.seq + index, spec, (), batch.function, batch.poll_after))
+        finally:
+            self._batch = None
+            self._report_batch(batch.seq, last=True)
+
+    def _report_batch(self, seq: int, *, last: bool) -> None:
+        ended, self._batch_ended = tuple(self._batch_ended), []
+        self.link.send(BatchDone(seq, ended, last))
 
     def run(self, message: RunTask) -> None:
         """Run one task or call here, in the main thread, where a cancel can interrupt it."""
@@ -329,6 +357,7 @@ class Worker:
             try:
                 # current_seq before the check: a cancel marked after it interrupts instead.
                 self.current_seq, self.current_task = message.seq, spec.task_id
+                self.control.set_running(message.seq)
                 mark = self.control.take(message.seq)
                 if mark:
                     raise Cancelled
@@ -341,6 +370,7 @@ class Worker:
             outcome = Outcome(cancelled=True)
         finally:
             self.current_seq = 0
+            self.control.set_running(0)
             self.gpus.done()
         if mark == control.REVOKED:  # the driver took it back and sent it elsewhere
             self.current_task = ""
@@ -388,6 +418,14 @@ class Worker:
         self.stdout.flush()
         self.stderr.flush()
         self.client.handed_over(outcome.results)
+        batch = self._batch
+        if batch is not None:
+            ended = self._batch_ended
+            ended.append((message.seq - batch.seq, outcome.results, started, time.time(),
+                          outcome.failed, outcome.cancelled))
+            if ended[-1][3] - ended[0][3] >= BATCH_REPORT_AFTER:
+                self._report_batch(batch.seq, last=False)
+            return
         self.link.send(TaskDone(message.seq, message.spec.task_id, outcome.results, started,
                                 time.time(), failed=outcome.failed,
                                 cancelled=outcome.cancelled, actor_exited=outcome.exited))
