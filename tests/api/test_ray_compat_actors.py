@@ -78,7 +78,6 @@ def test_ready_call_is_true_once_the_actor_is_up(cluster):
     assert ray.get(box.get.remote()) == 5
 
 
-@pytest.mark.local_only("exit_actor() is not yet mapped onto Ray's ray.actor.exit_actor()")
 def test_exit_actor_ends_the_actor_after_the_call(cluster):
     box = Box.remote()
     assert ray.get(box.stop.remote()) is None
@@ -93,6 +92,20 @@ def test_exit_actor_ends_the_actor_after_the_call(cluster):
 
     with pytest.raises(TypeError, match="outside an actor method"):
         ray.get(task_calls_exit.remote())
+
+
+def test_calls_sent_behind_exit_actor_fail_and_those_before_it_keep_their_results(cluster):
+    box = Box.remote()
+    before = [box.add.remote(1) for _ in range(3)]
+    stop = box.stop.remote()
+    behind = [box.get.remote() for _ in range(3)]
+    assert ray.get(before) == [1, 2, 3]
+    assert ray.get(stop) is None
+    for ref in behind:
+        with pytest.raises(ray.ActorDiedError, match=r"exit_actor\(\) in Box\.stop"):
+            ray.get(ref, timeout=30)
+    with pytest.raises(ray.ActorDiedError, match="exit_actor"):  # a call made later too
+        ray.get(box.get.remote(), timeout=30)
 
 
 def test_actor_arguments_are_checked_at_submission(cluster):

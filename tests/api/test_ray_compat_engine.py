@@ -225,7 +225,6 @@ def test_a_concurrency_group_of_one_runs_its_calls_one_at_a_time(cluster):
     assert overlap(*ray.get([service.work.remote(0.3) for _ in range(2)]))
 
 
-@pytest.mark.local_only("exit_actor() is not yet mapped onto Ray's ray.actor.exit_actor()")
 def test_exit_actor_is_not_restarted(cluster):
     @ray.remote(max_restarts=3)
     class Quitter:

@@ -78,6 +78,11 @@ class ActorExit(SystemExit):
     (whose result is None), and later calls raise ActorDiedError."""
 
 
+def actor_exit_reason(method: str) -> str:
+    """Why an actor ended whose method ``method`` ("Class.method") called exit_actor()."""
+    return f"the actor {method.split('.')[0]} ended itself with exit_actor() in {method}"
+
+
 class RemoteTraceback(Exception):
     """Carries the formatted remote traceback as the ``__cause__`` of a TaskError."""
 

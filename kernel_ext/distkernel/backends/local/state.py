@@ -37,6 +37,7 @@ from distkernel.core.exceptions import (
     ObjectStoreFullError,
     TaskCancelledError,
     WorkerCrashedError,
+    actor_exit_reason,
     describe_exit,
 )
 from distkernel.core.interrupts import DEFERRED_SIGINT, Sleepers
@@ -696,9 +697,8 @@ class EngineCore:
             self._unsettled = True
         self._next_run_starts(worker_id, done.finished)
         if done.actor_exited and spec is not None:
-            out.extend(self.scheduler.kill_actor(
-                spec.actor_id, reason=f"the actor {spec.name.split('.')[0]} ended itself with "
-                                      f"exit_actor() in {spec.name}"))
+            out.extend(self.scheduler.kill_actor(spec.actor_id,
+                                                 reason=actor_exit_reason(spec.name)))
         if spec is None or retry:  # taken back, failed already, or to run again: not needed
             for value in results:
                 self.store.discard(value)

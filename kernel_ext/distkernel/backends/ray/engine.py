@@ -104,6 +104,8 @@ class RayEngine(Engine):
         # Ray's remote functions made with options, kept (see _function_with).
         self._optioned: OrderedDict[tuple[str, TaskOptions], Any] = OrderedDict()
         self._book = TaskBook(settings.log_to_driver, in_task=in_task)
+        self._book.on_actor_exit = self._actor_exited
+        self._exited: dict[str, str] = {}  # Ray's id of an actor that ended itself -> why
         self._registry_version = -1  # of our serializer registry, as last given to Ray
         self._registered: list[type] = []
         self._registry_data: bytes | None = None
@@ -201,9 +203,24 @@ class RayEngine(Engine):
             return action(*args, **kwargs)
         except Exception as exc:
             ours = translated(exc)
+            reason = self._exited.get(getattr(exc, "actor_id", None) or "") \
+                if self._exited and isinstance(ours, ActorDiedError) else None
+            if reason is not None:  # as the local engine says it
+                ours = ActorDiedError(f"the call cannot run: {reason}. Start a new actor to "
+                                      f"go on.")
             if ours is exc:
                 raise
             raise ours from ours.__cause__  # a TaskError's: its remote traceback
+
+    def _actor_exited(self, ray_actor_id: str, reason: str) -> None:
+        """A call of this actor's ended it with exit_actor(), and its result is stored: end
+        the actor for good (no restart), as the local engine does."""
+        with self._lock:
+            self._exited[ray_actor_id] = reason
+            handle = next((held for held in self._held.values()
+                           if _ray_actor_id(held) == ray_actor_id), None)
+        if handle is not None:
+            self._ray.kill(handle, no_restart=True)
 
     # -- tasks and actors ------------------------------------------------------------------
 
@@ -634,6 +651,12 @@ def attach_in_task() -> RayEngine:
         context.set_worker(engine)  # type: ignore[arg-type]
         runner.take_nested = engine._book.take_nested
     return engine
+
+
+def _ray_actor_id(held: Any) -> str:
+    """Ray's id (hex) of a held actor handle; "" for anything else."""
+    actor_id = getattr(held, "_actor_id", None)
+    return actor_id.hex() if actor_id is not None else ""
 
 
 def _why_not_serializable(error: TypeError, ours: Callable[[], object]) -> BaseException:

@@ -57,6 +57,8 @@ def _task_error(error: Any) -> BaseException:
             cause = cloudpickle.loads(cause.data)  # the task's own exception
         except Exception:  # noqa: BLE001 - cannot be rebuilt here: the carrier stands
             pass
+    if isinstance(cause, ActorDiedError):  # a call to an actor that ended itself (runner)
+        return cause
     # Ray's text: "ray::f() (pid=…, ip=…)" then the remote traceback, with colour codes.
     remote = _ANSI.sub("", str(getattr(error, "traceback_str", None) or error))
     named = _CALL.search(remote)

@@ -14,6 +14,7 @@ import itertools
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from distkernel.backends.base import CellSource, OutputHandler, print_output
@@ -70,6 +71,9 @@ class TaskBook:
         self.counts: Counter[str] = Counter()
         self.tag_source: CellSource | None = None
         self.output_handler: OutputHandler = print_output
+        # Called with (Ray's actor id, why) when a call's report says exit_actor() ended
+        # its actor: the engine ends the actor for good, its result being stored by then.
+        self.on_actor_exit: Callable[[str, str], None] | None = None
         self.closed = False
         self._in_task = in_task
         self._kept: OrderedDict[str, list[NestedRecord]] = OrderedDict()
@@ -211,6 +215,11 @@ class TaskBook:
         record.worker_id = node
         record.error = None if error is None else _error_text(error)
         record.status = status  # type: ignore[assignment]
+        if report is not None and report.actor_exit and self.on_actor_exit is not None:
+            try:
+                self.on_actor_exit(*report.actor_exit)
+            except Exception:  # noqa: BLE001 - Ray shut down meanwhile: nothing left to end
+                pass
         if self._in_task:
             self._keep(task_id, record, report)
             return

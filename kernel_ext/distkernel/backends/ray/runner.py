@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from distkernel.core.exceptions import ActorDiedError, ActorExit, actor_exit_reason
 from distkernel.store.serialization import plain_data
 
 #: The attribute a raised exception carries its task's report in.
@@ -53,6 +54,9 @@ class Report(NamedTuple):
     # The tasks it submitted that had ended by the time it did (``records.NestedRecord``s,
     # theirs included): the driver files them under the cell of this one.
     nested: tuple[Any, ...] = ()
+    # An actor method that called exit_actor(): (Ray's id of the actor, why it ended). The
+    # driver then ends the actor, for good, once this call's result is stored.
+    actor_exit: tuple[str, ...] = ()
 
 
 class _TaskStreams(io.TextIOBase):
@@ -137,14 +141,17 @@ def traced(function: Callable[..., Any], num_returns: int,
     The wrapper refers to module functions only, which Ray's pickler sends by name: the
     state they keep (a lock, a context variable) stays in the worker's own module.
     """
+    name = getattr(function, "__qualname__", "the task")
     if inspect.iscoroutinefunction(function):
         @functools.wraps(function)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
             if setup is not None:
                 setup()
-            call = _begin(args, kwargs)
+            call = _begin(args, kwargs, name)
             try:
                 value = await function(*args, **kwargs)
+            except ActorExit:
+                return _exited(call, num_returns, name)
             except BaseException as exc:
                 failed = _failed(exc, call)
                 if failed is exc:
@@ -160,9 +167,11 @@ def traced(function: Callable[..., Any], num_returns: int,
     def run(*args: Any, **kwargs: Any) -> Any:
         if setup is not None:
             setup()
-        call = _begin(args, kwargs)
+        call = _begin(args, kwargs, name)
         try:
             value = function(*args, **kwargs)
+        except ActorExit:
+            return _exited(call, num_returns, name)
         except BaseException as exc:
             failed = _failed(exc, call)
             if failed is exc:
@@ -199,7 +208,27 @@ class _Call(NamedTuple):
     bytes_in: int
 
 
-def _begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+#: Why this process's actor ended (exit_actor() in one of its methods), once it has: its
+#: later calls fail at once, as on the local engine, until the driver has ended it.
+_ended_actor = {"reason": ""}
+
+
+def _exited(call: _Call, num_returns: int, name: str) -> Any:
+    """The method called exit_actor(): it returns None (for each of its return values), and
+    its report asks the driver to end the actor."""
+    import ray
+
+    reason = _ended_actor["reason"] = actor_exit_reason(name)
+    value = None if num_returns == 1 else (None,) * num_returns
+    actor_id = ray.get_runtime_context().get_actor_id() or ""
+    return _returned(value, call, num_returns, None, (actor_id, reason))
+
+
+def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> _Call:
+    if _ended_actor["reason"]:
+        msg = (f"{name} cannot run: {_ended_actor['reason']}. Start a new actor (or give it "
+               f"max_restarts) to go on.")
+        raise ActorDiedError(msg)
     registry = kwargs.pop(REGISTRY_KEYWORD, None)
     if registry is not None:
         _use_registry(registry)
@@ -311,15 +340,16 @@ def _travelling(exc: BaseException) -> BaseException:
     return RuntimeError(text)
 
 
-def _returned(value: Any, call: _Call, num_returns: int, function: Any) -> Any:
+def _returned(value: Any, call: _Call, num_returns: int, function: Any,
+              actor_exit: tuple[str, ...] = ()) -> Any:
     if num_returns == 1:
-        return _checked(value), _report(call, size_of(value))
+        return _checked(value), _report(call, size_of(value), actor_exit)
     values = tuple(value)
     if len(values) != num_returns:
         name = getattr(function, "__qualname__", "the task")
         msg = f"{name} has num_returns={num_returns} but returned {len(values)} values"
         raise ValueError(msg)
-    return (*(_checked(each) for each in values), _report(call, size_of(values)))
+    return (*(_checked(each) for each in values), _report(call, size_of(values), actor_exit))
 
 
 def _checked(value: Any) -> Any:
@@ -394,9 +424,9 @@ def _describe(self: Any, options: Any) -> tuple[Any, frozenset[str]]:
     return options, getattr(type(self), TRACED)
 
 
-def _report(call: _Call, bytes_out: int = 0) -> Report:
+def _report(call: _Call, bytes_out: int = 0, actor_exit: tuple[str, ...] = ()) -> Report:
     children = call.buffers["children"]
     nested = take_nested(children) if children and take_nested is not None else ()
     return Report(call.started, time.time(), _node_id(), os.getpid(),
                   "".join(call.buffers["stdout"]), "".join(call.buffers["stderr"]),
-                  call.bytes_in, bytes_out, nested)
+                  call.bytes_in, bytes_out, nested, actor_exit)

@@ -44,6 +44,7 @@ from distkernel.core.exceptions import (
     ActorDiedError,
     ActorExit,
     TaskError,
+    actor_exit_reason,
     exception_text,
     safe_repr,
 )
@@ -254,6 +255,7 @@ class Worker:
         self.actor: Any = None  # the instance, in a worker that hosts an actor
         self.actor_id = ""
         self.actor_error = ""
+        self.actor_ended = ""  # why, once a method called exit_actor()
         self.stdout = DriverStream(self._send_output, "stdout")
         self.stderr = DriverStream(self._send_output, "stderr")
         self.client = WorkerClient(self)  # the API for tasks, in this process
@@ -408,6 +410,7 @@ class Worker:
         if isinstance(exc, UpstreamFailed):
             return Outcome((exc.value,), failed=True)
         if isinstance(exc, ActorExit) and spec.kind == "actor_method":
+            self.actor_ended = actor_exit_reason(spec.name)  # calls sent behind it fail
             return Outcome(self._store_results(spec, None), exited=True)
         if spec.kind == "actor_create":
             self.actor_error = exception_text(exc)
@@ -437,6 +440,10 @@ class Worker:
         if self.actor is None:
             msg = (f"the actor {spec.name.split('.')[0]} could not be created, so "
                    f"{spec.name} cannot run: its constructor raised {self.actor_error}")
+            raise ActorDiedError(msg)
+        if self.actor_ended:
+            msg = (f"{spec.name} cannot run: {self.actor_ended}. Start a new actor (or give it "
+                   f"max_restarts) to go on.")
             raise ActorDiedError(msg)
         if spec.method == READY_METHOD:  # handle.__ray_ready__.remote(): the actor is up
             return _ready
