@@ -4,7 +4,8 @@ scheduler entry and one message each way for many tasks.
 Each test makes a loop of calls of a function the engine has seen run short, checks that
 batches were formed, then checks that every task of a batch still behaves as a task of
 its own: its result, its record and cell, ``cancel`` of one member (queued, running,
-forced), a crash that fails only the member that crashed, and an interrupted cell.
+forced), a result not held back by a long member behind it, a crash that fails only the
+member that crashed, and an interrupted cell.
 """
 
 from __future__ import annotations
@@ -129,6 +130,14 @@ def test_a_running_member_of_a_batch_is_cancelled_and_the_others_finish(cluster,
     assert time.monotonic() - started < 15, "the cancel did not stop the running member"
     assert dk.get(refs[:3] + refs[4:], timeout=30) == [0] * 23
     assert engine.counts["workers_died"] == (1 if force else 0)
+
+
+def test_a_long_member_does_not_hold_back_the_results_before_it(cluster):
+    _known_short(nap, 0)
+    refs = _burst_with(nap, 0, 60, position=4)
+    assert dk.get(refs[:4], timeout=15) == [0] * 4, "results held behind a running member"
+    dk.cancel(refs[4])
+    assert dk.get(refs[5:], timeout=30) == [0] * 20
 
 
 def test_a_crash_in_a_batch_fails_only_the_member_that_crashed(cluster):

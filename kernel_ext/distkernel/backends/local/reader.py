@@ -238,9 +238,7 @@ class IOLoop:
         gets the held runs now and steps aside after its round, woken at once if it waits
         in select, so that the burst's next submissions queue (and go in batches)."""
         self._core.flush_held()
-        self._caller_wants_turn = True
-        if self._reader == "thread":
-            self._wake()
+        self.wake_reader()
 
     def wake_reader(self) -> None:
         """A caller queued a submission while another thread reads (no lock): that thread
@@ -252,8 +250,8 @@ class IOLoop:
             self._wake()
 
     def reading_now(self) -> bool:
-        """Whether a thread selects on the sockets now: a submission queued meanwhile
-        must be registered by its caller (read without the lock: a hint)."""
+        """Whether a thread selects on the sockets now: a caller that queues a submission
+        meanwhile must wake it (``wake_reader``); read without the lock: a hint."""
         return self._reader is not None
 
     def read_pending(self) -> Outputs:

@@ -50,9 +50,7 @@ from distkernel.core.exceptions import (
 )
 from distkernel.core.interrupts import DEFERRED_SIGINT
 from distkernel.core.protocol import (
-    BatchDone,
     InlineValue,
-    MemberDone,
     Output,
     RefDelta,
     RunBatch,
@@ -70,6 +68,7 @@ from distkernel.core.wire import write_frame
 from distkernel.engine import control
 from distkernel.engine.worker.calls import CURRENT_CALL, Outcome
 from distkernel.engine.worker.client import WorkerClient
+from distkernel.engine.worker.held_ends import HeldEnds
 from distkernel.engine.worker.mailbox import Mailbox, watch_for_hang_up
 from distkernel.engine.worker.output import DriverStream
 from distkernel.store import object_store
@@ -82,9 +81,6 @@ if TYPE_CHECKING:
 
 #: The method every actor answers once it is up, as Ray's.
 READY_METHOD = "__ray_ready__"
-#: A batch reports the members that ended so far once the first of them ended this long
-#: ago (seconds): a batch holds about a millisecond of work, but one member may run long.
-BATCH_REPORT_AFTER = 2e-3
 
 
 def _ready() -> bool:
@@ -262,7 +258,7 @@ class Worker:
         self.gpus = VisibleGpus()
         self.concurrency: ConcurrentCalls | None = None  # an actor running calls at once
         self._batch: RunBatch | None = None  # the batch whose members run now
-        self._batch_ended: list[MemberDone] = []  # its members' ends, not reported yet
+        self._held = HeldEnds(self.link.send)  # its members' ends, not reported yet
 
     def _send_output(self, stream: str, text: str) -> None:
         try:
@@ -333,9 +329,10 @@ class Worker:
 
     def run_batch(self, batch: RunBatch) -> None:
         """Run a batch's members in order, each as a run of its own (``run``); their ends
-        travel together, when the batch is over or has held them for BATCH_REPORT_AFTER."""
+        travel together (``held_ends``)."""
         template = batch.template
         self._batch = batch
+        self._held.start(batch.seq)
         try:
             for index, (task_id, args, return_ids) in enumerate(batch.members):
                 spec = TaskSpec(task_id, template.name, template.kind, template.function_hash,
@@ -343,11 +340,7 @@ class Worker:
                 self.run(RunTask(batch.seq + index, spec, (), batch.function, batch.poll_after))
         finally:
             self._batch = None
-            self._report_batch(batch.seq, last=True)
-
-    def _report_batch(self, seq: int, *, last: bool) -> None:
-        ended, self._batch_ended = tuple(self._batch_ended), []
-        self.link.send(BatchDone(seq, ended, last))
+            self._held.finish()
 
     def run(self, message: RunTask) -> None:
         """Run one task or call here, in the main thread, where a cancel can interrupt it."""
@@ -423,11 +416,8 @@ class Worker:
         self.client.handed_over(outcome.results)
         batch = self._batch
         if batch is not None:
-            ended = self._batch_ended
-            ended.append((message.seq - batch.seq, outcome.results, started, time.time(),
-                          outcome.failed, outcome.cancelled))
-            if ended[-1][3] - ended[0][3] >= BATCH_REPORT_AFTER:
-                self._report_batch(batch.seq, last=False)
+            self._held.add((message.seq - batch.seq, outcome.results, started, time.time(),
+                            outcome.failed, outcome.cancelled))
             return
         self.link.send(TaskDone(message.seq, message.spec.task_id, outcome.results, started,
                                 time.time(), failed=outcome.failed,
