@@ -498,7 +498,6 @@ def test_small_arrays_are_64_byte_aligned_in_workers(cluster):
 
 # -- names Ray users reach for -----------------------------------------------------------------
 
-@pytest.mark.local_only("the ids in the runtime context are Ray's own on Ray")
 def test_runtime_context_in_the_driver_and_in_tasks(cluster):
     @ray.remote
     def where():

@@ -58,10 +58,10 @@ class RuntimeContext:
     """
 
     def get_job_id(self) -> str:
-        return str(runtime.client().cluster_id)
+        return runtime.client().job_id()
 
     def get_node_id(self) -> str:
-        return str(runtime.client().cluster_id)
+        return runtime.client().node_id()
 
     def get_task_id(self) -> str | None:
         return runtime.current_task_id()

@@ -50,6 +50,14 @@ class Engine(abc.ABC):
     #: Where the object store lives, for ``ClusterInfo`` ("" if it has no address).
     store_address: str
 
+    def job_id(self) -> str:
+        """The job's id in the runtime context (the same in the driver and in tasks)."""
+        return self.cluster_id
+
+    def node_id(self) -> str:
+        """The id of the node this process runs on, in the runtime context."""
+        return self.cluster_id
+
     # -- objects, tasks, actors (the Client part) ----------------------------------------
 
     @abc.abstractmethod

@@ -450,6 +450,14 @@ class RayEngine(Engine):
     def task_id(self) -> str:
         return self._ray.get_runtime_context().get_task_id() or ""
 
+    def job_id(self) -> str:
+        """Ray's job id: the same in the driver and in its tasks, on every node."""
+        return str(self._ray.get_runtime_context().get_job_id())
+
+    def node_id(self) -> str:
+        """Ray's id of the node this process runs on."""
+        return str(self._ray.get_runtime_context().get_node_id())
+
     def gpu_ids(self) -> list[str]:
         return [str(gpu) for gpu in self._ray.get_gpu_ids()]
 

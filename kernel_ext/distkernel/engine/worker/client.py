@@ -64,6 +64,12 @@ class WorkerClient:
         self._main = threading.main_thread().ident
         self._unsent: dict[tuple[str, int], tuple[int | None, Place]] = {}  # lent, not handed over
 
+    def job_id(self) -> str:
+        return self.cluster_id  # one job, one node: the cluster, as in the driver
+
+    def node_id(self) -> str:
+        return self.cluster_id
+
     @property
     def actor_id(self) -> str:
         """The id of the actor this process hosts ("" in a task's worker)."""
