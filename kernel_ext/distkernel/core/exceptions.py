@@ -83,6 +83,13 @@ def actor_exit_reason(method: str) -> str:
     return f"the actor {method.split('.')[0]} ended itself with exit_actor() in {method}"
 
 
+def actor_gone(call: str, reason: str) -> ActorDiedError:
+    """The error of a call (``call``: "Class.method") that reached an actor no longer there,
+    worded alike by every engine and wherever it is noticed."""
+    return ActorDiedError(f"{call} cannot run: {reason}. Start a new actor (or give it "
+                          f"max_restarts) to go on.")
+
+
 class RemoteTraceback(Exception):
     """Carries the formatted remote traceback as the ``__cause__`` of a TaskError."""
 

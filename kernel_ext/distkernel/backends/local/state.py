@@ -32,12 +32,12 @@ from distkernel.backends.local.regions import Borrowed
 from distkernel.backends.local.requests import RequestHandler
 from distkernel.core import config
 from distkernel.core.exceptions import (
-    ActorDiedError,
     DistkernelError,
     ObjectStoreFullError,
     TaskCancelledError,
     WorkerCrashedError,
     actor_exit_reason,
+    actor_gone,
     describe_exit,
 )
 from distkernel.core.interrupts import DEFERRED_SIGINT, Sleepers
@@ -466,8 +466,7 @@ class EngineCore:
             error: BaseException = TaskCancelledError(
                 f"{spec.name} was cancelled ({step.message}); its result will never exist")
         elif step.reason == "actor_died":
-            error = ActorDiedError(f"{spec.name} cannot run: {step.message}. Start a new actor "
-                                   f"(or give it max_restarts) to go on.")
+            error = actor_gone(spec.name, step.message)
         elif step.reason == "infeasible":
             error = DistkernelError(f"{step.message}. Ask for less, or start the cluster with "
                                     f"more (see init's num_cpus, num_gpus and resources).")

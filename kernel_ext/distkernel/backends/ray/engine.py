@@ -44,7 +44,12 @@ from distkernel.backends.snapshot import (
     WorkerSnapshot,
 )
 from distkernel.core import config, context, refs
-from distkernel.core.exceptions import ActorDiedError, DistkernelError, SerializationError
+from distkernel.core.exceptions import (
+    ActorDiedError,
+    DistkernelError,
+    SerializationError,
+    actor_gone,
+)
 from distkernel.core.protocol import ActorOptions, FunctionPayload, TaskOptions
 from distkernel.core.refs import ObjectRef
 from distkernel.core.timings import TaskRecord
@@ -206,8 +211,7 @@ class RayEngine(Engine):
             reason = self._exited.get(getattr(exc, "actor_id", None) or "") \
                 if self._exited and isinstance(ours, ActorDiedError) else None
             if reason is not None:  # as the local engine says it
-                ours = ActorDiedError(f"the call cannot run: {reason}. Start a new actor to "
-                                      f"go on.")
+                ours = actor_gone("the call", reason)
             if ours is exc:
                 raise
             raise ours from ours.__cause__  # a TaskError's: its remote traceback

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from distkernel.core.exceptions import ActorDiedError, ActorExit, actor_exit_reason
+from distkernel.core.exceptions import ActorExit, actor_exit_reason, actor_gone
 from distkernel.store.serialization import plain_data
 
 #: The attribute a raised exception carries its task's report in.
@@ -226,9 +226,7 @@ def _exited(call: _Call, num_returns: int, name: str) -> Any:
 
 def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> _Call:
     if _ended_actor["reason"]:
-        msg = (f"{name} cannot run: {_ended_actor['reason']}. Start a new actor (or give it "
-               f"max_restarts) to go on.")
-        raise ActorDiedError(msg)
+        raise actor_gone(name, _ended_actor["reason"])
     registry = kwargs.pop(REGISTRY_KEYWORD, None)
     if registry is not None:
         _use_registry(registry)

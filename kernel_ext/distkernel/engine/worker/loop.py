@@ -45,6 +45,7 @@ from distkernel.core.exceptions import (
     ActorExit,
     TaskError,
     actor_exit_reason,
+    actor_gone,
     exception_text,
     safe_repr,
 )
@@ -432,9 +433,7 @@ class Worker:
                    f"{spec.name} cannot run: its constructor raised {self.actor_error}")
             raise ActorDiedError(msg)
         if self.actor_ended:
-            msg = (f"{spec.name} cannot run: {self.actor_ended}. Start a new actor (or give it "
-                   f"max_restarts) to go on.")
-            raise ActorDiedError(msg)
+            raise actor_gone(spec.name, self.actor_ended)
         if spec.method == READY_METHOD:  # handle.__ray_ready__.remote(): the actor is up
             return _ready
         return getattr(self.actor, spec.method)
