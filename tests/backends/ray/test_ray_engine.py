@@ -250,6 +250,122 @@ def test_records_timings_and_output_of_each_cell_on_ray(tmp_path):
     assert "records ok" in done.stdout
 
 
+CHANNEL = """
+import os
+import sys
+import threading
+import time
+import distkernel as dk
+from distkernel.api import runtime
+
+dk.init(address="ray", num_cpus=2)
+engine = runtime.current_engine()
+written, lock = [], threading.Lock()
+
+def write(node, task_id, stream, text):
+    with lock:
+        written.append((engine.cell_of_task(task_id), text))
+
+engine.route_output(lambda: "In [1]", write)
+MARKER = sys.argv[0] + ".tried"
+
+@dk.remote(max_retries=1, retry_exceptions=True)
+def flaky():
+    first = not os.path.exists(MARKER)
+    print("attempt", "one" if first else "two")
+    if first:
+        open(MARKER, "w").close()
+        raise ValueError("the first attempt fails")
+    return "second attempt"
+
+@dk.remote(max_retries=0)
+def crash():
+    os._exit(1)
+
+@dk.remote
+def fail():
+    raise ValueError("upstream")
+
+@dk.remote
+def after(x):
+    return x
+
+@dk.remote
+def hello(text):
+    print(text)
+    return text
+
+@dk.remote
+def nap(seconds):
+    for _ in range(int(seconds * 10)):
+        time.sleep(0.1)
+    return seconds
+
+def settled(count):
+    deadline = time.monotonic() + 20
+    while True:
+        records = engine.timeline(cell="In [1]")
+        if len(records) >= count and all(r.status != "pending" for r in records):
+            return {r.name: r for r in records}
+        assert time.monotonic() < deadline, records
+        time.sleep(0.05)
+
+def arrived(expected):   # output is written right after its record ends
+    deadline = time.monotonic() + 20
+    while not expected <= set(written):
+        assert time.monotonic() < deadline, written
+        time.sleep(0.05)
+
+# A call that raises sends its report too, and Ray runs it again: the record ends with
+# the attempt that returned, and the output of both reaches the cell.
+assert dk.get(flaky.remote()) == "second attempt"
+# Tasks that end without sending a report: their worker died, or an argument failed.
+try:
+    dk.get(crash.remote())
+except dk.WorkerCrashedError:
+    pass
+else:
+    raise AssertionError("no crash")
+try:
+    dk.get(after.remote(fail.remote()))
+except ValueError:
+    pass
+else:
+    raise AssertionError("no error from the argument")
+records = settled(4)
+assert records["flaky"].status == "finished" and records["flaky"].started, records
+assert records["crash"].status == "failed" and records["crash"].error, records
+assert records["after"].status == "failed" and "upstream" in records["after"].error, records
+arrived({("In [1]", "attempt one\\n"), ("In [1]", "attempt two\\n")})
+
+# A report that comes before its task is recorded (a short task) waits for the record.
+busy = nap.remote(3)   # something in flight: the watcher takes reports every round
+submitted = engine._book.submitted
+def recorded_late(*args, **kwargs):
+    time.sleep(0.5)
+    return submitted(*args, **kwargs)
+engine._book.submitted = recorded_late
+early = hello.remote("early bird")
+engine._book.submitted = submitted
+assert dk.get(early) == "early bird"
+record = settled(5)["hello"]
+assert record.status == "finished" and record.started and record.worker_id == 1, record
+arrived({("In [1]", "early bird\\n")})
+dk.get(busy)
+dk.shutdown()
+print("channel ok")
+"""
+
+
+def test_reports_on_the_channel_end_every_record(tmp_path):
+    """Reports come on the driver's channel: a call that raised and ran again ends as the
+    attempt that returned, with the output of both; a task that sends no report (its
+    worker died, an argument failed) ends from its result; a report that comes before
+    its task is recorded is filed when it is."""
+    done = run_driver_script(tmp_path, CHANNEL + NOTHING_LEFT, timeout=240)
+    assert "channel ok" in done.stdout
+
+
 SERIALIZATION = """
 import threading
 import distkernel as dk

@@ -6,8 +6,10 @@ this engine's table, as it does to the local engine's store. Remote functions an
 actor classes arrive pickled once (``FunctionPayload``); each is loaded here once,
 wrapped (``runner.traced``: every call also returns its report, with its times, node and
 output) and handed to ``ray.remote``, which ships it to Ray's workers by value. The
-reports fill the task records (``records.TaskBook``) that the inline timings, the panel
-and an interrupted cell use. Ray's errors are raised as ours (``errors.translated``).
+reports come back on a channel of the driver's (``report_channel``; as one more return
+value where workers cannot reach it) and fill the task records (``records.TaskBook``)
+that the inline timings, the panel and an interrupted cell use. Ray's errors are raised
+as ours (``errors.translated``).
 
 A process connected to Ray already (its own ``ray.init``, or a Ray worker) keeps its
 connection: ``shutdown()`` then ends this engine's tasks and actors, as Ray does for a
@@ -35,6 +37,7 @@ from distkernel.backends.base import CellSource, Engine, OutputHandler
 from distkernel.backends.ray import runner
 from distkernel.backends.ray.errors import translated
 from distkernel.backends.ray.records import TaskBook
+from distkernel.backends.ray.report_channel import ReportListener
 from distkernel.backends.snapshot import (
     ActorSnapshot,
     ClusterSnapshot,
@@ -74,11 +77,13 @@ KILL_WAIT = 10.0
 
 @dataclasses.dataclass
 class _Actor:
-    """What calls to one actor need: its class's name, which methods report (``runner``),
+    """What calls to one actor need: its class's name, which methods report (``runner``)
+    and whether they return their report (else they send it on its maker's channel),
     Ray's method handles made with options, and the serializer registry it was given."""
 
     class_name: str
     traced: frozenset[str]
+    returns_report: bool | None = True  # None: not known yet (ask the actor)
     made_here: bool = False  # by this engine's create_actor, not found by name
     detached: bool = False
     methods: dict[tuple[str, int, str], Any] = dataclasses.field(default_factory=dict)
@@ -108,8 +113,6 @@ class RayEngine(Engine):
         self._actors: dict[str, _Actor] = {}  # our id of an actor -> what calls to it need
         # Ray's remote functions made with options, kept (see _function_with).
         self._optioned: OrderedDict[tuple[str, TaskOptions], Any] = OrderedDict()
-        self._book = TaskBook(settings.log_to_driver, in_task=in_task)
-        self._book.on_actor_exit = self._actor_exited
         self._exited: dict[str, str] = {}  # Ray's id of an actor that ended itself -> why
         self._registry_version = -1  # of our serializer registry, as last given to Ray
         self._registered: list[type] = []
@@ -121,6 +124,13 @@ class RayEngine(Engine):
             _connect(address, settings)
         elif not in_task:
             _check_connected_to(address)
+        # Reports come on a channel of the driver's, where its workers can reach it.
+        self._channel = None if in_task or _through_ray_client() else ReportListener(
+            "127.0.0.1" if address == LOCAL_RAY and not self._borrowed
+            else ray.util.get_node_ip_address())
+        self._channel_address = self._channel.address if self._channel is not None else None
+        self._book = TaskBook(settings.log_to_driver, in_task=in_task, channel=self._channel)
+        self._book.on_actor_exit = self._actor_exited
         self.store_address = address
         refs.set_tracker(self)
         # Our refs travel inside values as the Ray refs they stand for (Ray then tracks who
@@ -243,20 +253,25 @@ class RayEngine(Engine):
                 except ActorDiedError:  # the call below fails as any call to it does
                     described = None
                 actor = self._actors[actor_id] = \
-                    _Actor(described[0].class_name, described[1]) if described is not None \
-                    else _Actor("actor", frozenset())
+                    _Actor(described[0].class_name, described[1], described[2]) \
+                    if described is not None else _Actor("actor", frozenset())
             name, kind = f"{actor.class_name}.{method}", "actor_method"
             reports = method in actor.traced
+            if actor.returns_report is None:
+                actor.returns_report = self._returns_report(handle)
+            returns_report = actor.returns_report
             group = options.concurrency_group
             remote = actor.methods.get((method, count, group))
             if remote is None:  # Ray's .options() costs tens of µs: once per method
-                method_options: dict[str, Any] = {"num_returns": count + reports}
+                method_options: dict[str, Any] = {"num_returns": count + (reports and
+                                                                         returns_report)}
                 if group:
                     method_options["concurrency_group"] = group
                 remote = actor.methods[(method, count, group)] = \
                     getattr(handle, method).options(**method_options)
         else:
             name, kind, reports = options.name or function.name, options.kind, True
+            returns_report = self._channel is None
             remote, actor = self._function_with(function, options), None
         if reports and registry_data is not None:
             if actor is None:
@@ -270,8 +285,11 @@ class RayEngine(Engine):
             raise _why_not_serializable(exc, lambda: specs.serialize_arguments(
                 args, kwargs, f"{name}.remote(...)")) from None
         made = list(made) if isinstance(made, list) else [made]
-        report = made.pop() if reports else None
-        task_id = self._book.submitted(name, kind, made[0], report)  # type: ignore[arg-type]
+        report = made.pop() if reports and returns_report else None
+        # A report on this driver's channel is known by Ray's id of the call.
+        on_channel = reports and not returns_report and self._channel is not None
+        task_id = self._book.submitted(name, kind, made[0], report,  # type: ignore[arg-type]
+                                       made[0].task_id().hex() if on_channel else "")
         runner.submitted_here(task_id)  # inside a task: its report will carry this one
         return [self._ours(ray_ref) for ray_ref in made]
 
@@ -331,9 +349,9 @@ class RayEngine(Engine):
         traced = self._functions.get((function.function_hash, count))
         if traced is None:  # its report is one return more
             traced = self._functions[(function.function_hash, count)] = runner.traced(
-                pickle.loads(function.data), count, attach_in_task)
+                pickle.loads(function.data), count, attach_in_task, self._channel_address)
         ray_options = _task_options(options, function.name)
-        ray_options["num_returns"] = count + 1
+        ray_options["num_returns"] = count + (self._channel is None)
         if options.pin_worker:  # %%remote --all: one copy per node
             ray_options["scheduling_strategy"] = self._on_node(options.pin_worker)
         return self._ray.remote(**ray_options)(traced)
@@ -344,7 +362,7 @@ class RayEngine(Engine):
         actor_class = self._classes.get(key)
         if actor_class is None:
             traced = runner.traced_class(pickle.loads(cls.data), options.methods, options,
-                                         attach_in_task)
+                                         attach_in_task, self._channel_address)
             groups = dict(options.concurrency_groups)  # Ray takes them here, not in options()
             made = (self._ray.remote(concurrency_groups=groups)(traced)  # type: ignore[call-overload]
                     if groups else self._ray.remote(traced))
@@ -363,13 +381,15 @@ class RayEngine(Engine):
                        f"use get_if_exists=True, or get it with get_actor({options.name!r})")
                 raise ValueError(msg) from None
             raise
+        returns_report: bool | None = self._channel is None
         if options.get_if_exists:
             known = self._known_actor(handle)
             if known is not None:
                 return known
+            returns_report = None  # maybe another process's actor: asked at the first call
         ours = self._ours(handle)
-        self._actors[ours.hex()] = _Actor(options.class_name, actor_class[1], made_here=True,
-                                          detached=options.detached)
+        self._actors[ours.hex()] = _Actor(options.class_name, actor_class[1], returns_report,
+                                          made_here=True, detached=options.detached)
         # Its record ends when the actor is ready (its constructor ran, or failed).
         task_id = self._book.submitted(options.class_name, "actor_create",
                                        handle.__ray_ready__.remote(), None)
@@ -390,12 +410,12 @@ class RayEngine(Engine):
             msg = (f"the actor {name!r} was not made through distkernel: use ray.get_actor "
                    f"for it")
             raise DistkernelError(msg)
-        options, traced = described
+        options, traced, returns_report = described
         known = self._known_actor(handle)
         if known is not None:
             return known, options
         ours = self._ours(handle)
-        self._actors[ours.hex()] = _Actor(options.class_name, traced)
+        self._actors[ours.hex()] = _Actor(options.class_name, traced, returns_report)
         return ours, options
 
     def _known_actor(self, handle: Any) -> ObjectRef | None:
@@ -410,9 +430,18 @@ class RayEngine(Engine):
             self._counts[known] += 1
         return ObjectRef.counted(known, self.cluster_id)
 
-    def _describe(self, handle: Any) -> tuple[ActorOptions, frozenset[str]] | None:
-        """An actor's options and traced methods, as it keeps them; None for an actor not
-        made through distkernel."""
+    def _returns_report(self, handle: Any) -> bool:
+        """Whether the calls of an actor made with ``get_if_exists`` (this engine's or
+        another process's) return their report, as the actor says."""
+        try:
+            described = self._describe(handle)
+        except ActorDiedError:  # its calls fail as any call to it does
+            described = None
+        return described[2] if described is not None else self._channel is None
+
+    def _describe(self, handle: Any) -> tuple[ActorOptions, frozenset[str], bool] | None:
+        """An actor's options, traced methods and whether they return their report, as it
+        keeps them; None for an actor not made through distkernel."""
         try:
             describe = getattr(handle, runner.DESCRIBE)
         except AttributeError:
@@ -629,6 +658,17 @@ def _connect(address: str, settings: config.ClusterSettings) -> None:
     except Exception as exc:
         msg = f"could not start or join Ray at {address!r}: {exc}"
         raise DistkernelError(msg) from exc
+
+
+def _through_ray_client() -> bool:
+    """Connected through Ray Client (``ray://``): the cluster's workers cannot reach this
+    process."""
+    try:
+        from ray.util.client import ray as client
+
+        return bool(client.is_connected())
+    except Exception:  # noqa: BLE001 - no Ray Client in this Ray: not through it
+        return False
 
 
 def _check_connected_to(address: str) -> None:

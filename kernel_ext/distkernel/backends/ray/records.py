@@ -1,11 +1,20 @@
 """The driver's book of the tasks it sent to Ray: their records, cells and output.
 
-Each submission is recorded at once (name, kind, cell, time). A watcher thread waits
-(``ray.wait``) for the tasks' ``Report`` s (``runner``), many at a time, and with each
-completes the record (when and on which node it ran) and writes what the task printed
-under the cell that submitted it, even after that cell ended. (A callback per task,
-``ref.future()``, halved Ray's submission rate.) The book also keeps, while a task is
-unfinished, a Ray ref to its results: what ``cancel_task`` and an interrupted cell cancel.
+Each submission is recorded at once (name, kind, cell, time). A watcher thread takes the
+tasks' ``Report`` s (``runner``), many at a time, and with each completes the record
+(when and on which node it ran) and writes what the task printed under the cell that
+submitted it, even after that cell ended. (A callback per task, ``ref.future()``, halved
+Ray's submission rate.)
+
+In the driver the reports come on the driver's channel (``report_channel``), keyed by
+Ray's task id. A task that ends without one (its worker died, it was cancelled, an
+argument of its failed) is ended from its result: the watcher looks which results are
+in now and then, and at once for a task whose call raised (Ray may run it again).
+Elsewhere (in a task, or through Ray Client) each report is the task's last return
+value, which the watcher fetches once it is in.
+
+The book also keeps, while a task is unfinished, a Ray ref to its results: what
+``cancel_task`` and an interrupted cell cancel.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from distkernel.backends.base import CellSource, OutputHandler, print_output
+from distkernel.backends.ray.report_channel import ReportListener
 from distkernel.backends.ray.runner import REPORT_ATTRIBUTE, Report
 from distkernel.core import config
 from distkernel.core.protocol import TaskKind
@@ -27,6 +37,24 @@ from distkernel.core.timings import CellTimelines, TaskCells, TaskRecord, Timeli
 #: Every WATCH_PERIOD seconds the watcher looks which of the oldest WATCH_BATCH are in.
 WATCH_BATCH = 1000
 WATCH_PERIOD = 0.05
+#: How often the watcher looks whether a task whose report comes on the channel ended
+#: without one (seconds).
+RESULTS_PERIOD = 0.5
+#: How many reports for tasks this book does not know (yet) it keeps: one may come before
+#: its ``submitted`` (a short task), or after its record was ended from its result.
+KEPT_UNKNOWN = 10_000
+#: How long a report for a task this book does not know waits for it (seconds), before
+#: its output is written as it is (to whichever cell runs then).
+UNKNOWN_WAIT = 2.0
+
+#: How often an idle watcher takes the channel's reports all the same (seconds): an actor
+#: made here may report calls of other processes' (which this book does not know), and a
+#: worker waits while the channel's buffer is full.
+IDLE_LOOK = 1.0
+
+#: What a watched Ray ref is: the report returned by a task, the result of a task whose
+#: report comes on the channel, or the result of an untraced call (no report at all).
+REPORT, TRACED, RESULT = "report", "traced", "result"
 
 
 class NestedRecord(NamedTuple):
@@ -60,12 +88,15 @@ class TaskBook:
     under that call's cell.
     """
 
-    def __init__(self, log_to_driver: bool, *, in_task: bool = False) -> None:
+    def __init__(self, log_to_driver: bool, *, in_task: bool = False,
+                 channel: ReportListener | None = None) -> None:
         self._lock = threading.Lock()
         self._log_to_driver = log_to_driver
         self.history = Timeline(config.TIMELINE_CAPACITY)
         self.cells = CellTimelines(2 * config.TIMELINE_CAPACITY)
-        self._unfinished: dict[str, tuple[TaskRecord, Any]] = {}  # id -> record, a Ray ref
+        # id -> record, a Ray ref to its results, Ray's task id ("" unless its report
+        # comes on the channel)
+        self._unfinished: dict[str, tuple[TaskRecord, Any, str]] = {}
         self._tags = TaskCells()
         self._nodes: dict[str, int] = {}  # Ray node id -> its index here (1, 2, ...)
         self.counts: Counter[str] = Counter()
@@ -77,9 +108,20 @@ class TaskBook:
         self.closed = False
         self._in_task = in_task
         self._kept: OrderedDict[str, list[NestedRecord]] = OrderedDict()
-        # Ray ref of a task's report -> its id; or of its result (an untraced call), which
-        # is never fetched: it may be large, and its readiness is all the record needs.
-        self._watched: dict[Any, tuple[str, bool]] = {}
+        # Ray ref -> (task id, what the ref is: REPORT, TRACED or RESULT). A result is
+        # fetched only for a task that ended without its report (an error, as a rule).
+        self._watched: dict[Any, tuple[str, str]] = {}
+        # The channel's side: Ray's task id -> ours, while its report is awaited.
+        self._channel = channel
+        self._by_ray: dict[str, str] = {}
+        self._raised: dict[str, Report] = {}  # id -> report of its last call that raised
+        self._suspect: set[Any] = set()  # results to look at now (their call raised)
+        self._unknown: OrderedDict[str, list[tuple[bool, Report, float]]] = OrderedDict()
+        # Ray's task id -> (our id, record) of tasks ended from their result, for a report
+        # that comes after all
+        self._ended_ray: OrderedDict[str, tuple[str, TaskRecord]] = OrderedDict()
+        self._reports_lock = threading.Lock()  # reports are handled in the order they came
+        self._results_looked = 0.0
         self._stop = threading.Event()
         self._work = threading.Event()  # set when there is something to watch, or to stop
         self._watcher = threading.Thread(target=self._watch, name="distkernel-ray-records",
@@ -103,67 +145,98 @@ class TaskBook:
 
     # -- a task's life ---------------------------------------------------------------------------
 
-    def submitted(self, name: str, kind: TaskKind, results: Any, report: Any | None) -> str:
+    def submitted(self, name: str, kind: TaskKind, results: Any, report: Any | None,
+                  ray_task_id: str = "") -> str:
         """Record a task just handed to Ray: ``results`` is a Ray ref to (one of) its
-        results, ``report`` the ref to its ``Report`` (None: an untraced call, whose
-        record ends when its result is in)."""
+        results; ``report`` the ref to its ``Report``, or ``ray_task_id`` its id in Ray
+        when its report comes on the channel (neither: an untraced call, whose record ends
+        when its result is in)."""
         task_id = new_id()
         source = self.tag_source
         cell = source() if source is not None else None
         record = TaskRecord(task_id, name, kind, None, time.time(), None, None, "pending", 0, 0,
                             None)
         with self._lock:
-            self._unfinished[task_id] = (record, results)
+            self._unfinished[task_id] = (record, results, ray_task_id)
             self.counts["submitted"] += 1
             if cell is not None:
                 self._tags.remember(task_id, cell)
         self.history.add(record)
         if cell is not None:
             self.cells.add(cell, record, opens=True)
+        early = None
         with self._lock:
             idle = not self._watched
             if report is not None:
-                self._watched[report] = (task_id, True)
+                self._watched[report] = (task_id, REPORT)
+            elif ray_task_id:
+                self._watched[results] = (task_id, TRACED)
+                self._by_ray[ray_task_id] = task_id
+                early = self._unknown.pop(ray_task_id, None) if self._unknown else None
             else:
-                self._watched[results] = (task_id, False)
+                self._watched[results] = (task_id, RESULT)
         if idle:  # the watcher sleeps until there is something to watch
             self._work.set()
+        if early:  # a short task's report came before this record
+            with self._reports_lock:
+                for ok, each, _ in early:
+                    self._on_report(ray_task_id, ok, each)
         return task_id
 
     def _watch(self) -> None:
         """The watcher thread: end the records of tasks whose report (or result) is in.
 
-        While tasks are in flight, every WATCH_PERIOD it looks, without waiting, which of
-        the oldest WATCH_BATCH are in, and handles those (with none, it sleeps until a
-        submission): a bounded cost per round, whatever the number in
-        flight, and no wake-up per task (waiting on them as they came in took the GIL
-        from the caller at every task: a round trip cost 20 % more, submission half).
+        While tasks are in flight, every WATCH_PERIOD it takes the reports that came on
+        the channel and looks, without waiting, which of the oldest WATCH_BATCH returned
+        reports and untraced results are in (those whose report comes on the channel
+        every RESULTS_PERIOD only, or at once when their call raised), and handles them;
+        with none, it sleeps until a submission (with a channel, IDLE_LOOK at most): a
+        bounded cost per round, whatever the number in flight, and no wake-up per task
+        (waiting on them as they came in took the GIL from the caller at every task: a
+        round trip cost 20 % more, submission half).
         """
         import ray
 
         while not self.closed:
             self._stop.wait(WATCH_PERIOD)
-            with self._lock:
-                refs = list(itertools.islice(self._watched, WATCH_BATCH))
-                if not refs:
-                    self._work.clear()
-            if not refs:  # nothing in flight: sleep until a submission (no polling)
-                if not self.closed:  # close() sets closed, then _work: never missed
-                    self._work.wait()
-                continue
-            if not ray.is_initialized():  # Ray shut down (at exit, before us): any call of
-                return  # its would start a new Ray
+            now = time.monotonic()
+            every = now - self._results_looked >= RESULTS_PERIOD
+            if every:
+                self._results_looked = now
             try:
+                self._take_reports()
+                with self._lock:
+                    refs = self._due(every)
+                    if not refs and not self._watched and not self._unknown:
+                        self._work.clear()
+                if not refs:
+                    if not self._work.is_set() and not self.closed:  # nothing in flight:
+                        # sleep until a submission (without a channel, no timer at all)
+                        self._work.wait(IDLE_LOOK if self._channel is not None else None)
+                    continue
+                if not ray.is_initialized():  # Ray shut down (at exit, before us): any call
+                    return  # of its would start a new Ray
                 self._end_ready(refs)
             except Exception:  # noqa: BLE001 - Ray shut down under us: nothing more to watch
                 return
 
+    def _due(self, every: bool) -> list[Any]:
+        """The refs to look at this round (the lock held)."""
+        oldest = itertools.islice(self._watched.items(), WATCH_BATCH)
+        refs = [ref for ref, (_, kind) in oldest if every or kind != TRACED]
+        if self._suspect:
+            refs.extend(self._suspect.difference(refs))
+        return refs
+
     def catch_up(self) -> None:
         """End now the records of the tasks that are done (for a timeline asked for right
         after a ``get``: the watcher may not have looked yet)."""
+        if self.closed:
+            return
+        self._take_reports()
         with self._lock:
-            refs = list(itertools.islice(self._watched, WATCH_BATCH))
-        if refs and not self.closed:
+            refs = self._due(every=True)
+        if refs:
             self._end_ready(refs)
 
     def _end_ready(self, refs: list[Any]) -> None:
@@ -172,23 +245,30 @@ class TaskBook:
         import ray
 
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        if ready:
-            with self._lock:
-                watched = [self._watched.pop(ref, None) for ref in ready]
-            reports = [ref for ref, w in zip(ready, watched) if w is not None and w[1]]
-            try:
-                got = dict(zip(reports, ray.get(reports, timeout=10)))
-            except Exception:  # noqa: BLE001 - one failed: each on its own, in _ended
-                got = {}
-            for ref, entry in zip(ready, watched):
-                if entry is not None:
-                    task_id, is_report = entry
-                    self._ended(task_id, got.get(ref, ref) if is_report else None)
+        if not ready:
+            return
+        self._take_reports()  # a report that came meanwhile ends its task here
+        with self._lock:
+            watched = [self._watched.pop(ref, None) for ref in ready]
+            self._suspect.difference_update(ready)
+        reports = [ref for ref, w in zip(ready, watched) if w is not None and w[1] == REPORT]
+        try:
+            got = dict(zip(reports, ray.get(reports, timeout=10)))
+        except Exception:  # noqa: BLE001 - one failed: each on its own, in _ended_by
+            got = {}
+        for ref, entry in zip(ready, watched):
+            if entry is None:
+                continue
+            task_id, kind = entry
+            if kind == RESULT:
+                self._ended(task_id, None, None)
+            else:  # the report, its ref (when getting it may raise), or the result's ref
+                self._ended_by(task_id, got.get(ref, ref), kind)
 
-    def _ended(self, task_id: str, outcome: Any) -> None:
-        """The task's report (or result) is in: complete its record, deliver its output.
-        ``outcome``: the report, or its Ray ref when getting it may raise, or None for an
-        untraced call."""
+    def _ended_by(self, task_id: str, outcome: Any, kind: str) -> None:
+        """End a task from its report (REPORT), or from its result, which came without a
+        report on the channel (TRACED: an error, as a rule). ``outcome``: the report, or
+        the Ray ref to get (which may raise)."""
         import ray
 
         error = None
@@ -197,22 +277,115 @@ class TaskBook:
                 outcome = ray.get(outcome, timeout=10)
             except BaseException as exc:  # noqa: BLE001 - any failure ends the record
                 outcome, error = None, exc
-        report = outcome if isinstance(outcome, Report) else _report_of(error)
+        if kind == TRACED:  # the output of a call that raised was written when it came
+            with self._lock:
+                raised = self._raised.get(task_id)
+            self._ended(task_id, raised, error, deliver=False)
+        else:
+            report = outcome if isinstance(outcome, Report) else _report_of(error)
+            self._ended(task_id, report, error)
+
+    def _take_reports(self) -> None:
+        """Handle the reports that came on the channel, in the order they came."""
+        if self._channel is None:
+            return
+        with self._reports_lock:
+            for message in self._channel.drain():
+                try:
+                    ray_task_id, ok, fields = message
+                    report = Report._make(fields)
+                except Exception:  # noqa: BLE001 - not a report of this version's: skipped
+                    continue
+                self._on_report(ray_task_id, ok, report)
+            if self._unknown:
+                self._write_unknown(time.monotonic() - UNKNOWN_WAIT)
+
+    def _on_report(self, ray_task_id: str, ok: bool, report: Report) -> None:
+        """A call's report came on the channel (``ok``: it returned, else it raised and
+        Ray may run it again). The reports lock held."""
+        late = results = record = None
+        with self._lock:
+            task_id = self._by_ray.get(ray_task_id)
+            if task_id is None:
+                late = self._ended_ray.get(ray_task_id)
+                if late is None:  # not submitted yet, or not by this book: kept a while
+                    self._unknown.setdefault(ray_task_id, []).append(
+                        (ok, report, time.monotonic()))
+                    while len(self._unknown) > KEPT_UNKNOWN:
+                        self._unknown.popitem(last=False)
+                    return
+            else:
+                entry = self._unfinished.get(task_id)
+                record, results = entry[:2] if entry is not None else (None, None)
+                if ok:
+                    del self._by_ray[ray_task_id]
+                    self._watched.pop(results, None)
+                    self._suspect.discard(results)
+                else:  # its result says whether it ended (and how) or runs again
+                    self._raised[task_id] = report
+                    if results is not None:
+                        self._suspect.add(results)
+        if late is not None:  # its record was ended from its result: times and output now
+            self._came_late(*late, report)
+        elif task_id is not None and not ok:
+            self._deliver(self._node_of(report), task_id, report)
+        elif task_id is not None:
+            if report.actor_exit and results is not None:
+                import ray  # the actor is ended once this call's result is stored
+
+                ray.wait([results], timeout=10, fetch_local=False)
+            if not self._ended(task_id, report, None) and record is not None:
+                self._came_late(task_id, record, report)  # ended from its result meanwhile
+
+    def _came_late(self, task_id: str, record: TaskRecord, report: Report) -> None:
+        """A report for a task already ended from its result: what only the report says."""
+        self._fill(record, report)
+        if report.nested:
+            self._file_nested(task_id, report.nested)
+        self._deliver(record.worker_id or 0, task_id, report)
+
+    def _fill(self, record: TaskRecord, report: Report) -> None:
+        """Set what a report says of its task in the record (field by field: readers copy
+        records, see timeline())."""
+        record.started, record.finished = report.started, report.finished
+        record.bytes_in, record.bytes_out = report.bytes_in, report.bytes_out
+        record.worker_id = self.node_index(report.node_id) if report.node_id else None
+
+    def _write_unknown(self, before: float) -> None:
+        """Write the output of reports for tasks this book does not know that came before
+        ``before`` (to whichever cell runs: no task of this book's sent them)."""
+        with self._lock:
+            old = [ray_task_id for ray_task_id, reports in self._unknown.items()
+                   if reports[-1][2] < before]
+            written = [self._unknown.pop(ray_task_id) for ray_task_id in old]
+        for reports in written:
+            for _, report, _ in reports:
+                self._deliver(self._node_of(report), "", report)
+
+    def _node_of(self, report: Report) -> int:
+        return self.node_index(report.node_id) if report.node_id else 0
+
+    def _ended(self, task_id: str, report: Report | None, error: BaseException | None,
+               deliver: bool = True) -> bool:
+        """The task ended: complete its record, deliver its output (``deliver``). False if
+        it had ended already."""
         with self._lock:
             entry = self._unfinished.pop(task_id, None)
             if entry is None:
-                return
-            record = entry[0]
+                return False
+            record, _, ray_task_id = entry
+            self._raised.pop(task_id, None)
+            if ray_task_id and self._by_ray.pop(ray_task_id, None) is not None:
+                self._ended_ray[ray_task_id] = (task_id, record)  # ended without its report
+                while len(self._ended_ray) > KEPT_UNKNOWN:
+                    self._ended_ray.popitem(last=False)
             status = _status(error)
             self.counts[status] += 1
-        node = self.node_index(report.node_id) if report is not None and report.node_id else None
-        # The record's fields are set one by one; readers copy records (timeline()).
         if report is not None:
-            record.started, record.finished = report.started, report.finished
-            record.bytes_in, record.bytes_out = report.bytes_in, report.bytes_out
+            self._fill(record, report)
         else:
             record.finished = time.time()
-        record.worker_id = node
+            record.worker_id = None
         record.error = None if error is None else _error_text(error)
         record.status = status  # type: ignore[assignment]
         if report is not None and report.actor_exit and self.on_actor_exit is not None:
@@ -222,11 +395,12 @@ class TaskBook:
                 pass
         if self._in_task:
             self._keep(task_id, record, report)
-            return
+            return True
         if report is not None and report.nested:
             self._file_nested(task_id, report.nested)
-        if report is not None and self._log_to_driver and not self.closed:
-            self._deliver(node or 0, task_id, report)
+        if report is not None and deliver:
+            self._deliver(record.worker_id or 0, task_id, report)
+        return True
 
     def _keep(self, task_id: str, record: TaskRecord, report: Report | None) -> None:
         """In a worker: the ended task, with its output and its own nested ones, for its
@@ -277,6 +451,8 @@ class TaskBook:
                         self._write(node or 0, task_id, stream, text)
 
     def _deliver(self, node: int, task_id: str, report: Report) -> None:
+        if not self._log_to_driver or self.closed:
+            return
         for stream, text in (("stdout", report.stdout), ("stderr", report.stderr)):
             if text:
                 self._write(node, task_id, stream, text)
@@ -319,8 +495,11 @@ class TaskBook:
         self._stop.set()
         self._work.set()
         self._watcher.join(timeout=5)
+        if self._channel is not None:
+            with self._reports_lock:
+                self._channel.close()
         with self._lock:
-            unfinished = [results for _, results in self._unfinished.values()]
+            unfinished = [results for _, results, _ in self._unfinished.values()]
             self._unfinished.clear()
             self._watched.clear()
         return unfinished

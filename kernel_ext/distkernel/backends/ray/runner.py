@@ -1,10 +1,12 @@
 """What runs inside a Ray worker around each of our tasks: the call, its output, its times.
 
-A task returns its results and one more value, its ``Report``: when it started and
-ended, on which node and process, and what it printed. The driver files that in the
-task's record and writes the output under the cell that submitted it, however late it
-comes (Ray would print it under whichever cell runs then). A task that raises carries
-its report on the exception instead.
+Each call makes a ``Report``: when it started and ended, on which node and process, and
+what it printed. The driver files that in the task's record and writes the output under
+the cell that submitted it, however late it comes (Ray would print it under whichever
+cell runs then). A call made by the driver sends its report on the driver's channel
+(``report_channel``) before it returns or raises; a call made where there is no channel
+(inside a task, or through Ray Client) returns it as one more value instead, or, when it
+raises, carries it on the exception.
 
 Ray's workers import this module (so distkernel must be installed where they run, as
 any package a task uses); it needs only the standard library and Ray.
@@ -25,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from distkernel.backends.ray import report_channel
+from distkernel.backends.ray.report_channel import ChannelAddress
 from distkernel.core.exceptions import ActorExit, actor_exit_reason, actor_gone
 from distkernel.store.serialization import plain_data
 
@@ -115,6 +119,8 @@ _install_lock = threading.Lock()
 
 
 def _capture_streams() -> None:
+    if type(sys.stdout) is _TaskStreams and type(sys.stderr) is _TaskStreams:
+        return  # installed already (tested without the lock: this runs for every call)
     with _install_lock:
         if not isinstance(sys.stdout, _TaskStreams):
             sys.stdout = _TaskStreams(sys.stdout, "stdout")
@@ -122,21 +128,29 @@ def _capture_streams() -> None:
             sys.stderr = _TaskStreams(sys.stderr, "stderr")
 
 
-def _node_id() -> str:
-    try:
-        import ray
+_this_node = {"id": ""}
 
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # noqa: BLE001 - outside Ray (a test calling the wrapper directly)
-        return ""
+
+def _node_id() -> str:
+    """Ray's id of this process's node (asked once: a process stays on its node)."""
+    if not _this_node["id"]:
+        try:
+            import ray
+
+            _this_node["id"] = str(ray.get_runtime_context().get_node_id())
+        except Exception:  # noqa: BLE001 - outside Ray (a test calling the wrapper directly)
+            return ""
+    return _this_node["id"]
 
 
 def traced(function: Callable[..., Any], num_returns: int,
-           setup: Callable[[], object] | None = None) -> Callable[..., Any]:
-    """``function`` returning its results and then its ``Report`` (``num_returns + 1``
-    values in all), or raising with the report attached. A coroutine function stays one
-    (an async actor's method). ``setup`` runs in the worker before each call (it makes
-    our API usable there).
+           setup: Callable[[], object] | None = None,
+           channel: ChannelAddress | None = None) -> Callable[..., Any]:
+    """``function`` sending its ``Report`` on ``channel`` and returning its results; with
+    no channel, returning its results and then its report (``num_returns + 1`` values in
+    all), or raising with the report attached. A coroutine function stays one (an async
+    actor's method). ``setup`` runs in the worker before each call (it makes our API
+    usable there).
 
     The wrapper refers to module functions only, which Ray's pickler sends by name: the
     state they keep (a lock, a context variable) stays in the worker's own module.
@@ -151,15 +165,15 @@ def traced(function: Callable[..., Any], num_returns: int,
             try:
                 value = await function(*args, **kwargs)
             except ActorExit:
-                return _exited(call, num_returns, name)
+                return _exited(call, num_returns, name, channel)
             except BaseException as exc:
-                failed = _failed(exc, call)
+                failed = _failed(exc, call, channel)
                 if failed is exc:
                     raise
                 raise failed from exc
             finally:
                 _end(call)
-            return _returned(value, call, num_returns, function)
+            return _returned(value, call, num_returns, function, channel)
 
         return _taking_registry(run_async, function)
 
@@ -171,15 +185,15 @@ def traced(function: Callable[..., Any], num_returns: int,
         try:
             value = function(*args, **kwargs)
         except ActorExit:
-            return _exited(call, num_returns, name)
+            return _exited(call, num_returns, name, channel)
         except BaseException as exc:
-            failed = _failed(exc, call)
+            failed = _failed(exc, call, channel)
             if failed is exc:
                 raise
             raise failed from exc
         finally:
             _end(call)
-        return _returned(value, call, num_returns, function)
+        return _returned(value, call, num_returns, function, channel)
 
     return _taking_registry(run, function)
 
@@ -213,7 +227,7 @@ class _Call(NamedTuple):
 _ended_actor = {"reason": ""}
 
 
-def _exited(call: _Call, num_returns: int, name: str) -> Any:
+def _exited(call: _Call, num_returns: int, name: str, channel: ChannelAddress | None) -> Any:
     """The method called exit_actor(): it returns None (for each of its return values), and
     its report asks the driver to end the actor."""
     import ray
@@ -221,7 +235,7 @@ def _exited(call: _Call, num_returns: int, name: str) -> Any:
     reason = _ended_actor["reason"] = actor_exit_reason(name)
     value = None if num_returns == 1 else (None,) * num_returns
     actor_id = ray.get_runtime_context().get_actor_id() or ""
-    return _returned(value, call, num_returns, None, (actor_id, reason))
+    return _returned(value, call, num_returns, None, channel, (actor_id, reason))
 
 
 def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> _Call:
@@ -300,14 +314,25 @@ class CarriedError(Exception):
         return str(self.args[1])
 
 
-def _failed(exc: BaseException, call: _Call) -> BaseException:
-    """The exception to raise for ``exc``, with its report attached."""
+def _failed(exc: BaseException, call: _Call, channel: ChannelAddress | None) -> BaseException:
+    """The exception to raise for ``exc``; its report sent on ``channel``, or attached."""
     exc = _travelling(exc)
+    if channel is not None:
+        _send(channel, False, _report(call))
+        return exc
     try:
         setattr(exc, REPORT_ATTRIBUTE, _report(call))
     except Exception:  # noqa: BLE001 - an exception that takes no attributes
         pass
     return exc
+
+
+def _send(channel: ChannelAddress, ok: bool, report: Report) -> None:
+    """Send the running call's report to the driver: Ray's id of the call, whether it
+    returned (else it raised, and Ray may run it again), the report as a plain tuple."""
+    import ray
+
+    report_channel.send(channel, (ray.get_runtime_context().get_task_id(), ok, tuple(report)))
 
 
 def _travelling(exc: BaseException) -> BaseException:
@@ -339,15 +364,21 @@ def _travelling(exc: BaseException) -> BaseException:
 
 
 def _returned(value: Any, call: _Call, num_returns: int, function: Any,
-              actor_exit: tuple[str, ...] = ()) -> Any:
+              channel: ChannelAddress | None, actor_exit: tuple[str, ...] = ()) -> Any:
     if num_returns == 1:
-        return _checked(value), _report(call, size_of(value), actor_exit)
-    values = tuple(value)
-    if len(values) != num_returns:
-        name = getattr(function, "__qualname__", "the task")
-        msg = f"{name} has num_returns={num_returns} but returned {len(values)} values"
-        raise ValueError(msg)
-    return (*(_checked(each) for each in values), _report(call, size_of(values), actor_exit))
+        checked: Any = _checked(value)
+    else:
+        values = tuple(value)
+        if len(values) != num_returns:
+            name = getattr(function, "__qualname__", "the task")
+            msg = f"{name} has num_returns={num_returns} but returned {len(values)} values"
+            raise ValueError(msg)
+        checked = tuple(_checked(each) for each in values)
+    report = _report(call, size_of(value), actor_exit)
+    if channel is not None:
+        _send(channel, True, report)
+        return checked
+    return (checked, report) if num_returns == 1 else (*checked, report)
 
 
 def _checked(value: Any) -> Any:
@@ -389,12 +420,15 @@ def _unpickled(data: bytes, *buffers: Any) -> Any:
 
 
 def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any,
-                 setup: Callable[[], object] | None = None) -> type:
-    """An actor class whose listed methods are ``traced`` (each with its num_returns); its
-    ``TRACED`` attribute names them (static and class methods are left as they are). Its
-    ``DESCRIBE`` method returns ``options`` and those names: what ``get_actor`` needs."""
+                 setup: Callable[[], object] | None = None,
+                 channel: ChannelAddress | None = None) -> type:
+    """An actor class whose listed methods are ``traced`` (each with its num_returns, and
+    ``channel``); its ``TRACED`` attribute names them (static and class methods are left
+    as they are). Its ``DESCRIBE`` method returns ``options``, those names and whether
+    they return their report: what a caller that did not make the actor needs."""
     namespace: dict[str, Any] = {
-        name: traced(getattr(cls, name), num_returns, setup) for name, num_returns in methods
+        name: traced(getattr(cls, name), num_returns, setup, channel)
+        for name, num_returns in methods
         if inspect.isfunction(inspect.getattr_static(cls, name, None))}  # plain methods only
     namespace[TRACED] = frozenset(namespace)
     if setup is not None:
@@ -407,7 +441,7 @@ def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any,
         if inspect.isfunction(original_init):  # not object's: Ray reads a Python signature
             functools.update_wrapper(__init__, original_init)
         namespace["__init__"] = __init__
-    namespace[DESCRIBE] = functools.partialmethod(_describe, options)
+    namespace[DESCRIBE] = functools.partialmethod(_describe, options, channel is None)
     namespace[USE_REGISTRY] = _accept_registry
     namespace["__module__"] = cls.__module__
     namespace["__qualname__"] = cls.__qualname__
@@ -418,8 +452,9 @@ def _accept_registry(self: Any, data: bytes) -> None:
     _use_registry(data)
 
 
-def _describe(self: Any, options: Any) -> tuple[Any, frozenset[str]]:
-    return options, getattr(type(self), TRACED)
+def _describe(self: Any, options: Any,
+              returns_report: bool) -> tuple[Any, frozenset[str], bool]:
+    return options, getattr(type(self), TRACED), returns_report
 
 
 def _report(call: _Call, bytes_out: int = 0, actor_exit: tuple[str, ...] = ()) -> Report:
