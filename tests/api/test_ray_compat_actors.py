@@ -157,7 +157,6 @@ def test_get_actor_works_inside_tasks(cluster):
     ray.kill(keep)
 
 
-@pytest.mark.local_only("on Ray the actor sees Ray's id for itself; its handle's is ours")
 def test_actor_ids_in_the_runtime_context(cluster):
     box = Box.remote()
     actor_id, task_id = ray.get(box.whoami.remote())

@@ -158,8 +158,8 @@ class RayEngine(Engine):
     def _ref_out(self, ref: ObjectRef) -> Any:
         return self._theirs(ref)
 
-    def _ours(self, held: Any) -> ObjectRef:
-        object_id = refs.new_id()
+    def _ours(self, held: Any, object_id: str = "") -> ObjectRef:
+        object_id = object_id or refs.new_id()
         with self._lock:
             self._held[object_id] = held
             self._counts[object_id] = 1  # the ref returned
@@ -368,6 +368,7 @@ class RayEngine(Engine):
                     if groups else self._ray.remote(traced))
             actor_class = self._classes[key] = (made, getattr(traced, runner.TRACED))
         call_args, call_kwargs = self._arguments(args, kwargs)
+        actor_id = call_kwargs[runner.ACTOR_ID_KEYWORD] = refs.new_id()  # what it calls itself
         self._sync_registry()
         try:
             handle = self._call(actor_class[0].options(**_actor_options(options)).remote,
@@ -387,7 +388,7 @@ class RayEngine(Engine):
             if known is not None:
                 return known
             returns_report = None  # maybe another process's actor: asked at the first call
-        ours = self._ours(handle)
+        ours = self._ours(handle, actor_id)
         self._actors[ours.hex()] = _Actor(options.class_name, actor_class[1], returns_report,
                                           made_here=True, detached=options.detached)
         # Its record ends when the actor is ready (its constructor ran, or failed).
@@ -478,7 +479,9 @@ class RayEngine(Engine):
 
     @property
     def actor_id(self) -> str:
-        return self._ray.get_runtime_context().get_actor_id() or ""
+        """Inside an actor, its id as its handles have it (Ray's for an actor not made
+        through distkernel)."""
+        return runner.this_actor["id"] or self._ray.get_runtime_context().get_actor_id() or ""
 
     def task_id(self) -> str:
         return self._ray.get_runtime_context().get_task_id() or ""

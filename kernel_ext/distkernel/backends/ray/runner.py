@@ -41,6 +41,9 @@ DESCRIBE = "_distkernel_describe"
 #: The keyword a task carries the driver's serializer registry in (its pickled form),
 #: once there is one: the worker registers it with Ray before the call, for what it sends.
 REGISTRY_KEYWORD = "_distkernel_registry"
+#: The keyword an actor's constructor is given its id in (ours, which its handles carry):
+#: what ``get_runtime_context().get_actor_id()`` answers inside it.
+ACTOR_ID_KEYWORD = "_distkernel_actor_id"
 #: The method of a ``traced_class`` an actor is given the registry by (Ray would not take
 #: an extra keyword on its methods), before the calls that follow it.
 USE_REGISTRY = "_distkernel_use_registry"
@@ -175,7 +178,7 @@ def traced(function: Callable[..., Any], num_returns: int,
                 _end(call)
             return _returned(value, call, num_returns, function, channel)
 
-        return _taking_registry(run_async, function)
+        return _taking_keyword(run_async, function, REGISTRY_KEYWORD)
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -195,19 +198,19 @@ def traced(function: Callable[..., Any], num_returns: int,
             _end(call)
         return _returned(value, call, num_returns, function, channel)
 
-    return _taking_registry(run, function)
+    return _taking_keyword(run, function, REGISTRY_KEYWORD)
 
 
-def _taking_registry(wrapper: Callable[..., Any], function: Callable[..., Any]
-                     ) -> Callable[..., Any]:
-    """``wrapper`` with ``function``'s signature plus the registry keyword: Ray checks a
-    call's arguments against the signature it reads."""
+def _taking_keyword(wrapper: Callable[..., Any], function: Callable[..., Any],
+                    keyword: str) -> Callable[..., Any]:
+    """``wrapper`` with ``function``'s signature plus ``keyword``: Ray checks a call's
+    arguments against the signature it reads."""
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):  # no signature to check against: nothing to add
         return wrapper
     params = list(signature.parameters.values())
-    extra = inspect.Parameter(REGISTRY_KEYWORD, inspect.Parameter.KEYWORD_ONLY, default=None)
+    extra = inspect.Parameter(keyword, inspect.Parameter.KEYWORD_ONLY, default=None)
     at = len(params) - 1 if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD \
         else len(params)
     wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
@@ -431,21 +434,35 @@ def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any,
         for name, num_returns in methods
         if inspect.isfunction(inspect.getattr_static(cls, name, None))}  # plain methods only
     namespace[TRACED] = frozenset(namespace)
-    if setup is not None:
-        original_init = getattr(cls, "__init__")  # noqa: B009 - the class, not an instance
+    original_init = getattr(cls, "__init__")  # noqa: B009 - the class, not an instance
 
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        _take_actor_id(kwargs)
+        if setup is not None:
             setup()
-            original_init(self, *args, **kwargs)
+        original_init(self, *args, **kwargs)
 
-        if inspect.isfunction(original_init):  # not object's: Ray reads a Python signature
-            functools.update_wrapper(__init__, original_init)
-        namespace["__init__"] = __init__
+    if inspect.isfunction(original_init):  # not object's: Ray reads a Python signature
+        functools.update_wrapper(__init__, original_init)
+        del __init__.__wrapped__  # type: ignore[attr-defined]  # Ray would read the original's
+        _taking_keyword(__init__, original_init, ACTOR_ID_KEYWORD)
+    namespace["__init__"] = __init__
     namespace[DESCRIBE] = functools.partialmethod(_describe, options, channel is None)
     namespace[USE_REGISTRY] = _accept_registry
     namespace["__module__"] = cls.__module__
     namespace["__qualname__"] = cls.__qualname__
     return type(cls.__name__, (cls,), namespace)
+
+
+#: The id of the actor this process holds, as its handles have it (ours), once one is made.
+this_actor = {"id": ""}
+
+
+def _take_actor_id(kwargs: dict[str, Any]) -> None:
+    """The actor's id, out of its constructor's arguments. (A module function, which Ray's
+    pickler sends by name: the constructor's wrapper travels by value, and a global it
+    named itself would be a copy.)"""
+    this_actor["id"] = kwargs.pop(ACTOR_ID_KEYWORD, None) or ""
 
 
 def _accept_registry(self: Any, data: bytes) -> None:
