@@ -233,10 +233,40 @@ assert dk.get(parent.remote(2)) == 1
 fourth = settled("In [4]", 3)
 assert sorted(r.name for r in fourth) == ["hello", "hello", "parent"], fourth
 assert all(r.status == "finished" and r.worker_id == 1 for r in fourth), fourth
-with lock:
-    nested_out = sorted(t for _, tag, stream, t in written if tag == "In [4]")
-assert nested_out == ["careful 0\\n", "careful 1\\n", "hello 0\\n", "hello 1\\n",
-                      "parent starts\\n"], written
+
+def output_of(tag, count):   # a task's output is written right after its record ends
+    deadline = time.monotonic() + 20
+    while True:
+        with lock:
+            out = sorted(t for _, cell_tag, _, t in written if cell_tag == tag)
+        if len(out) >= count or time.monotonic() > deadline:
+            return out
+        time.sleep(0.05)
+
+assert output_of("In [4]", 5) == ["careful 0\\n", "careful 1\\n", "hello 0\\n",
+                                  "hello 1\\n", "parent starts\\n"], written
+
+cell[0] = "In [5]"   # a task submitted inside a task that ends after it, and one that fails
+
+@dk.remote
+def child_fails():
+    print("child fails")
+    raise KeyError("lost")
+
+@dk.remote
+def leaves_early():
+    late = nap.remote(1.5)   # still running when its parent has ended
+    failing = child_fails.remote()
+    dk.wait([failing])
+    return "left"
+
+assert dk.get(leaves_early.remote()) == "left"
+cell[0] = "In [6]"
+fifth = {r.name: r for r in settled("In [5]", 3)}
+assert sorted(fifth) == ["child_fails", "leaves_early", "nap"], fifth
+assert fifth["nap"].status == "finished" and fifth["nap"].finished > fifth["leaves_early"].finished
+assert fifth["child_fails"].status == "failed" and "KeyError" in fifth["child_fails"].error, fifth
+assert output_of("In [5]", 1) == ["child fails\\n"], written
 dk.shutdown()
 print("records ok")
 """

@@ -37,7 +37,7 @@ from distkernel.backends.base import CellSource, Engine, OutputHandler
 from distkernel.backends.ray import runner
 from distkernel.backends.ray.errors import translated
 from distkernel.backends.ray.records import TaskBook
-from distkernel.backends.ray.report_channel import ReportListener
+from distkernel.backends.ray.report_channel import ChannelAddress, ReportListener
 from distkernel.backends.snapshot import (
     ActorSnapshot,
     ClusterSnapshot,
@@ -107,12 +107,12 @@ class RayEngine(Engine):
         self._lock = threading.Lock()
         self._held: dict[str, Any] = {}  # our id -> Ray ObjectRef or actor handle
         self._counts: Counter[str] = Counter()  # our id -> our refs alive
-        self._functions: dict[tuple[str, int], Any] = {}  # (hash, num_returns) -> traced
-        # (class hash, concurrency groups) -> Ray actor class, and its traced methods
-        self._classes: dict[tuple[str, Any], Any] = {}
+        self._functions: dict[tuple[Any, ...], Any] = {}  # (hash, num_returns, ...) -> traced
+        # (class hash, concurrency groups, where reports go) -> Ray actor class, traced methods
+        self._classes: dict[tuple[Any, ...], Any] = {}
         self._actors: dict[str, _Actor] = {}  # our id of an actor -> what calls to it need
         # Ray's remote functions made with options, kept (see _function_with).
-        self._optioned: OrderedDict[tuple[str, TaskOptions], Any] = OrderedDict()
+        self._optioned: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._exited: dict[str, str] = {}  # Ray's id of an actor that ended itself -> why
         self._registry_version = -1  # of our serializer registry, as last given to Ray
         self._registered: list[type] = []
@@ -129,6 +129,7 @@ class RayEngine(Engine):
             "127.0.0.1" if address == LOCAL_RAY and not self._borrowed
             else ray.util.get_node_ip_address())
         self._channel_address = self._channel.address if self._channel is not None else None
+        self._in_task = in_task
         self._book = TaskBook(settings.log_to_driver, in_task=in_task, channel=self._channel)
         self._book.on_actor_exit = self._actor_exited
         self.store_address = address
@@ -271,7 +272,7 @@ class RayEngine(Engine):
                     getattr(handle, method).options(**method_options)
         else:
             name, kind, reports = options.name or function.name, options.kind, True
-            returns_report = self._channel is None
+            returns_report = self._reports_to() is None
             remote, actor = self._function_with(function, options), None
         if reports and registry_data is not None:
             if actor is None:
@@ -286,12 +287,23 @@ class RayEngine(Engine):
                 args, kwargs, f"{name}.remote(...)")) from None
         made = list(made) if isinstance(made, list) else [made]
         report = made.pop() if reports and returns_report else None
-        # A report on this driver's channel is known by Ray's id of the call.
-        on_channel = reports and not returns_report and self._channel is not None
+        # A report on the driver's channel is known by Ray's id of the call.
+        on_channel = reports and not returns_report
+        ray_task_id = made[0].task_id().hex() if on_channel else ""
         task_id = self._book.submitted(name, kind, made[0], report,  # type: ignore[arg-type]
-                                       made[0].task_id().hex() if on_channel else "")
-        runner.submitted_here(task_id)  # inside a task: its report will carry this one
+                                       ray_task_id if self._channel is not None else "")
+        if on_channel and self._channel is None:  # inside a task: the driver files it
+            runner.note_submitted(ray_task_id, name, kind)  # under this call's cell
+        else:
+            runner.submitted_here(task_id)  # inside a task: its report will carry this one
         return [self._ours(ray_ref) for ray_ref in made]
+
+    def _reports_to(self) -> ChannelAddress | None:
+        """Where the reports of calls made here go: this driver's channel; inside a task,
+        its driver's (None: they are returned)."""
+        if self._channel_address is not None or not self._in_task:
+            return self._channel_address
+        return runner.driver_channel()
 
     def _sync_registry(self) -> bytes | None:
         """Our serializer registry, made Ray's in this driver (for what it sends) when it
@@ -328,7 +340,7 @@ class RayEngine(Engine):
     def _function_with(self, function: FunctionPayload, options: TaskOptions) -> Any:
         """Ray's remote function for these options, kept for the last OPTIONED_KEPT
         combinations (options made per call, say a name each, must not pile up)."""
-        key = (function.function_hash, options)
+        key = (function.function_hash, options, self._reports_to())
         try:
             hash(key)
         except TypeError:  # a scheduling strategy that cannot be hashed: made each time
@@ -345,24 +357,27 @@ class RayEngine(Engine):
     def _remote_function(self, function: FunctionPayload, options: TaskOptions) -> Any:
         """Ray's remote function for ``function`` with these options, made with them: a
         ``.options(...)`` copy checks its options again at every call (about 80 µs)."""
-        count = options.num_returns
-        traced = self._functions.get((function.function_hash, count))
-        if traced is None:  # its report is one return more
-            traced = self._functions[(function.function_hash, count)] = runner.traced(
-                pickle.loads(function.data), count, attach_in_task, self._channel_address)
+        count, reports_to = options.num_returns, self._reports_to()
+        key = (function.function_hash, count, reports_to, bool(options.retry_exceptions))
+        traced = self._functions.get(key)
+        if traced is None:
+            traced = self._functions[key] = runner.traced(
+                pickle.loads(function.data), count, attach_in_task, reports_to,
+                bool(options.retry_exceptions) and options.max_retries != 0)
         ray_options = _task_options(options, function.name)
-        ray_options["num_returns"] = count + (self._channel is None)
+        ray_options["num_returns"] = count + (reports_to is None)  # the report returned
         if options.pin_worker:  # %%remote --all: one copy per node
             ray_options["scheduling_strategy"] = self._on_node(options.pin_worker)
         return self._ray.remote(**ray_options)(traced)
 
     def create_actor(self, cls: FunctionPayload, args: tuple[Any, ...], kwargs: dict[str, Any],
                      options: ActorOptions) -> ObjectRef:
-        key = (cls.function_hash, options.concurrency_groups)
+        reports_to = self._reports_to()
+        key = (cls.function_hash, options.concurrency_groups, reports_to)
         actor_class = self._classes.get(key)
         if actor_class is None:
             traced = runner.traced_class(pickle.loads(cls.data), options.methods, options,
-                                         attach_in_task, self._channel_address)
+                                         attach_in_task, reports_to)
             groups = dict(options.concurrency_groups)  # Ray takes them here, not in options()
             made = (self._ray.remote(concurrency_groups=groups)(traced)  # type: ignore[call-overload]
                     if groups else self._ray.remote(traced))
@@ -382,7 +397,7 @@ class RayEngine(Engine):
                        f"use get_if_exists=True, or get it with get_actor({options.name!r})")
                 raise ValueError(msg) from None
             raise
-        returns_report: bool | None = self._channel is None
+        returns_report: bool | None = reports_to is None
         if options.get_if_exists:
             known = self._known_actor(handle)
             if known is not None:
@@ -438,7 +453,7 @@ class RayEngine(Engine):
             described = self._describe(handle)
         except ActorDiedError:  # its calls fail as any call to it does
             described = None
-        return described[2] if described is not None else self._channel is None
+        return described[2] if described is not None else self._reports_to() is None
 
     def _describe(self, handle: Any) -> tuple[ActorOptions, frozenset[str], bool] | None:
         """An actor's options, traced methods and whether they return their report, as it

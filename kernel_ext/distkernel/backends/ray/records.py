@@ -10,8 +10,12 @@ In the driver the reports come on the driver's channel (``report_channel``), key
 Ray's task id. A task that ends without one (its worker died, it was cancelled, an
 argument of its failed) is ended from its result: the watcher looks which results are
 in now and then, and at once for a task whose call raised (Ray may run it again).
-Elsewhere (in a task, or through Ray Client) each report is the task's last return
-value, which the watcher fetches once it is in.
+Tasks submitted inside tasks report on the driver's channel too, and the worker that
+submitted one sends a note naming its parent: the driver files it under the parent's
+cell, also when it ends after its parent. Through Ray Client each report is the task's
+last return value instead, which the watcher fetches once it is in; so it is inside a
+task whose driver has no channel, where the parent's report carries the records of the
+tasks it submitted that had ended by then.
 
 The book also keeps, while a task is unfinished, a Ray ref to its results: what
 ``cancel_task`` and an interrupted cell cancel.
@@ -116,7 +120,9 @@ class TaskBook:
         self._by_ray: dict[str, str] = {}
         self._raised: dict[str, Report] = {}  # id -> report of its last call that raised
         self._suspect: set[Any] = set()  # results to look at now (their call raised)
-        self._unknown: OrderedDict[str, list[tuple[bool, Report, float]]] = OrderedDict()
+        # Ray's task id -> messages waiting for it to be known (its reports, the notes of
+        # the tasks it submitted), each with when it came
+        self._unknown: OrderedDict[str, list[tuple[Any, float]]] = OrderedDict()
         # Ray's task id -> (our id, record) of tasks ended from their result, for a report
         # that comes after all
         self._ended_ray: OrderedDict[str, tuple[str, TaskRecord]] = OrderedDict()
@@ -151,21 +157,12 @@ class TaskBook:
         results; ``report`` the ref to its ``Report``, or ``ray_task_id`` its id in Ray
         when its report comes on the channel (neither: an untraced call, whose record ends
         when its result is in)."""
-        task_id = new_id()
         source = self.tag_source
-        cell = source() if source is not None else None
-        record = TaskRecord(task_id, name, kind, None, time.time(), None, None, "pending", 0, 0,
-                            None)
-        with self._lock:
-            self._unfinished[task_id] = (record, results, ray_task_id)
-            self.counts["submitted"] += 1
-            if cell is not None:
-                self._tags.remember(task_id, cell)
-        self.history.add(record)
-        if cell is not None:
-            self.cells.add(cell, record, opens=True)
+        task_id, record = self._record(name, kind, time.time(),
+                                       source() if source is not None else None, True)
         early = None
         with self._lock:
+            self._unfinished[task_id] = (record, results, ray_task_id)
             idle = not self._watched
             if report is not None:
                 self._watched[report] = (task_id, REPORT)
@@ -179,9 +176,23 @@ class TaskBook:
             self._work.set()
         if early:  # a short task's report came before this record
             with self._reports_lock:
-                for ok, each, _ in early:
-                    self._on_report(ray_task_id, ok, each)
+                self._handle([message for message, _ in early])
         return task_id
+
+    def _record(self, name: str, kind: TaskKind, submitted: float, cell: str | None,
+                opens: bool) -> tuple[str, TaskRecord]:
+        """A new pending record, in the history and its cell's timeline."""
+        task_id = new_id()
+        record = TaskRecord(task_id, name, kind, None, submitted, None, None, "pending", 0, 0,
+                            None)
+        with self._lock:
+            self.counts["submitted"] += 1
+            if cell is not None:
+                self._tags.remember(task_id, cell)
+        self.history.add(record)
+        if cell is not None:
+            self.cells.add(cell, record, opens=opens)
+        return task_id, record
 
     def _watch(self) -> None:
         """The watcher thread: end the records of tasks whose report (or result) is in.
@@ -290,15 +301,50 @@ class TaskBook:
         if self._channel is None:
             return
         with self._reports_lock:
-            for message in self._channel.drain():
-                try:
-                    ray_task_id, ok, fields = message
-                    report = Report._make(fields)
-                except Exception:  # noqa: BLE001 - not a report of this version's: skipped
-                    continue
-                self._on_report(ray_task_id, ok, report)
+            self._handle(self._channel.drain())
             if self._unknown:
                 self._write_unknown(time.monotonic() - UNKNOWN_WAIT)
+
+    def _handle(self, messages: list[Any]) -> None:
+        """Messages from the channel: ``(Ray's task id, True / False, report fields)``, a
+        call's report (it returned, or raised); ``(Ray's task id, None, (parent's task
+        id, name, kind, when))``, a task submitted inside a task. The reports lock held."""
+        for message in messages:
+            try:
+                ray_task_id, ok, fields = message
+                if ok is None:
+                    self._on_note(ray_task_id, *fields)
+                else:
+                    self._on_report(ray_task_id, ok, Report._make(fields))
+            except (TypeError, ValueError):  # not a message of this version's: skipped
+                continue
+
+    def _wait_for(self, ray_task_id: str, message: Any) -> None:
+        """Keep ``message`` until the task ``ray_task_id`` is known (the lock held)."""
+        self._unknown.setdefault(ray_task_id, []).append((message, time.monotonic()))
+        while len(self._unknown) > KEPT_UNKNOWN:
+            self._unknown.popitem(last=False)
+
+    def _on_note(self, ray_task_id: str, parent: str, name: str, kind: TaskKind,
+                 submitted: float, *, known: bool = False) -> None:
+        """A task was submitted inside the task ``parent``: its record, under the parent's
+        cell (``known``: file it even if the parent is not known, with no cell). The
+        reports lock held."""
+        with self._lock:
+            parent_id = self._by_ray.get(parent)
+            if parent_id is None and parent in self._ended_ray:
+                parent_id = self._ended_ray[parent][0]
+            if parent_id is None and not known:  # the parent's own note is on its way
+                self._wait_for(parent, (ray_task_id, None, (parent, name, kind, submitted)))
+                return
+        task_id, record = self._record(
+            name, kind, submitted, self.cell_of(parent_id) if parent_id else None, False)
+        with self._lock:
+            self._unfinished[task_id] = (record, None, ray_task_id)
+            self._by_ray[ray_task_id] = task_id
+            early = self._unknown.pop(ray_task_id, None) if self._unknown else None
+        if early:  # its report, or the notes of the tasks it submitted
+            self._handle([message for message, _ in early])
 
     def _on_report(self, ray_task_id: str, ok: bool, report: Report) -> None:
         """A call's report came on the channel (``ok``: it returned, else it raised and
@@ -309,10 +355,7 @@ class TaskBook:
             if task_id is None:
                 late = self._ended_ray.get(ray_task_id)
                 if late is None:  # not submitted yet, or not by this book: kept a while
-                    self._unknown.setdefault(ray_task_id, []).append(
-                        (ok, report, time.monotonic()))
-                    while len(self._unknown) > KEPT_UNKNOWN:
-                        self._unknown.popitem(last=False)
+                    self._wait_for(ray_task_id, (ray_task_id, ok, tuple(report)))
                     return
             else:
                 entry = self._unfinished.get(task_id)
@@ -329,6 +372,8 @@ class TaskBook:
             self._came_late(*late, report)
         elif task_id is not None and not ok:
             self._deliver(self._node_of(report), task_id, report)
+            if results is None and not report.runs_again:  # submitted in a task: no result
+                self._ended(task_id, report, None, deliver=False, error_text=report.error)
         elif task_id is not None:
             if report.actor_exit and results is not None:
                 import ray  # the actor is ended once this call's result is stored
@@ -352,23 +397,29 @@ class TaskBook:
         record.worker_id = self.node_index(report.node_id) if report.node_id else None
 
     def _write_unknown(self, before: float) -> None:
-        """Write the output of reports for tasks this book does not know that came before
-        ``before`` (to whichever cell runs: no task of this book's sent them)."""
+        """Messages for tasks this book still does not know that came before ``before``:
+        a report's output is written to whichever cell runs (no task of this book's sent
+        it); a note's task is filed with no cell."""
         with self._lock:
-            old = [ray_task_id for ray_task_id, reports in self._unknown.items()
-                   if reports[-1][2] < before]
-            written = [self._unknown.pop(ray_task_id) for ray_task_id in old]
-        for reports in written:
-            for _, report, _ in reports:
+            old = [ray_task_id for ray_task_id, waiting in self._unknown.items()
+                   if waiting[-1][1] < before]
+            taken = [message for ray_task_id in old
+                     for message, _ in self._unknown.pop(ray_task_id)]
+        for ray_task_id, ok, fields in taken:
+            if ok is None:
+                self._on_note(ray_task_id, *fields, known=True)
+            else:
+                report = Report._make(fields)
                 self._deliver(self._node_of(report), "", report)
 
     def _node_of(self, report: Report) -> int:
         return self.node_index(report.node_id) if report.node_id else 0
 
     def _ended(self, task_id: str, report: Report | None, error: BaseException | None,
-               deliver: bool = True) -> bool:
-        """The task ended: complete its record, deliver its output (``deliver``). False if
-        it had ended already."""
+               deliver: bool = True, error_text: str = "") -> bool:
+        """The task ended: complete its record, deliver its output (``deliver``). It failed
+        with ``error`` or, as its report says, ``error_text``. False if it had ended
+        already."""
         with self._lock:
             entry = self._unfinished.pop(task_id, None)
             if entry is None:
@@ -379,14 +430,14 @@ class TaskBook:
                 self._ended_ray[ray_task_id] = (task_id, record)  # ended without its report
                 while len(self._ended_ray) > KEPT_UNKNOWN:
                     self._ended_ray.popitem(last=False)
-            status = _status(error)
+            status = "failed" if error_text else _status(error)
             self.counts[status] += 1
         if report is not None:
             self._fill(record, report)
         else:
             record.finished = time.time()
             record.worker_id = None
-        record.error = None if error is None else _error_text(error)
+        record.error = error_text or (None if error is None else _error_text(error))
         record.status = status  # type: ignore[assignment]
         if report is not None and report.actor_exit and self.on_actor_exit is not None:
             try:
@@ -478,7 +529,7 @@ class TaskBook:
     def unfinished_of_cell(self, cell: str) -> list[tuple[str, Any]]:
         with self._lock:
             return [(task_id, entry[1]) for task_id, entry in self._unfinished.items()
-                    if self._tags.get(task_id) == cell]
+                    if entry[1] is not None and self._tags.get(task_id) == cell]
 
     def running_count(self) -> int:
         with self._lock:
@@ -499,7 +550,8 @@ class TaskBook:
             with self._reports_lock:
                 self._channel.close()
         with self._lock:
-            unfinished = [results for _, results, _ in self._unfinished.values()]
+            unfinished = [results for _, results, _ in self._unfinished.values()
+                          if results is not None]  # not those submitted in tasks
             self._unfinished.clear()
             self._watched.clear()
         return unfinished

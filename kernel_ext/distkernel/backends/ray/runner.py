@@ -64,6 +64,10 @@ class Report(NamedTuple):
     # An actor method that called exit_actor(): (Ray's id of the actor, why it ended). The
     # driver then ends the actor, for good, once this call's result is stored.
     actor_exit: tuple[str, ...] = ()
+    # A call that raised: the exception, as a record shows it, and whether Ray runs the
+    # call again (False: the error is its result).
+    error: str = ""
+    runs_again: bool = False
 
 
 class _TaskStreams(io.TextIOBase):
@@ -148,12 +152,14 @@ def _node_id() -> str:
 
 def traced(function: Callable[..., Any], num_returns: int,
            setup: Callable[[], object] | None = None,
-           channel: ChannelAddress | None = None) -> Callable[..., Any]:
+           channel: ChannelAddress | None = None,
+           retried_when_raising: bool = False) -> Callable[..., Any]:
     """``function`` sending its ``Report`` on ``channel`` and returning its results; with
     no channel, returning its results and then its report (``num_returns + 1`` values in
     all), or raising with the report attached. A coroutine function stays one (an async
     actor's method). ``setup`` runs in the worker before each call (it makes our API
-    usable there).
+    usable there). ``retried_when_raising``: Ray runs the call again when it raises
+    (``retry_exceptions``), as its report then says.
 
     The wrapper refers to module functions only, which Ray's pickler sends by name: the
     state they keep (a lock, a context variable) stays in the worker's own module.
@@ -164,13 +170,13 @@ def traced(function: Callable[..., Any], num_returns: int,
         async def run_async(*args: Any, **kwargs: Any) -> Any:
             if setup is not None:
                 setup()
-            call = _begin(args, kwargs, name)
+            call = _begin(args, kwargs, name, channel)
             try:
                 value = await function(*args, **kwargs)
             except ActorExit:
                 return _exited(call, num_returns, name, channel)
             except BaseException as exc:
-                failed = _failed(exc, call, channel)
+                failed = _failed(exc, call, channel, retried_when_raising)
                 if failed is exc:
                     raise
                 raise failed from exc
@@ -184,13 +190,13 @@ def traced(function: Callable[..., Any], num_returns: int,
     def run(*args: Any, **kwargs: Any) -> Any:
         if setup is not None:
             setup()
-        call = _begin(args, kwargs, name)
+        call = _begin(args, kwargs, name, channel)
         try:
             value = function(*args, **kwargs)
         except ActorExit:
             return _exited(call, num_returns, name, channel)
         except BaseException as exc:
-            failed = _failed(exc, call, channel)
+            failed = _failed(exc, call, channel, retried_when_raising)
             if failed is exc:
                 raise
             raise failed from exc
@@ -241,7 +247,32 @@ def _exited(call: _Call, num_returns: int, name: str, channel: ChannelAddress | 
     return _returned(value, call, num_returns, None, channel, (actor_id, reason))
 
 
-def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> _Call:
+#: The channel of the driver this worker runs calls for, once one came with a call: where
+#: the reports of the tasks submitted here go too.
+_driver: dict[str, ChannelAddress | None] = {"channel": None}
+
+
+def driver_channel() -> ChannelAddress | None:
+    """The channel of this worker's driver (None outside a worker, or without one)."""
+    return _driver["channel"]
+
+
+def note_submitted(ray_task_id: str, name: str, kind: str) -> None:
+    """Tell the driver that the running call submitted this task (whose report comes to
+    the driver as well): the driver files it under the call's cell, also when it ends
+    after the call."""
+    import ray
+
+    channel = _driver["channel"]
+    if channel is not None:
+        parent = ray.get_runtime_context().get_task_id() or ""
+        report_channel.send(channel, (ray_task_id, None, (parent, name, kind, time.time())))
+
+
+def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
+           channel: ChannelAddress | None) -> _Call:
+    if channel is not None:
+        _driver["channel"] = channel
     if _ended_actor["reason"]:
         raise actor_gone(name, _ended_actor["reason"])
     registry = kwargs.pop(REGISTRY_KEYWORD, None)
@@ -317,12 +348,16 @@ class CarriedError(Exception):
         return str(self.args[1])
 
 
-def _failed(exc: BaseException, call: _Call, channel: ChannelAddress | None) -> BaseException:
+def _failed(exc: BaseException, call: _Call, channel: ChannelAddress | None,
+            runs_again: bool) -> BaseException:
     """The exception to raise for ``exc``; its report sent on ``channel``, or attached."""
-    exc = _travelling(exc)
     if channel is not None:
-        _send(channel, False, _report(call))
-        return exc
+        from distkernel.core.exceptions import exception_text
+
+        _send(channel, False, _report(call)._replace(error=exception_text(exc),
+                                                     runs_again=runs_again))
+        return _travelling(exc)
+    exc = _travelling(exc)
     try:
         setattr(exc, REPORT_ATTRIBUTE, _report(call))
     except Exception:  # noqa: BLE001 - an exception that takes no attributes
