@@ -326,6 +326,10 @@ def hello(text):
     return text
 
 @dk.remote
+def unsendable():
+    return {"guard": threading.Lock()}   # returns, then its result cannot be pickled
+
+@dk.remote
 def nap(seconds):
     for _ in range(int(seconds * 10)):
         time.sleep(0.1)
@@ -362,7 +366,14 @@ except ValueError:
     pass
 else:
     raise AssertionError("no error from the argument")
-records = settled(4)
+try:
+    dk.get(unsendable.remote())
+except dk.DistkernelError as error:
+    assert "lock" in str(error), error
+else:
+    raise AssertionError("a lock travelled")
+records = settled(5)
+assert records["unsendable"].status == "failed" and "lock" in records["unsendable"].error, records
 assert records["flaky"].status == "finished" and records["flaky"].started, records
 assert records["crash"].status == "failed" and records["crash"].error, records
 assert records["after"].status == "failed" and "upstream" in records["after"].error, records
@@ -378,7 +389,7 @@ engine._book.submitted = recorded_late
 early = hello.remote("early bird")
 engine._book.submitted = submitted
 assert dk.get(early) == "early bird"
-record = settled(5)["hello"]
+record = settled(6)["hello"]
 assert record.status == "finished" and record.started and record.worker_id == 1, record
 arrived({("In [1]", "early bird\\n")})
 dk.get(busy)
@@ -391,7 +402,8 @@ def test_reports_on_the_channel_end_every_record(tmp_path):
     """Reports come on the driver's channel: a call that raised and ran again ends as the
     attempt that returned, with the output of both; a task that sends no report (its
     worker died, an argument failed) ends from its result; a report that comes before
-    its task is recorded is filed when it is."""
+    its task is recorded is filed when it is; a call whose result cannot be sent after it
+    returned ends as failed."""
     done = run_driver_script(tmp_path, CHANNEL + NOTHING_LEFT, timeout=240)
     assert "channel ok" in done.stdout
 

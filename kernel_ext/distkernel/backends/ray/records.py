@@ -123,8 +123,9 @@ class TaskBook:
         # Ray's task id -> messages waiting for it to be known (its reports, the notes of
         # the tasks it submitted), each with when it came
         self._unknown: OrderedDict[str, list[tuple[Any, float]]] = OrderedDict()
-        # Ray's task id -> (our id, record) of tasks ended from their result, for a report
-        # that comes after all
+        # Ray's task id -> (our id, record) of ended tasks whose report came on the channel,
+        # or was awaited there: for a report that comes after all, or that says the task
+        # failed after all
         self._ended_ray: OrderedDict[str, tuple[str, TaskRecord]] = OrderedDict()
         self._reports_lock = threading.Lock()  # reports are handled in the order they came
         self._results_looked = 0.0
@@ -368,7 +369,9 @@ class TaskBook:
                     self._raised[task_id] = report
                     if results is not None:
                         self._suspect.add(results)
-        if late is not None:  # its record was ended from its result: times and output now
+        if late is not None and not ok:  # its result could not be sent after all
+            self._failed_late(late[1], report)
+        elif late is not None:  # its record was ended from its result: times and output now
             self._came_late(*late, report)
         elif task_id is not None and not ok:
             self._deliver(self._node_of(report), task_id, report)
@@ -381,6 +384,17 @@ class TaskBook:
                 ray.wait([results], timeout=10, fetch_local=False)
             if not self._ended(task_id, report, None) and record is not None:
                 self._came_late(task_id, record, report)  # ended from its result meanwhile
+
+    def _failed_late(self, record: TaskRecord, report: Report) -> None:
+        """A task whose report said it returned failed all the same: Ray could not send
+        its result (``runner._Checked``)."""
+        with self._lock:
+            if record.status == "failed":
+                return
+            self.counts[record.status] -= 1
+            self.counts["failed"] += 1
+        record.error = report.error
+        record.status = "failed"
 
     def _came_late(self, task_id: str, record: TaskRecord, report: Report) -> None:
         """A report for a task already ended from its result: what only the report says."""
@@ -426,8 +440,9 @@ class TaskBook:
                 return False
             record, _, ray_task_id = entry
             self._raised.pop(task_id, None)
-            if ray_task_id and self._by_ray.pop(ray_task_id, None) is not None:
-                self._ended_ray[ray_task_id] = (task_id, record)  # ended without its report
+            if ray_task_id:  # for a report that comes after all, or says it failed after all
+                self._by_ray.pop(ray_task_id, None)
+                self._ended_ray[ray_task_id] = (task_id, record)
                 while len(self._ended_ray) > KEPT_UNKNOWN:
                     self._ended_ray.popitem(last=False)
             status = "failed" if error_text else _status(error)

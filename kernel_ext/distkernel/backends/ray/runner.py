@@ -404,14 +404,14 @@ def _travelling(exc: BaseException) -> BaseException:
 def _returned(value: Any, call: _Call, num_returns: int, function: Any,
               channel: ChannelAddress | None, actor_exit: tuple[str, ...] = ()) -> Any:
     if num_returns == 1:
-        checked: Any = _checked(value)
+        checked: Any = _checked(value, channel)
     else:
         values = tuple(value)
         if len(values) != num_returns:
             name = getattr(function, "__qualname__", "the task")
             msg = f"{name} has num_returns={num_returns} but returned {len(values)} values"
             raise ValueError(msg)
-        checked = tuple(_checked(each) for each in values)
+        checked = tuple(_checked(each, channel) for each in values)
     report = _report(call, size_of(value), actor_exit)
     if channel is not None:
         _send(channel, True, report)
@@ -419,24 +419,26 @@ def _returned(value: Any, call: _Call, num_returns: int, function: Any,
     return (checked, report) if num_returns == 1 else (*checked, report)
 
 
-def _checked(value: Any) -> Any:
+def _checked(value: Any, channel: ChannelAddress | None) -> Any:
     """A result as Ray will send it: plain data and arrays as they are, anything else in
     a ``_Checked`` (so that a result which cannot be pickled raises our
     SerializationError, naming the member, as on the local engine)."""
     if plain_data(value) or type(value).__module__ == "numpy":
         return value
-    return _Checked(value)
+    return _Checked(value, channel)
 
 
 class _Checked:
     """Pickles its value itself, within Ray's pickling of the result (whose hooks for
     refs apply), with its buffers left out of band: no copy is added. Unpickles as the
-    value."""
+    value. A value that cannot be pickled fails the call after its report was sent (on
+    ``channel``): a second report says so."""
 
-    __slots__ = ("value",)
+    __slots__ = ("channel", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, channel: ChannelAddress | None) -> None:
         self.value = value
+        self.channel = channel
 
     def __reduce__(self) -> tuple[Any, ...]:
         from ray import cloudpickle
@@ -447,7 +449,14 @@ class _Checked:
         try:
             data = cloudpickle.dumps(self.value, protocol=5, buffer_callback=buffers.append)
         except Exception as exc:  # noqa: BLE001 - named, with the fixes
-            raise explain_failure(self.value, exc) from None
+            error = explain_failure(self.value, exc)
+            if self.channel is not None:
+                from distkernel.core.exceptions import exception_text
+
+                now = time.time()
+                _send(self.channel, False, Report(now, now, _node_id(), os.getpid(), "", "",
+                                                  error=exception_text(error)))
+            raise error from None
         return (_unpickled, (data, *buffers))
 
 
