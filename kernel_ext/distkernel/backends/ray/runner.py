@@ -3,10 +3,10 @@
 Each call makes a ``Report``: when it started and ended, on which node and process, and
 what it printed. The driver files that in the task's record and writes the output under
 the cell that submitted it, however late it comes (Ray would print it under whichever
-cell runs then). A call made by the driver sends its report on the driver's channel
-(``report_channel``) before it returns or raises; a call made where there is no channel
-(inside a task, or through Ray Client) returns it as one more value instead, or, when it
-raises, carries it on the exception.
+cell runs then). A call sends its report on the driver's channel (``report_channel``)
+before it returns or raises, also one submitted inside a task; without a channel (a
+driver connected through Ray Client) it returns the report as one more value instead,
+or, when it raises, carries it on the exception.
 
 Ray's workers import this module (so distkernel must be installed where they run, as
 any package a task uses); it needs only the standard library and Ray.
