@@ -369,8 +369,10 @@ class TaskBook:
                     self._raised[task_id] = report
                     if results is not None:
                         self._suspect.add(results)
-        if late is not None and not ok:  # its result could not be sent after all
-            self._failed_late(late[1], report)
+        if late is not None and not ok:  # an attempt's report that came after the end
+            if not report.runs_again:  # its result could not be sent after all
+                self._failed_late(late[1], report)
+            self._deliver(self._node_of(report), late[0], report)
         elif late is not None:  # its record was ended from its result: times and output now
             self._came_late(*late, report)
         elif task_id is not None and not ok:
