@@ -255,9 +255,8 @@ def child_fails():
 
 @dk.remote
 def leaves_early():
+    dk.wait([child_fails.remote()])
     late = nap.remote(1.5)   # still running when its parent has ended
-    failing = child_fails.remote()
-    dk.wait([failing])
     return "left"
 
 assert dk.get(leaves_early.remote()) == "left"
