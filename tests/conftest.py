@@ -11,6 +11,7 @@ import gc
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,11 @@ import pytest
 import distkernel as dk
 from distkernel.core import config
 from distkernel.store import reaper
+
+# Started in the background by a shell without job control, the run (and every process
+# it starts) would ignore SIGINT: the tests of Ctrl-C need it as a terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def our_workers() -> list[psutil.Process]:

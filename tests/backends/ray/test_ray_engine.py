@@ -41,7 +41,9 @@ def fail(kind):
     raise ValueError(f"bad {kind}")
 
 @dk.remote
-def nap(seconds):
+def nap(seconds, started=None):
+    if started:
+        open(started, "w").close()
     for _ in range(max(1, int(seconds * 100))):   # Ray interrupts a task between bytecodes,
         time.sleep(0.01)                          # not inside one long sleep
     return seconds
@@ -56,6 +58,7 @@ assert np.array_equal(dk.get(stored), arr)
 
 ready, not_ready = dk.wait([nap.remote(0.01), nap.remote(5)], num_returns=1, timeout=3)
 assert len(ready) == 1 and len(not_ready) == 1
+dk.cancel(not_ready[0])   # its CPU is free for what follows
 
 try:
     dk.get(fail.remote("input"))
@@ -65,20 +68,27 @@ except ValueError as error:   # the original class ...
 else:
     raise AssertionError("no error")
 
+napping = nap.remote(5)
 try:
-    dk.get(nap.remote(5), timeout=0.2)
+    dk.get(napping, timeout=0.2)
 except dk.GetTimeoutError:
-    pass
+    dk.cancel(napping)
 else:
     raise AssertionError("no timeout")
 
-slow = nap.remote(30)
-time.sleep(0.5)
-dk.cancel(slow)
+import os, tempfile
+started = os.path.join(tempfile.mkdtemp(), "started")
+slow = nap.remote(30, started)
+deadline = time.monotonic() + 60
+while not os.path.exists(started) and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert os.path.exists(started), "nap(30) never started"
+cancelled_at = time.monotonic()
+dk.cancel(slow)   # a running task: interrupted
 try:
     dk.get(slow, timeout=20)
 except dk.TaskCancelledError:
-    pass
+    assert time.monotonic() - cancelled_at < 5
 else:
     raise AssertionError("not cancelled")
 
@@ -113,8 +123,14 @@ print("ray engine ok")
 """
 
 
+#: A driver started in the background by a shell without job control ignores SIGINT, and
+#: so do the Ray workers it starts: a cancel must still interrupt a running task.
+IGNORING_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+
+
 def test_the_api_on_a_ray_of_its_own(tmp_path):
-    done = run_driver_script(tmp_path, SCRIPT + NOTHING_LEFT, timeout=240)
+    done = run_driver_script(tmp_path, SCRIPT + NOTHING_LEFT, timeout=240,
+                             prelude=IGNORING_SIGINT)
     assert "ray engine ok" in done.stdout
 
 

@@ -21,6 +21,7 @@ import io
 import itertools
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -133,6 +134,16 @@ def _capture_streams() -> None:
             sys.stdout = _TaskStreams(sys.stdout, "stdout")
         if not isinstance(sys.stderr, _TaskStreams):
             sys.stderr = _TaskStreams(sys.stderr, "stderr")
+        _accept_interrupts()
+
+
+def _accept_interrupts() -> None:
+    """Ray cancels a running call by interrupting the main thread, which does nothing
+    while SIGINT is ignored: a worker inherits that from a driver started in the
+    background by a shell without job control (``nohup``, ``cmd &`` in a script)."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 _this_node = {"id": ""}
