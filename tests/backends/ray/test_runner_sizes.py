@@ -3,6 +3,8 @@ and bounded in work however deep and wide the value is (it runs for every call).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from distkernel.backends.ray.runner import SIZED_ITEMS, size_of
@@ -19,3 +21,11 @@ def test_a_huge_nested_value_is_looked_at_only_so_far():
     inner = [np.ones(1, dtype=np.uint8)] * 1000
     huge = [[inner] * 1000] * 1000  # a billion leaves
     assert 0 < size_of(huge) <= SIZED_ITEMS
+
+
+def test_numbers_and_empty_containers_are_told_by_their_type():
+    assert size_of(()) == size_of({}) == size_of([]) == 0
+    numbers = (1, 2.5, None, True, 3j)
+    assert size_of(numbers) == sum(sys.getsizeof(n) for n in numbers)
+    assert size_of(np.float64(2)) == 8  # a numpy number by its buffer, not as a float
+    assert size_of((np.ones(0),)) == 0

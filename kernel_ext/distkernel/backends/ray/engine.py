@@ -113,6 +113,7 @@ class RayEngine(Engine):
         self._actors: dict[str, _Actor] = {}  # our id of an actor -> what calls to it need
         # Ray's remote functions made with options, kept (see _function_with).
         self._optioned: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._last_optioned: tuple[Any, ...] = (None, None, None, None)
         self._exited: dict[str, str] = {}  # Ray's id of an actor that ended itself -> why
         self._registry_version = -1  # of our serializer registry, as last given to Ray
         self._registered: list[type] = []
@@ -339,8 +340,13 @@ class RayEngine(Engine):
 
     def _function_with(self, function: FunctionPayload, options: TaskOptions) -> Any:
         """Ray's remote function for these options, kept for the last OPTIONED_KEPT
-        combinations (options made per call, say a name each, must not pile up)."""
-        key = (function.function_hash, options, self._reports_to())
+        combinations (options made per call, say a name each, must not pile up). A loop
+        submitting one function finds it in ``_last_optioned`` at once."""
+        reports_to = self._reports_to()
+        last = self._last_optioned
+        if last[0] is function and last[1] is options and last[2] == reports_to:
+            return last[3]
+        key = (function.function_hash, options, reports_to)
         try:
             hash(key)
         except TypeError:  # a scheduling strategy that cannot be hashed: made each time
@@ -352,6 +358,7 @@ class RayEngine(Engine):
                 self._optioned.popitem(last=False)
         else:
             self._optioned.move_to_end(key)
+        self._last_optioned = (function, options, reports_to, remote)
         return remote
 
     def _remote_function(self, function: FunctionPayload, options: TaskOptions) -> Any:

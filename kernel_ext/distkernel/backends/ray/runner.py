@@ -272,11 +272,9 @@ def note_submitted(ray_task_id: str, name: str, kind: str) -> None:
     """Tell the driver that the running call submitted this task (whose report comes to
     the driver as well): the driver files it under the call's cell, also when it ends
     after the call."""
-    import ray
-
     channel = _driver["channel"]
     if channel is not None:
-        parent = ray.get_runtime_context().get_task_id() or ""
+        parent = _running_task_id() or ""
         report_channel.send(channel, (ray_task_id, None, (parent, name, kind, time.time())))
 
 
@@ -299,14 +297,30 @@ def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
 SIZED_ITEMS = 1000
 
 
+_NUMBERS = frozenset({int, float, bool, complex, type(None)})
+_CONTAINERS = frozenset({tuple, list, dict})
+
+
 def size_of(value: Any) -> int:
     """About how many bytes ``value`` takes to send, without pickling it: the buffers of
     arrays, bytes and strings exactly, containers by their items (up to SIZED_ITEMS
-    values in all), anything else by its own size in memory."""
+    values in all), anything else by its own size in memory.
+
+    It runs three times a call (arguments, keywords, result): the common values, numbers
+    and no keywords at all, are told apart by their type alone."""
+    if type(value) in _CONTAINERS and not value:
+        return 0
     total, seen, pending = 0, 0, [value]
     while pending and seen < SIZED_ITEMS:
         item = pending.pop()
         seen += 1
+        kind = type(item)
+        if kind in _NUMBERS:
+            total += sys.getsizeof(item, 0)
+            continue
+        if kind is tuple and len(item) <= SIZED_ITEMS - seen:
+            pending.extend(item)
+            continue
         nbytes = getattr(item, "nbytes", None)  # numpy arrays, memoryviews, arrow buffers
         if isinstance(nbytes, int):
             total += nbytes
@@ -379,9 +393,21 @@ def _failed(exc: BaseException, call: _Call, channel: ChannelAddress | None,
 def _send(channel: ChannelAddress, ok: bool, report: Report) -> None:
     """Send the running call's report to the driver: Ray's id of the call, whether it
     returned (else it raised, and Ray may run it again), the report as a plain tuple."""
-    import ray
+    report_channel.send(channel, (_running_task_id(), ok, tuple(report)))
 
-    report_channel.send(channel, (ray.get_runtime_context().get_task_id(), ok, tuple(report)))
+
+_runtime: dict[str, Any] = {"context": None}
+
+
+def _running_task_id() -> str | None:
+    """Ray's id of the call running here; Ray's context object is made once (making it
+    costs more than asking it, and this runs for every call)."""
+    context = _runtime["context"]
+    if context is None:
+        import ray
+
+        context = _runtime["context"] = ray.get_runtime_context()
+    return context.get_task_id()  # type: ignore[no-any-return]
 
 
 def _travelling(exc: BaseException) -> BaseException:
