@@ -97,6 +97,7 @@ SIZES = {
     "big_repeats": (3, 5), "huge_repeats": (0, 3),
     "actor_n": (300, 1000), "actor_warmup": (30, 100),
     "leborn_rounds": (10, 30),
+    "paired_rounds": (3, 7), "paired_rtt_n": (200, 500), "paired_actor_n": (200, 500),
 }
 MB = 1 << 20
 
@@ -106,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", required=True, choices=sorted(engines.ENGINES))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--paired", action="store_true",
+                        help="with --engine distkernel-ray: plain Ray on the same Ray, in turns")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     return parser.parse_args(argv)
 
@@ -163,8 +166,10 @@ def sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return plan
 
 
-def run_section(result: dict[str, Any], name: str, thunk: Any, engine: Any, out: str) -> None:
-    """Run one workload; record its figures, or why it was skipped or failed."""
+def run_section(result: dict[str, Any], name: str, thunk: Any, engine: Any,
+                out: str | None) -> None:
+    """Run one workload; record its figures, or why it was skipped or failed (and write
+    ``result`` to ``out``, if given)."""
     t0 = time.perf_counter()
     try:
         result[name] = thunk(engine)
@@ -174,7 +179,8 @@ def run_section(result: dict[str, Any], name: str, thunk: Any, engine: Any, out:
         result[name] = {"error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc()}
     result.setdefault("section_s", {})[name] = time.perf_counter() - t0
-    write(result, out)
+    if out is not None:
+        write(result, out)
 
 
 def write(result: dict[str, Any], out: str) -> None:
@@ -214,15 +220,56 @@ def run(args: argparse.Namespace, engine: engines.Engine, result: dict[str, Any]
     result["final_processes"] = final_processes(engine)
 
 
+def paired_sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The workloads of the paired run, each repeated once per round (see ``run_paired``)."""
+    import workloads
+
+    size = {key: pair[0] if args.quick else pair[1] for key, pair in SIZES.items()}
+    return [
+        ("round_trip", lambda e: workloads.round_trip(e, tasks, size["paired_rtt_n"], 20)),
+        ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"], 1)),
+        ("actor", lambda e: workloads.actor(e, tasks, size["paired_actor_n"], 20)),
+        ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB,
+                                                          size["big_repeats"], args.workers)),
+    ]
+
+
+def run_paired(args: argparse.Namespace, ours: engines.Engine, result: dict[str, Any]) -> None:
+    """distkernel on Ray against plain Ray calls on the very same Ray, in turns.
+
+    Two fresh Rays differ from each other by more than our front costs (Ray's own
+    figures move up to 2x between runs here), so each round runs every workload on
+    both, the first engine of a round alternating: both see the same machine, cluster
+    and moment. ``rounds`` holds each round's figures per engine."""
+    result["startup"] = start_up(ours, args.workers)
+    plain = engines.RayEngine()
+    plain.join()
+    result["env"] = {**describe_environment(ours, args), "ray_version": plain.version()}
+    plan = paired_sections(args)
+    rounds = SIZES["paired_rounds"][0 if args.quick else 1]
+    result["rounds"] = []
+    for index in range(rounds):
+        pair = (ours, plain) if index % 2 == 0 else (plain, ours)
+        figures: dict[str, Any] = {ours.name: {}, plain.name: {}}
+        for name, thunk in plan:
+            for engine in pair:
+                run_section(figures[engine.name], name, thunk, engine, None)
+        result["rounds"].append(figures)
+        write(result, args.out)
+    result["final_processes"] = final_processes(ours)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.paired and args.engine != "distkernel-ray":
+        sys.exit("--paired runs distkernel on Ray against plain Ray: use --engine distkernel-ray")
     # run.py ends a child that overruns with SIGTERM: turn it into SystemExit so the
     # finally below still shuts the engine down.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     engine = engines.make(args.engine)
     result: dict[str, Any] = {"engine": args.engine}
     try:
-        run(args, engine, result)
+        (run_paired if args.paired else run)(args, engine, result)
         return 0
     except Exception as exc:  # noqa: BLE001 - a failed workload is reported, the run goes on
         result["fatal"] = f"{type(exc).__name__}: {exc}"

@@ -176,6 +176,13 @@ class RayEngine(Engine):
         self.ray = ray
         return {"import_s": t1 - t0, "init_s": t2 - t1}
 
+    def join(self) -> None:
+        """Use the Ray this process runs already (distkernel on Ray started it): the
+        paired run. Its shutdown is left to whoever started it."""
+        import ray
+
+        self.ray = ray
+
     def _remote(self, fn: Any) -> Any:
         if fn not in self._remotes:
             self._remotes[fn] = self.ray.remote(fn)

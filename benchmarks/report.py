@@ -7,6 +7,7 @@ figures show why (n/a, skipped, error) and the reasons are listed below it.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,3 +199,50 @@ shared store), USS does not. Leborn round = on one `Cup(3)` actor (created and r
 beforehand, untimed), three times `cup.la_with_laable_item(Leborn())` without waiting
 for it, then a get of `cup.is_good()`, checked to be False; the same actor for every
 round, and with a few dozen rounds the p99 is the slowest round."""
+
+
+#: The rows of the paired run (``run.py --paired-ray``): what our front may add to Ray.
+PAIRED_SECTIONS = ("round_trip", "throughput", "actor", "object_100MB")
+PAIRED_METRICS = [m for m in METRICS if m.section in PAIRED_SECTIONS
+                  and m.unit != "flag" and m.key not in ("copyto_s", "copy_s")]
+
+PAIRED_LEGEND = """\
+One interpreter and one Ray: distkernel on Ray (`init(address="ray")`) and plain Ray
+calls on that same Ray. Each round runs every workload once on both, the engine going
+first alternating; a figure is the median over the rounds, the first ratio the ratio of
+those medians, then the lowest and the highest ratio of a single round. A ratio is
+distkernel's figure ÷ Ray's (below 1x is better for ↓ rows, above 1x for ↑ rows)."""
+
+
+def paired_table(result: dict[str, Any]) -> str:
+    """The paired run's Markdown table (see PAIRED_LEGEND)."""
+    rounds = result.get("rounds", [])
+    head = ["workload", NAMES["distkernel-ray"], NAMES["ray"], "dk on Ray ÷ Ray",
+            "single rounds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for metric in PAIRED_METRICS:
+        pairs = [(a, b) for a, b in ((number(r.get("distkernel-ray", {}), metric),
+                                      number(r.get("ray", {}), metric)) for r in rounds)
+                 if a and b]
+        row = [label(metric, {"ray": rounds[0]["ray"]} if rounds else {})]
+        if pairs:
+            ours = statistics.median(a for a, _ in pairs)
+            theirs = statistics.median(b for _, b in pairs)
+            each = sorted(a / b for a, b in pairs)
+            row += [_format(ours, metric.unit), _format(theirs, metric.unit),
+                    f"{ours / theirs:.2f}x", f"{each[0]:.2f}x to {each[-1]:.2f}x"]
+        else:
+            row += ["n/a", "n/a", "", ""]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def paired_notes(result: dict[str, Any]) -> list[str]:
+    """The paired run's failures, leaks and wrong values, one bullet each."""
+    out = [f"{key}: {result[key]}" for key in ("fatal", "not_run") if key in result]
+    for index, figures in enumerate(result.get("rounds", []), 1):
+        for engine, sections in figures.items():
+            out.extend(f"round {index}, {NAMES[engine]}: {line}"
+                       for line in notes({engine: sections}, [engine]))
+    out.extend(f"leak: {leak}" for leak in result.get("leaks", []))
+    return out

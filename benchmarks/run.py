@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--engines distkernel,pool,ray] [--workers 2]
                                        [--quick] [--json out.json]
+    .venv/bin/python benchmarks/run.py --paired-ray [--quick]
 
 ::
 
@@ -15,6 +16,10 @@ After each child this process checks that nothing it started outlived it (the
 child's worker pids, distkernel's shared-memory segments) and ends what did, by
 pid, reporting it as a leak. ``--quick`` skips the 1 GB workloads and shrinks
 the counts (about a minute); the full run takes a few minutes on 2 cores.
+
+``--paired-ray`` measures what our front adds to Ray more closely than two fresh Rays
+can (their own figures differ by up to 2x): one child runs distkernel on Ray and plain
+Ray calls on that same Ray, workload by workload in rounds, each going first in turn.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="workers per engine (default 2)")
     parser.add_argument("--quick", action="store_true", help="no 1 GB workloads, fewer repeats")
     parser.add_argument("--json", metavar="PATH", help="also write every raw figure here")
+    parser.add_argument("--paired-ray", action="store_true",
+                        help="distkernel on Ray against plain Ray on one Ray, in turns: "
+                             "what our front adds to Ray (ignores --engines)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per engine before it is stopped (default 240 quick, 900)")
     args = parser.parse_args(argv)
@@ -73,6 +81,8 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
                    "--workers", str(args.workers), "--out", str(out)]
         if args.quick:
             command.append("--quick")
+        if args.paired_ray:
+            command.append("--paired")
         t0 = time.perf_counter()
         with open(log, "wb") as log_file:
             returncode = _wait_child(command, log_file, _timeout(args))
@@ -186,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     t0 = time.perf_counter()
+    if args.paired_ray:
+        return paired(args, argv, t0)
     results: dict[str, dict[str, Any]] = {}
     for engine in args.engine_list:
         print(f"running {report.NAMES[engine]} ...", file=sys.stderr, flush=True)
@@ -200,6 +212,30 @@ def main(argv: list[str] | None = None) -> int:
             indent=1, default=str))
     failed = any("fatal" in r for r in results.values())
     return 1 if failed else 0
+
+
+def paired(args: argparse.Namespace, argv: list[str], t0: float) -> int:
+    """``--paired-ray``: one child runs distkernel on Ray and plain Ray in turns."""
+    print("running distkernel on Ray and plain Ray, paired ...", file=sys.stderr, flush=True)
+    result = run_engine("distkernel-ray", args)
+    if "log_tail" in result:
+        print(result["log_tail"], file=sys.stderr)
+    env = result.get("env", {})
+    mode = "quick" if args.quick else "full"
+    lines = [report.paired_table(result), "", report.PAIRED_LEGEND, "",
+             f"{mode} run, {len(result.get('rounds', []))} rounds, {args.workers} workers, "
+             f"{env.get('cpus', '?')} CPUs, Python {env.get('python', '?')}, "
+             f"Ray {env.get('ray_version', '?')}.", ""]
+    notes = report.paired_notes(result)
+    if notes:
+        lines += ["Notes:", *(f"- {note}" for note in notes), ""]
+    lines += [f"Command: `{shown_command(argv)}`",
+              f"Total time: {time.perf_counter() - t0:.0f} s"]
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"command": shown_command(argv), "result": result}, indent=1, default=str))
+    return 1 if "fatal" in result or result.get("returncode") else 0
 
 
 if __name__ == "__main__":
