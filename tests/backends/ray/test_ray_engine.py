@@ -15,6 +15,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="ray is not installed (pip install 'distkernel[ray]')")
 
 SCRIPT = """
+import os
+import tempfile
 import time
 import numpy as np
 import distkernel as dk
@@ -43,7 +45,8 @@ def fail(kind):
 @dk.remote
 def nap(seconds, started=None):
     if started:
-        open(started, "w").close()
+        with open(started, "w") as file:
+            file.write(str(os.getpid()))
     for _ in range(max(1, int(seconds * 100))):   # Ray interrupts a task between bytecodes,
         time.sleep(0.01)                          # not inside one long sleep
     return seconds
@@ -76,21 +79,37 @@ except dk.GetTimeoutError:
 else:
     raise AssertionError("no timeout")
 
-import os, tempfile
-started = os.path.join(tempfile.mkdtemp(), "started")
-slow = nap.remote(30, started)
-deadline = time.monotonic() + 60
-while not os.path.exists(started) and time.monotonic() < deadline:
-    time.sleep(0.01)
-assert os.path.exists(started), "nap(30) never started"
-cancelled_at = time.monotonic()
-dk.cancel(slow)   # a running task: interrupted
-try:
-    dk.get(slow, timeout=20)
-except dk.TaskCancelledError:
-    assert time.monotonic() - cancelled_at < 5
+@dk.remote
+def ignore_interrupts():
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # and leaves it so for later calls
+    return os.getpid()
+
+# A running task is interrupted by a cancel, also in a worker where an earlier call
+# ignored SIGINT: tried until a nap runs in such a worker.
+ignoring = set(dk.get([ignore_interrupts.remote() for _ in range(8)]))
+for attempt in range(10):
+    started = os.path.join(tempfile.mkdtemp(), "started")
+    slow = nap.remote(30, started)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (os.path.exists(started) and
+                                               os.path.getsize(started)):
+        time.sleep(0.01)
+    assert os.path.exists(started), "nap(30) never started"
+    ran_in = int(open(started).read())
+    cancelled_at = time.monotonic()
+    dk.cancel(slow)
+    try:
+        dk.get(slow, timeout=20)
+    except dk.TaskCancelledError:
+        assert time.monotonic() - cancelled_at < 5
+    else:
+        raise AssertionError("not cancelled")
+    if ran_in in ignoring:
+        break
+    ignoring |= set(dk.get([ignore_interrupts.remote() for _ in range(8)]))
 else:
-    raise AssertionError("not cancelled")
+    raise AssertionError(f"no nap ran in a worker that ignored SIGINT: {ignoring}")
 
 @dk.remote
 class Counter:

@@ -14,6 +14,7 @@ any package a task uses); it needs only the standard library and Ray.
 
 from __future__ import annotations
 
+import _signal
 import contextvars
 import functools
 import inspect
@@ -134,16 +135,21 @@ def _capture_streams() -> None:
             sys.stdout = _TaskStreams(sys.stdout, "stdout")
         if not isinstance(sys.stderr, _TaskStreams):
             sys.stderr = _TaskStreams(sys.stderr, "stderr")
-        _accept_interrupts()
 
 
 def _accept_interrupts() -> None:
     """Ray cancels a running call by interrupting the main thread, which does nothing
     while SIGINT is ignored: a worker inherits that from a driver started in the
-    background by a shell without job control (``nohup``, ``cmd &`` in a script)."""
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    background by a shell without job control (``nohup``, ``cmd &`` in a script), and an
+    earlier call may have set it. Undone as each call starts (the local engine's workers
+    undo it as each task ends)."""
+    # signal.getsignal maps the answer to an enum (2 µs); the function it wraps does not.
+    if _signal.getsignal(_SIGINT) == _IGNORED and \
+            threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_SIGINT, _IGNORED = int(signal.SIGINT), int(signal.SIG_IGN)
 
 
 _this_node = {"id": ""}
@@ -288,6 +294,7 @@ def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
     if registry is not None:
         _use_registry(registry)
     _capture_streams()
+    _accept_interrupts()
     buffers: dict[str, list[str]] = {"stdout": [], "stderr": [], "children": []}
     return _Call(buffers, _buffers.set(buffers), time.time(), size_of(args) + size_of(kwargs))
 
