@@ -102,6 +102,11 @@ SIZES = {
 MB = 1 << 20
 
 
+def sizes(args: argparse.Namespace) -> dict[str, int]:
+    """The workload sizes of this run (``--quick`` or full)."""
+    return {key: pair[0] if args.quick else pair[1] for key, pair in SIZES.items()}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", required=True, choices=sorted(engines.ENGINES))
@@ -143,7 +148,7 @@ def sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """The workloads after start-up and memory, as (name, thunk taking the engine)."""
     import workloads
 
-    size = {key: pair[0] if args.quick else pair[1] for key, pair in SIZES.items()}
+    size = sizes(args)
     plan: list[tuple[str, Any]] = [
         ("round_trip", lambda e: workloads.round_trip(e, tasks, size["rtt_n"], size["rtt_warmup"])),
         ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"],
@@ -224,7 +229,7 @@ def paired_sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """The workloads of the paired run, each repeated once per round (see ``run_paired``)."""
     import workloads
 
-    size = {key: pair[0] if args.quick else pair[1] for key, pair in SIZES.items()}
+    size = sizes(args)
     return [
         ("round_trip", lambda e: workloads.round_trip(e, tasks, size["paired_rtt_n"], 20)),
         ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"], 1)),
@@ -246,7 +251,7 @@ def run_paired(args: argparse.Namespace, ours: engines.Engine, result: dict[str,
     plain.join()
     result["env"] = {**describe_environment(ours, args), "ray_version": plain.version()}
     plan = paired_sections(args)
-    rounds = SIZES["paired_rounds"][0 if args.quick else 1]
+    rounds = sizes(args)["paired_rounds"]
     result["rounds"] = []
     for index in range(rounds):
         pair = (ours, plain) if index % 2 == 0 else (plain, ours)
