@@ -301,6 +301,28 @@ assert sorted(fifth) == ["child_fails", "leaves_early", "nap"], fifth
 assert fifth["nap"].status == "finished" and fifth["nap"].finished > fifth["leaves_early"].finished
 assert fifth["child_fails"].status == "failed" and "KeyError" in fifth["child_fails"].error, fifth
 assert output_of("In [5]", 1) == ["child fails\\n"], written
+
+cell[0] = "In [7]"   # interrupting a cell cancels the tasks its tasks submitted too
+
+@dk.remote
+def waits_on_naps(n):
+    return dk.get([nap.remote(30) for _ in range(n)])
+
+waiting = waits_on_naps.remote(3)   # two naps run, one waits for a CPU
+deadline = time.monotonic() + 20
+while len(engine.timeline(cell="In [7]")) < 4:
+    assert time.monotonic() < deadline, engine.timeline(cell="In [7]")
+    time.sleep(0.05)
+time.sleep(1)
+assert len(engine.cancel_cell("In [7]")) == 1
+try:
+    dk.get(waiting, timeout=20)
+except dk.TaskCancelledError:
+    pass
+else:
+    raise AssertionError("the interrupted cell's task went on")
+seventh = settled("In [7]", 4)
+assert [r.status for r in seventh] == ["cancelled"] * 4, seventh
 dk.shutdown()
 print("records ok")
 """
@@ -427,6 +449,27 @@ record = settled(6)["hello"]
 assert record.status == "finished" and record.started and record.worker_id == 1, record
 arrived({("In [1]", "early bird\\n")})
 dk.get(busy)
+
+# Tasks submitted inside a task that end without a report of their own: the record of
+# each still ends, under the cell, as its result says (the parent's worker tells).
+@dk.remote(max_retries=1, retry_exceptions=True)
+def always_fails():
+    raise ValueError("every attempt fails")
+
+@dk.remote
+def submits_and_waits():
+    children = [crash.remote(), always_fails.remote(), nap.remote(30)]
+    time.sleep(1)
+    dk.cancel(children[2])
+    dk.wait(children, num_returns=3, timeout=60)
+    return "waited"
+
+assert dk.get(submits_and_waits.remote()) == "waited"
+records = settled(11)
+assert records["crash"].status == "failed" and records["crash"].error, records
+assert records["always_fails"].status == "failed", records
+assert "every attempt fails" in records["always_fails"].error, records
+assert records["nap"].status == "cancelled", records
 dk.shutdown()
 print("channel ok")
 """

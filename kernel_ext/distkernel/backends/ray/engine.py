@@ -292,7 +292,7 @@ class RayEngine(Engine):
         on_channel = reports and not returns_report
         ray_task_id = made[0].task_id().hex() if on_channel else ""
         task_id = self._book.submitted(name, kind, made[0], report,  # type: ignore[arg-type]
-                                       ray_task_id if self._channel is not None else "")
+                                       ray_task_id)
         if on_channel and self._channel is None:  # inside a task: the driver files it
             runner.note_submitted(ray_task_id, name, kind)  # under this call's cell
         else:
@@ -488,12 +488,15 @@ class RayEngine(Engine):
             time.sleep(0.01)
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
-        self._call(self._ray.cancel, self._theirs(ref), force=force)
+        results = self._theirs(ref)
+        self._book.cancelling([results])
+        self._call(self._ray.cancel, results, force=force)
 
     def cancel_task(self, task_id: str, *, force: bool = False) -> bool:
         results = self._book.unfinished(task_id)
         if results is None:
             return False
+        self._book.cancelling([results])
         self._call(self._ray.cancel, results, force=force)
         return True
 
@@ -661,6 +664,7 @@ class RayEngine(Engine):
 
     def cancel_cell(self, cell: str, *, force: bool = False) -> list[str]:
         unfinished = self._book.unfinished_of_cell(cell)
+        self._book.cancelling([results for _, results in unfinished])
         for _, results in unfinished:
             try:
                 self._ray.cancel(results, force=force)

@@ -12,7 +12,9 @@ argument of its failed) is ended from its result: the watcher looks which result
 in now and then, and at once for a task whose call raised (Ray may run it again).
 Tasks submitted inside tasks report on the driver's channel too, and the worker that
 submitted one sends a note naming its parent: the driver files it under the parent's
-cell, also when it ends after its parent. Through Ray Client each report is the task's
+cell, also when it ends after its parent; once such a task is done in Ray, the worker that
+submitted it (its owner, the one process that can look at its result) says so, and the
+driver ends one that sent no report of its own. Through Ray Client each report is the task's
 last return value instead, which the watcher fetches once it is in; so it is inside a
 task whose driver has no channel, where the parent's report carries the records of the
 tasks it submitted that had ended by then.
@@ -32,7 +34,7 @@ from typing import Any, NamedTuple
 
 from distkernel.backends.base import CellSource, OutputHandler, print_output
 from distkernel.backends.ray.report_channel import ReportListener
-from distkernel.backends.ray.runner import REPORT_ATTRIBUTE, Report
+from distkernel.backends.ray.runner import ENDED, REPORT_ATTRIBUTE, Report, note_ended
 from distkernel.core import config
 from distkernel.core.protocol import TaskKind
 from distkernel.core.refs import new_id
@@ -56,9 +58,18 @@ UNKNOWN_WAIT = 2.0
 #: worker waits while the channel's buffer is full.
 IDLE_LOOK = 1.0
 
+#: How long the driver waits for the report of a task submitted inside a task once the
+#: worker that submitted it said it is done (its report, sent before it returned, may
+#: still be on its way from another node), before ending it without one (seconds).
+ENDED_WAIT = 1.0
+#: What the record of a task says that ended in Ray without a report or a cancel.
+NO_RESULT = ("ended without a result of its own: its worker died, or an argument of it "
+             "failed (getting its result raises why)")
+
 #: What a watched Ray ref is: the report returned by a task, the result of a task whose
-#: report comes on the channel, or the result of an untraced call (no report at all).
-REPORT, TRACED, RESULT = "report", "traced", "result"
+#: report comes on the channel (the driver's, or, in a task, ELSEWHERE: the driver is
+#: told when it is in), or the result of an untraced call (no report at all).
+REPORT, TRACED, ELSEWHERE, RESULT = "report", "traced", "elsewhere", "result"
 
 
 class NestedRecord(NamedTuple):
@@ -127,6 +138,12 @@ class TaskBook:
         # or was awaited there: for a report that comes after all, or that says the task
         # failed after all
         self._ended_ray: OrderedDict[str, tuple[str, TaskRecord]] = OrderedDict()
+        # Of tasks submitted inside tasks, by Ray's task id: which are done in Ray (when to
+        # end them without a report, whether their submitter cancelled them), and whose
+        # task submitted each
+        self._ending: dict[str, tuple[float, bool]] = {}
+        self._parent_of: OrderedDict[str, str] = OrderedDict()
+        self._cancelled: OrderedDict[str, None] = OrderedDict()  # Ray's ids, cancelled here
         self._reports_lock = threading.Lock()  # reports are handled in the order they came
         self._results_looked = 0.0
         self._stop = threading.Event()
@@ -167,6 +184,8 @@ class TaskBook:
             idle = not self._watched
             if report is not None:
                 self._watched[report] = (task_id, REPORT)
+            elif ray_task_id and self._channel is None:  # in a task: the driver is told
+                self._watched[results] = (task_id, ELSEWHERE)
             elif ray_task_id:
                 self._watched[results] = (task_id, TRACED)
                 self._by_ray[ray_task_id] = task_id
@@ -219,7 +238,7 @@ class TaskBook:
                 self._take_reports()
                 with self._lock:
                     refs = self._due(every)
-                    if not refs and not self._watched and not self._unknown:
+                    if not (refs or self._watched or self._unknown or self._ending):
                         self._work.clear()
                 if not refs:
                     if not self._work.is_set() and not self.closed:  # nothing in flight:
@@ -235,7 +254,7 @@ class TaskBook:
     def _due(self, every: bool) -> list[Any]:
         """The refs to look at this round (the lock held)."""
         oldest = itertools.islice(self._watched.items(), WATCH_BATCH)
-        refs = [ref for ref, (_, kind) in oldest if every or kind != TRACED]
+        refs = [ref for ref, (_, kind) in oldest if every or kind in (REPORT, RESULT)]
         if self._suspect:
             refs.extend(self._suspect.difference(refs))
         return refs
@@ -272,7 +291,7 @@ class TaskBook:
             if entry is None:
                 continue
             task_id, kind = entry
-            if kind == RESULT:
+            if kind in (RESULT, ELSEWHERE):
                 self._ended(task_id, None, None)
             else:  # the report, its ref (when getting it may raise), or the result's ref
                 self._ended_by(task_id, got.get(ref, ref), kind)
@@ -303,18 +322,23 @@ class TaskBook:
             return
         with self._reports_lock:
             self._handle(self._channel.drain())
+            if self._ending:
+                self._end_unreported(time.monotonic())
             if self._unknown:
                 self._write_unknown(time.monotonic() - UNKNOWN_WAIT)
 
     def _handle(self, messages: list[Any]) -> None:
         """Messages from the channel: ``(Ray's task id, True / False, report fields)``, a
         call's report (it returned, or raised); ``(Ray's task id, None, (parent's task
-        id, name, kind, when))``, a task submitted inside a task. The reports lock held."""
+        id, name, kind, when))``, a task submitted inside a task; ``(Ray's task id, ENDED,
+        (cancelled,))``, such a task is done in Ray. The reports lock held."""
         for message in messages:
             try:
                 ray_task_id, ok, fields = message
                 if ok is None:
                     self._on_note(ray_task_id, *fields)
+                elif ok == ENDED:
+                    self._on_ended(ray_task_id, *fields)
                 else:
                     self._on_report(ray_task_id, ok, Report._make(fields))
             except (TypeError, ValueError):  # not a message of this version's: skipped
@@ -343,6 +367,9 @@ class TaskBook:
         with self._lock:
             self._unfinished[task_id] = (record, None, ray_task_id)
             self._by_ray[ray_task_id] = task_id
+            self._parent_of[ray_task_id] = parent
+            while len(self._parent_of) > KEPT_UNKNOWN:
+                self._parent_of.popitem(last=False)
             early = self._unknown.pop(ray_task_id, None) if self._unknown else None
         if early:  # its report, or the notes of the tasks it submitted
             self._handle([message for message, _ in early])
@@ -378,7 +405,8 @@ class TaskBook:
         elif task_id is not None and not ok:
             self._deliver(self._node_of(report), task_id, report)
             if results is None and not report.runs_again:  # submitted in a task: no result
-                self._ended(task_id, report, None, deliver=False, error_text=report.error)
+                self._ended(task_id, report, None, deliver=False, error_text=report.error,
+                            cancelled=_interrupted(report))
         elif task_id is not None:
             if report.actor_exit and results is not None:
                 import ray  # the actor is ended once this call's result is stored
@@ -386,6 +414,59 @@ class TaskBook:
                 ray.wait([results], timeout=10, fetch_local=False)
             if not self._ended(task_id, report, None) and record is not None:
                 self._came_late(task_id, record, report)  # ended from its result meanwhile
+
+    def _on_ended(self, ray_task_id: str, cancelled: bool) -> None:
+        """A task submitted inside a task is done in Ray (its submitter says): ended after
+        ENDED_WAIT unless its report comes by then. The reports lock held."""
+        with self._lock:
+            if ray_task_id in self._by_ray:
+                self._ending[ray_task_id] = (time.monotonic() + ENDED_WAIT, cancelled)
+            elif ray_task_id not in self._ended_ray:  # its own note is on its way
+                self._wait_for(ray_task_id, (ray_task_id, ENDED, (cancelled,)))
+
+    def _end_unreported(self, now: float) -> None:
+        """End the tasks submitted inside tasks that are done in Ray and sent no report
+        that said they returned: as their last attempt's report says, if one raised (Ray
+        retried it to the end), else cancelled (here, by their submitter, or with a task
+        above them), else failed without a result. The reports lock held."""
+        with self._lock:
+            due = [ray_task_id for ray_task_id, (at, _) in self._ending.items() if at <= now]
+            ending = []
+            for ray_task_id in due:
+                cancelled = self._ending.pop(ray_task_id)[1] or \
+                    self._cancelled_above(ray_task_id)
+                task_id = self._by_ray.get(ray_task_id)
+                if task_id is not None:  # else its report came meanwhile
+                    ending.append((task_id, self._raised.get(task_id), cancelled))
+        for task_id, raised, cancelled in ending:
+            if raised is not None:
+                self._ended(task_id, raised, None, deliver=False, error_text=raised.error,
+                            cancelled=cancelled or _interrupted(raised))
+            else:
+                self._ended(task_id, None, None, error_text="" if cancelled else NO_RESULT,
+                            cancelled=cancelled)
+
+    def _cancelled_above(self, ray_task_id: str | None) -> bool:
+        """Whether this task, or one it was submitted inside, was cancelled here (Ray
+        cancels the tasks a task submitted with it). The lock held."""
+        for _ in range(len(self._parent_of) + 1):  # each step goes one task up
+            if ray_task_id is None:
+                return False
+            if ray_task_id in self._cancelled:
+                return True
+            ray_task_id = self._parent_of.get(ray_task_id)
+        return False
+
+    def cancelling(self, results: list[Any]) -> None:
+        """Tasks about to be cancelled (Ray refs to their results): those of them, and of
+        the tasks submitted inside them, that end without a report are cancelled, not
+        failed."""
+        ray_task_ids = [ref.task_id().hex() for ref in results]
+        with self._lock:
+            for ray_task_id in ray_task_ids:
+                self._cancelled[ray_task_id] = None
+            while len(self._cancelled) > KEPT_UNKNOWN:
+                self._cancelled.popitem(last=False)
 
     def _failed_late(self, record: TaskRecord, report: Report) -> None:
         """A task whose report said it returned failed all the same: Ray could not send
@@ -424,6 +505,8 @@ class TaskBook:
         for ray_task_id, ok, fields in taken:
             if ok is None:
                 self._on_note(ray_task_id, *fields, known=True)
+            elif ok == ENDED:  # a task never known here: nothing to end
+                continue
             else:
                 report = Report._make(fields)
                 self._deliver(self._node_of(report), "", report)
@@ -432,10 +515,11 @@ class TaskBook:
         return self.node_index(report.node_id) if report.node_id else 0
 
     def _ended(self, task_id: str, report: Report | None, error: BaseException | None,
-               deliver: bool = True, error_text: str = "") -> bool:
+               deliver: bool = True, error_text: str = "", cancelled: bool = False) -> bool:
         """The task ended: complete its record, deliver its output (``deliver``). It failed
-        with ``error`` or, as its report says, ``error_text``. False if it had ended
-        already."""
+        with ``error`` or, as its report says, ``error_text``, or it was ``cancelled``.
+        In a task, one whose report goes to the driver is told the driver of, else kept
+        for its parent's report. False if it had ended already."""
         with self._lock:
             entry = self._unfinished.pop(task_id, None)
             if entry is None:
@@ -447,7 +531,9 @@ class TaskBook:
                 self._ended_ray[ray_task_id] = (task_id, record)
                 while len(self._ended_ray) > KEPT_UNKNOWN:
                     self._ended_ray.popitem(last=False)
-            status = "failed" if error_text else _status(error)
+            # (in a task, whose result it did not look at: cancelled here, as it seems)
+            cancelled = cancelled or (self._in_task and ray_task_id in self._cancelled)
+            status = "cancelled" if cancelled else "failed" if error_text else _status(error)
             self.counts[status] += 1
         if report is not None:
             self._fill(record, report)
@@ -461,6 +547,9 @@ class TaskBook:
                 self.on_actor_exit(*report.actor_exit)
             except Exception:  # noqa: BLE001 - Ray shut down meanwhile: nothing left to end
                 pass
+        if self._in_task and ray_task_id:
+            note_ended(ray_task_id, status == "cancelled")
+            return True
         if self._in_task:
             self._keep(task_id, record, report)
             return True
@@ -578,6 +667,11 @@ def _report_of(error: BaseException | None) -> Report | None:
     cause = getattr(error, "cause", None)
     report = getattr(cause, REPORT_ATTRIBUTE, None)
     return report if isinstance(report, Report) else None
+
+
+def _interrupted(report: Report) -> bool:
+    """Whether the call raised KeyboardInterrupt: how Ray cancels a running call."""
+    return report.error.partition(":")[0] == "KeyboardInterrupt"
 
 
 def _status(error: BaseException | None) -> str:

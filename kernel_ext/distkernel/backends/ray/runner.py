@@ -284,6 +284,21 @@ def note_submitted(ray_task_id: str, name: str, kind: str) -> None:
         report_channel.send(channel, (ray_task_id, None, (parent, name, kind, time.time())))
 
 
+#: What the second field of a message on the channel says when the task it names ended
+#: in Ray without a report of its own (``note_ended``).
+ENDED = "ended"
+
+
+def note_ended(ray_task_id: str, cancelled: bool) -> None:
+    """Tell the driver that a task the running process submitted (see ``note_submitted``)
+    is done in Ray: one that sent no report of its own (its worker died, it was cancelled
+    before it ran, an argument of it failed) ends there all the same. ``cancelled``: this
+    process cancelled it."""
+    channel = _driver["channel"]
+    if channel is not None:
+        report_channel.send(channel, (ray_task_id, ENDED, (cancelled,)))
+
+
 def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
            channel: ChannelAddress | None) -> _Call:
     if channel is not None:
