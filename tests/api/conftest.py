@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 import pytest
@@ -29,9 +30,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "local_only(reason): the test needs the local engine")
 
 
+class RayCluster(NamedTuple):
+    address: str  # what a driver on this machine joins
+    client_address: str | None  # ray://host:port, where Ray Client can run here
+
+
 @pytest.fixture(scope="package", params=ENGINES)  # Ray stops once tests/api is done
-def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[str]:
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
     """"local", or the address of this run's own Ray cluster, which the process joins
     once (before any test's leak check looks): each test's init() uses that connection,
     and its shutdown() ends only that test's tasks and actors."""
@@ -39,6 +44,16 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield "local"
         return
     import ray
+    address = request.getfixturevalue("ray_cluster").address
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    yield address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="package")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """This run's own two-CPU Ray cluster, on this machine (it serves Ray Client too,
+    where that can run)."""
     address_file = tmp_path_factory.mktemp("ray") / "address"
     server = subprocess.Popen([sys.executable, "-m", "tests.backends.ray.cluster_server",
                                str(address_file)], cwd=ROOT, stdin=subprocess.PIPE,
@@ -51,9 +66,8 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             assert server.poll() is None, f"the Ray cluster did not start ({server.returncode})"
             assert time.monotonic() < deadline, "the Ray cluster did not start in time"
             time.sleep(0.1)
-        ray.init(address=address_file.read_text(), include_dashboard=False, log_to_driver=False)
-        yield address_file.read_text()
-        ray.shutdown()
+        address, *client = address_file.read_text().split("\n")
+        yield RayCluster(address, client[0] if client else None)
     finally:
         started = psutil.Process(server.pid).children(recursive=True)
         server.terminate()  # the cluster stops every process it started

@@ -5,12 +5,17 @@
 every process it started, on SIGTERM or once its standard input closes (the test process
 that started it ended, however it ended). Tests join it with ``init(address=...)``: a
 driver joins in about a second, where starting a Ray of its own takes several.
+
+When Ray Client can run here (``ray[client]``), the head serves it too, and a second line
+of ADDRESS_FILE says where: ``ray://host:port``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -25,15 +30,28 @@ def main(address_file: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": NUM_CPUS, "object_store_memory": STORE_BYTES, "include_dashboard": False})
+    head = {"num_cpus": NUM_CPUS, "object_store_memory": STORE_BYTES,
+            "include_dashboard": False}
+    if importlib.util.find_spec("grpc") is not None:  # Ray Client's one extra need
+        head["ray_client_server_port"] = _free_port()
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    addresses = [cluster.address]
+    if "ray_client_server_port" in head:
+        host = cluster.address.rpartition(":")[0]
+        addresses.append(f"ray://{host}:{head['ray_client_server_port']}")
     try:
         with open(address_file + ".part", "w") as handle:
-            handle.write(cluster.address)
+            handle.write("\n".join(addresses))
         os.replace(address_file + ".part", address_file)
         stop.wait()
     finally:
         cluster.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ submitted it (its owner, the one process that can look at its result) says so, a
 driver ends one that sent no report of its own. Through Ray Client each report is the task's
 last return value instead, which the watcher fetches once it is in; so it is inside a
 task whose driver has no channel, where the parent's report carries the records of the
-tasks it submitted that had ended by then.
+tasks it submitted that had ended by then, and, for those still running, the Ray refs to
+their report and results: the driver watches them from then on.
 
 The book also keeps, while a task is unfinished, a Ray ref to its results: what
 ``cancel_task`` and an interrupted cell cancel.
@@ -87,6 +88,9 @@ class NestedRecord(NamedTuple):
     node_id: str
     stdout: str
     stderr: str
+    # One still running as its parent ended (status "pending"): Ray refs to its report (or
+    # None: it returns none) and to its results, which the driver watches from then on.
+    refs: tuple[Any, Any] | None = None
 
 
 #: How many ended tasks a worker keeps for parents' reports (those whose parent ended
@@ -123,9 +127,11 @@ class TaskBook:
         self.closed = False
         self._in_task = in_task
         self._kept: OrderedDict[str, list[NestedRecord]] = OrderedDict()
-        # Ray ref -> (task id, what the ref is: REPORT, TRACED or RESULT). A result is
-        # fetched only for a task that ended without its report (an error, as a rule).
+        # Ray ref -> (task id, what the ref is: REPORT, TRACED, ELSEWHERE or RESULT). A
+        # result is fetched only for a task that ended without its report (an error, as a
+        # rule).
         self._watched: dict[Any, tuple[str, str]] = {}
+        self._report_refs: dict[str, Any] = {}  # in a task: id -> the ref to its report
         # The channel's side: Ray's task id -> ours, while its report is awaited.
         self._channel = channel
         self._by_ray: dict[str, str] = {}
@@ -184,6 +190,8 @@ class TaskBook:
             idle = not self._watched
             if report is not None:
                 self._watched[report] = (task_id, REPORT)
+                if self._in_task:  # handed to the driver if it outlives its parent
+                    self._report_refs[task_id] = report
             elif ray_task_id and self._channel is None:  # in a task: the driver is told
                 self._watched[results] = (task_id, ELSEWHERE)
             elif ray_task_id:
@@ -551,6 +559,8 @@ class TaskBook:
             note_ended(ray_task_id, status == "cancelled")
             return True
         if self._in_task:
+            with self._lock:
+                self._report_refs.pop(task_id, None)
             self._keep(task_id, record, report)
             return True
         if report is not None and report.nested:
@@ -573,22 +583,40 @@ class TaskBook:
             while len(self._kept) > KEPT_NESTED:
                 self._kept.popitem(last=False)
 
-    def take_nested(self, task_ids: list[str]) -> tuple[NestedRecord, ...]:
+    def take_nested(self, task_ids: list[str], hand_over: bool) -> tuple[NestedRecord, ...]:
         """The records of these tasks (a call's children) that have ended, and of the tasks
-        they submitted, taken out (a worker, as the call ends)."""
+        they submitted, taken out (a worker, as the call ends). With ``hand_over`` (the
+        records travel in a result, whose Ray refs Ray tracks), those still running too,
+        with the refs the driver watches them by (``NestedRecord.refs``)."""
         try:
             self.catch_up()
         except Exception:  # noqa: BLE001 - Ray unavailable: what was kept is still sent
             pass
         with self._lock:
-            taken = [self._kept.pop(t, []) for t in task_ids]
+            taken = [self._kept.pop(t) if t in self._kept else
+                     self._hand_over(t) if hand_over else [] for t in task_ids]
         return tuple(record for each in taken for record in each)
+
+    def _hand_over(self, task_id: str) -> list[NestedRecord]:
+        """A running child, taken out of this book for its parent's report (the lock
+        held)."""
+        entry = self._unfinished.pop(task_id, None)
+        if entry is None:  # gone from the kept ones (the oldest go)
+            return []
+        record, results, _ = entry
+        report = self._report_refs.pop(task_id, None)
+        self._watched.pop(report if report is not None else results, None)
+        return [NestedRecord(record.name, record.kind, record.submitted, None, None,
+                             "pending", 0, 0, None, "", "", "", (report, results))]
 
     def _file_nested(self, parent_id: str, nested: tuple[NestedRecord, ...]) -> None:
         """The driver: tasks a task submitted, filed as records of the parent's cell, their
         output delivered there."""
         cell = self.cell_of(parent_id)
         for each in nested:
+            if each.refs is not None:  # still running: watched here from now on
+                self._watch_handed_over(each, cell)
+                continue
             task_id = new_id()
             node = self.node_index(each.node_id) if each.node_id else None
             record = TaskRecord(task_id, each.name, each.kind, node, each.submitted,
@@ -606,6 +634,20 @@ class TaskBook:
                 for stream, text in (("stdout", each.stdout), ("stderr", each.stderr)):
                     if text:
                         self._write(node or 0, task_id, stream, text)
+
+    def _watch_handed_over(self, nested: NestedRecord, cell: str | None) -> None:
+        """A task submitted inside a task that ended first: recorded under that task's
+        cell, and ended as an unfinished task of this book's is (by its report, or by its
+        result for a call that returns none)."""
+        report, results = nested.refs  # type: ignore[misc]
+        task_id, record = self._record(nested.name, nested.kind, nested.submitted, cell, False)
+        with self._lock:
+            self._unfinished[task_id] = (record, results, "")
+            if report is not None:
+                self._watched[report] = (task_id, REPORT)
+            else:
+                self._watched[results] = (task_id, RESULT)
+        self._work.set()
 
     def _deliver(self, node: int, task_id: str, report: Report) -> None:
         if not self._log_to_driver or self.closed:

@@ -113,8 +113,9 @@ class _TaskStreams(io.TextIOBase):
 _buffers: contextvars.ContextVar[dict[str, list[str]] | None] = contextvars.ContextVar(
     "distkernel_task_output", default=None)
 #: In a worker, what becomes of a call's children (the ids in "children") once it ends:
-#: the records of those that ended, taken from this worker's engine (set when it starts).
-take_nested: Callable[[list[str]], tuple[Any, ...]] | None = None
+#: the records of those that ended, taken from this worker's engine (set when it starts),
+#: and, when the report travels as a result, those still running, handed over.
+take_nested: Callable[[list[str], bool], tuple[Any, ...]] | None = None
 
 
 def submitted_here(task_id: str) -> None:
@@ -401,12 +402,13 @@ def _failed(exc: BaseException, call: _Call, channel: ChannelAddress | None,
     if channel is not None:
         from distkernel.core.exceptions import exception_text
 
-        _send(channel, False, _report(call)._replace(error=exception_text(exc),
+        _send(channel, False, _report(call, False)._replace(error=exception_text(exc),
                                                      runs_again=runs_again))
         return _travelling(exc)
     exc = _travelling(exc)
     try:
-        setattr(exc, REPORT_ATTRIBUTE, _report(call))
+        # (not Ray refs in it: the driver's Ray Client could not unpickle the error)
+        setattr(exc, REPORT_ATTRIBUTE, _report(call, False))
     except Exception:  # noqa: BLE001 - an exception that takes no attributes
         pass
     return exc
@@ -471,7 +473,7 @@ def _returned(value: Any, call: _Call, num_returns: int, function: Any,
             msg = f"{name} has num_returns={num_returns} but returned {len(values)} values"
             raise ValueError(msg)
         checked = tuple(_checked(each, channel) for each in values)
-    report = _report(call, size_of(value), actor_exit)
+    report = _report(call, channel is None, size_of(value), actor_exit)
     if channel is not None:
         _send(channel, True, report)
         return checked
@@ -577,9 +579,12 @@ def _describe(self: Any, options: Any,
     return options, getattr(type(self), TRACED), returns_report
 
 
-def _report(call: _Call, bytes_out: int = 0, actor_exit: tuple[str, ...] = ()) -> Report:
+def _report(call: _Call, returned: bool, bytes_out: int = 0,
+            actor_exit: tuple[str, ...] = ()) -> Report:
+    """The call's report. ``returned``: it travels as a result, which Ray sends (the
+    children still running are handed to the driver, as Ray refs), not on the channel."""
     children = call.buffers["children"]
-    nested = take_nested(children) if children and take_nested is not None else ()
+    nested = take_nested(children, returned) if children and take_nested is not None else ()
     return Report(call.started, time.time(), _node_id(), os.getpid(),
                   "".join(call.buffers["stdout"]), "".join(call.buffers["stderr"]),
                   call.bytes_in, bytes_out, nested, actor_exit)

@@ -1,0 +1,154 @@
+"""The API through Ray Client: ``init(address="ray://host:port")`` from a driver whose
+tasks' workers cannot reach it, so their reports come back as results (``runner``).
+Joins the Ray cluster of this package's Ray half, from a driver script of its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_driver_script
+
+CLIENT = """
+import sys
+import threading
+import time
+import numpy as np
+import distkernel as dk
+from distkernel.api import runtime
+
+for attempt in range(3):   # Ray's server for this client may fail to start: tried again
+    try:
+        info = dk.init(address=ADDRESS)
+        break
+    except dk.DistkernelError as error:
+        if "Initialization failure from server" not in str(error) or attempt == 2:
+            raise
+        time.sleep(2)
+assert info.backend == "ray", info
+engine = runtime.current_engine()
+written, lock = [], threading.Lock()
+cell = ["In [1]"]
+
+def write(node, task_id, stream, text):   # what the notebook front does with task output
+    with lock:
+        written.append((engine.cell_of_task(task_id), text))
+
+engine.route_output(lambda: cell[0], write)
+
+@dk.remote
+def square(x):
+    print("square", x)
+    return x * x
+
+@dk.remote
+def fail():
+    raise ValueError("bad input")
+
+@dk.remote
+def nap(seconds):
+    for _ in range(int(seconds * 10)):   # Ray interrupts a task between bytecodes
+        time.sleep(0.1)
+    print("napped", seconds)
+    return seconds
+
+@dk.remote
+def leaves_early():
+    done = dk.get(square.remote(3))   # ends first: its record comes in this one's report
+    nap.remote(1.5)   # still running when this one has ended
+    return done
+
+@dk.remote
+def fails_late():
+    dk.get(square.remote(5))   # its record comes with the error
+    raise KeyError("late")
+
+@dk.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def add(self, k):
+        self.n += k
+        return self.n
+
+def settled(tag, count):   # the cell's records, once all ended (a moment after the results)
+    deadline = time.monotonic() + 30
+    while True:
+        records = engine.timeline(cell=tag)
+        if len(records) >= count and all(r.status != "pending" for r in records):
+            return records
+        assert time.monotonic() < deadline, records
+        time.sleep(0.05)
+
+def output_of(tag, count):
+    deadline = time.monotonic() + 30
+    while True:
+        with lock:
+            out = sorted(text for cell_tag, text in written if cell_tag == tag)
+        if len(out) >= count or time.monotonic() > deadline:
+            return out
+        time.sleep(0.05)
+
+assert dk.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
+arr = np.arange(1_000_000, dtype=np.float64)
+assert np.array_equal(dk.get(dk.put(arr)), arr)
+try:
+    dk.get(fail.remote())
+except ValueError as error:
+    assert isinstance(error, dk.TaskError) and "bad input" in str(error), error
+else:
+    raise AssertionError("no error")
+counter = Counter.remote()
+assert dk.get([counter.add.remote(1) for _ in range(3)]) == [1, 2, 3]
+try:
+    dk.put(threading.Lock())
+except dk.SerializationError as error:
+    assert "_thread.lock" in str(error), error
+else:
+    raise AssertionError("a lock travelled")
+slow = nap.remote(30)
+time.sleep(1)
+dk.cancel(slow)
+try:
+    dk.get(slow, timeout=20)
+except dk.TaskCancelledError:
+    pass
+else:
+    raise AssertionError("not cancelled")
+first = {r.name: r.status for r in settled("In [1]", 10)}
+assert first == {"square": "finished", "fail": "failed", "Counter": "finished",
+                 "Counter.add": "finished", "nap": "cancelled"}, first
+assert output_of("In [1]", 4) == [f"square {i}\\n" for i in range(4)], written
+
+cell[0] = "In [2]"   # a task submitted inside a task, still running when its parent ends
+assert dk.get(leaves_early.remote()) == 9
+cell[0] = "In [3]"
+second = {r.name: r for r in settled("In [2]", 3)}
+assert sorted(second) == ["leaves_early", "nap", "square"], second
+assert all(r.status == "finished" and r.worker_id == 1 for r in second.values()), second
+assert second["nap"].finished > second["leaves_early"].finished, second
+assert output_of("In [2]", 2) == ["napped 1.5\\n", "square 3\\n"], written
+try:
+    dk.get(fails_late.remote())
+except KeyError:
+    pass
+else:
+    raise AssertionError("no error")
+third = {r.name: r.status for r in settled("In [3]", 2)}
+assert third == {"fails_late": "failed", "square": "finished"}, third
+assert output_of("In [3]", 1) == ["square 5\\n"], written
+dk.shutdown()
+print("client ok")
+"""
+
+
+def test_the_api_and_the_records_through_ray_client(engine, request, tmp_path):
+    """Tasks, actors, put / get, errors, cancel, and each task's record and output in the
+    cell that submitted it, also for a task submitted inside a task that ends after it."""
+    if engine == "local":
+        pytest.skip("Ray Client is Ray's")
+    ray_cluster = request.getfixturevalue("ray_cluster")  # (the Ray half's, started by now)
+    if ray_cluster.client_address is None:
+        pytest.skip("Ray Client needs grpcio: pip install 'distkernel[ray]'")
+    script = CLIENT.replace("ADDRESS", repr(ray_cluster.client_address))
+    done = run_driver_script(tmp_path, script, timeout=240)
+    assert "client ok" in done.stdout
