@@ -27,6 +27,10 @@ STORE_BYTES = 256 * 1024 * 1024
 
 
 def main(address_file: str) -> None:
+    # The head's Ray Client proxy forks a server per client while its gRPC threads run;
+    # with gRPC's fork handlers on, that fork sometimes hung or the child died at once
+    # (the client then waits 30 s for nothing). Its processes inherit this.
+    os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()

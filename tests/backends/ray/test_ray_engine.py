@@ -314,7 +314,7 @@ while len(engine.timeline(cell="In [7]")) < 4:
     assert time.monotonic() < deadline, engine.timeline(cell="In [7]")
     time.sleep(0.05)
 time.sleep(1)
-assert len(engine.cancel_cell("In [7]")) == 1
+assert len(engine.cancel_cell("In [7]")) == 4   # with the three it submitted
 try:
     dk.get(waiting, timeout=20)
 except dk.TaskCancelledError:
@@ -323,6 +323,45 @@ else:
     raise AssertionError("the interrupted cell's task went on")
 seventh = settled("In [7]", 4)
 assert [r.status for r in seventh] == ["cancelled"] * 4, seventh
+
+cell[0] = "In [8]"   # and the tasks a task submitted and returned, once it has ended
+
+@dk.remote
+def launcher(n):
+    return [nap.remote(30) for _ in range(n)]
+
+launched = dk.get(launcher.remote(2))
+deadline = time.monotonic() + 20
+while len(engine.timeline(cell="In [8]")) < 3:
+    assert time.monotonic() < deadline, engine.timeline(cell="In [8]")
+    time.sleep(0.05)
+assert len(engine.cancel_cell("In [8]")) == 2
+for ref in launched:
+    try:
+        dk.get(ref, timeout=20)
+    except dk.TaskCancelledError:
+        pass
+    else:
+        raise AssertionError("a task the interrupted cell's task submitted went on")
+eighth = sorted((r.name, r.status) for r in settled("In [8]", 3))
+assert eighth == [("launcher", "finished"), ("nap", "cancelled"), ("nap", "cancelled")], eighth
+
+cell[0] = "In [9]"   # ... also those the notebook never saw a ref of
+
+@dk.remote
+def leaves_running():
+    nap.remote(30)
+    return "left"
+
+assert dk.get(leaves_running.remote()) == "left"
+deadline = time.monotonic() + 20
+while len(engine.timeline(cell="In [9]")) < 2:
+    assert time.monotonic() < deadline, engine.timeline(cell="In [9]")
+    time.sleep(0.05)
+time.sleep(1)   # running by now
+assert len(engine.cancel_cell("In [9]")) == 1
+ninth = sorted((r.name, r.status) for r in settled("In [9]", 2))
+assert ninth == [("leaves_running", "finished"), ("nap", "cancelled")], ninth
 dk.shutdown()
 print("records ok")
 """

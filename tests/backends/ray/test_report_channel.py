@@ -81,3 +81,30 @@ def test_what_a_worker_sent_just_before_its_process_ended_is_read():
         assert _drain_until(listener, 2) == [("last words", 0), ("last words", 1)]
     finally:
         listener.close()
+
+
+def test_the_driver_writes_back_to_the_worker_a_report_came_from():
+    listener = ReportListener("127.0.0.1")
+    try:
+        assert report_channel.requests(listener.address) == []   # no connection yet
+        assert report_channel.send(listener.address, "report")
+        deadline = time.monotonic() + 10
+        got: list[tuple[int, object]] = []
+        while not got and time.monotonic() < deadline:
+            got = listener.drain_from(timeout=0.1)
+        [(sender, message)] = got
+        assert message == "report"
+        requests = [("cancel", i, "z" * (i * 20_000)) for i in range(5)]   # some in parts
+        assert all(listener.tell(sender, request) for request in requests)
+        assert not listener.tell(sender + 1, "nobody")
+        taken: list[object] = []
+        while len(taken) < len(requests) and time.monotonic() < deadline:
+            taken += report_channel.requests(listener.address)
+            time.sleep(0.01)
+        assert taken == requests
+        looking = threading.Thread(target=report_channel.requests, args=(listener.address,))
+        looking.start()   # nothing more has come: it returns at once, it does not wait
+        looking.join(timeout=report_channel.SEND_TIMEOUT / 2)
+        assert not looking.is_alive(), "requests() waited for the driver to write"
+    finally:
+        listener.close()

@@ -494,8 +494,8 @@ class RayEngine(Engine):
 
     def cancel_task(self, task_id: str, *, force: bool = False) -> bool:
         results = self._book.unfinished(task_id)
-        if results is None:
-            return False
+        if results is None:  # submitted inside a task: the worker that did cancels it
+            return bool(self._book.cancel_nested(task_id=task_id, force=force))
         self._book.cancelling([results])
         self._call(self._ray.cancel, results, force=force)
         return True
@@ -670,7 +670,9 @@ class RayEngine(Engine):
                 self._ray.cancel(results, force=force)
             except Exception:  # noqa: BLE001 - it ended meanwhile: nothing to cancel
                 pass
-        return [task_id for task_id, _ in unfinished]
+        # Those submitted inside its tasks, also once these ended: by the workers that did
+        nested = self._book.cancel_nested(cell=cell, force=force)
+        return [task_id for task_id, _ in unfinished] + nested
 
 
 def _connect(address: str, settings: config.ClusterSettings) -> None:

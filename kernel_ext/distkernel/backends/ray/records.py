@@ -21,7 +21,8 @@ tasks it submitted that had ended by then, and, for those still running, the Ray
 their report and results: the driver watches them from then on.
 
 The book also keeps, while a task is unfinished, a Ray ref to its results: what
-``cancel_task`` and an interrupted cell cancel.
+``cancel_task`` and an interrupted cell cancel. A task submitted inside a task has none
+here: the worker that submitted it is asked to cancel it, on its connection.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from typing import Any, NamedTuple
 
 from distkernel.backends.base import CellSource, OutputHandler, print_output
 from distkernel.backends.ray.report_channel import ReportListener
-from distkernel.backends.ray.runner import ENDED, REPORT_ATTRIBUTE, Report, note_ended
+from distkernel.backends.ray.runner import (
+    CANCEL,
+    ENDED,
+    REPORT_ATTRIBUTE,
+    Report,
+    cancel_requests,
+    note_ended,
+)
 from distkernel.core import config
 from distkernel.core.protocol import TaskKind
 from distkernel.core.refs import new_id
@@ -150,6 +158,7 @@ class TaskBook:
         self._ending: dict[str, tuple[float, bool]] = {}
         self._parent_of: OrderedDict[str, str] = OrderedDict()
         self._cancelled: OrderedDict[str, None] = OrderedDict()  # Ray's ids, cancelled here
+        self._owners: dict[str, int] = {}  # Ray's id -> the connection of the worker owning it
         self._reports_lock = threading.Lock()  # reports are handled in the order they came
         self._results_looked = 0.0
         self._stop = threading.Event()
@@ -204,7 +213,7 @@ class TaskBook:
             self._work.set()
         if early:  # a short task's report came before this record
             with self._reports_lock:
-                self._handle([message for message, _ in early])
+                self._handle([sent for sent, _ in early])
         return task_id
 
     def _record(self, name: str, kind: TaskKind, submitted: float, cell: str | None,
@@ -244,6 +253,8 @@ class TaskBook:
                 self._results_looked = now
             try:
                 self._take_reports()
+                if self._in_task:
+                    self._take_requests()
                 with self._lock:
                     refs = self._due(every)
                     if not (refs or self._watched or self._unknown or self._ending):
@@ -329,38 +340,41 @@ class TaskBook:
         if self._channel is None:
             return
         with self._reports_lock:
-            self._handle(self._channel.drain())
+            self._handle(self._channel.drain_from())
             if self._ending:
                 self._end_unreported(time.monotonic())
             if self._unknown:
                 self._write_unknown(time.monotonic() - UNKNOWN_WAIT)
 
-    def _handle(self, messages: list[Any]) -> None:
-        """Messages from the channel: ``(Ray's task id, True / False, report fields)``, a
-        call's report (it returned, or raised); ``(Ray's task id, None, (parent's task
-        id, name, kind, when))``, a task submitted inside a task; ``(Ray's task id, ENDED,
-        (cancelled,))``, such a task is done in Ray. The reports lock held."""
-        for message in messages:
+    def _handle(self, messages: list[tuple[int, Any]]) -> None:
+        """Messages from the channel, each with the number of the worker's connection it
+        came on: ``(Ray's task id, True / False, report fields)``, a call's report (it
+        returned, or raised); ``(Ray's task id, None, (parent's task id, name, kind,
+        when))``, a task submitted inside a task; ``(Ray's task id, ENDED, (cancelled,))``,
+        such a task is done in Ray. The reports lock held."""
+        for sender, message in messages:
             try:
                 ray_task_id, ok, fields = message
                 if ok is None:
-                    self._on_note(ray_task_id, *fields)
+                    self._on_note(ray_task_id, *fields, sender=sender)
                 elif ok == ENDED:
-                    self._on_ended(ray_task_id, *fields)
+                    self._on_ended(ray_task_id, *fields, sender=sender)
                 else:
-                    self._on_report(ray_task_id, ok, Report._make(fields))
+                    self._on_report(ray_task_id, ok, Report._make(fields), sender)
             except (TypeError, ValueError):  # not a message of this version's: skipped
                 continue
 
-    def _wait_for(self, ray_task_id: str, message: Any) -> None:
+    def _wait_for(self, ray_task_id: str, sender: int, message: Any) -> None:
         """Keep ``message`` until the task ``ray_task_id`` is known (the lock held)."""
-        self._unknown.setdefault(ray_task_id, []).append((message, time.monotonic()))
+        self._unknown.setdefault(ray_task_id, []).append(((sender, message),
+                                                          time.monotonic()))
         while len(self._unknown) > KEPT_UNKNOWN:
             self._unknown.popitem(last=False)
 
     def _on_note(self, ray_task_id: str, parent: str, name: str, kind: TaskKind,
-                 submitted: float, *, known: bool = False) -> None:
-        """A task was submitted inside the task ``parent``: its record, under the parent's
+                 submitted: float, *, sender: int, known: bool = False) -> None:
+        """A task was submitted inside the task ``parent`` by the worker on the connection
+        ``sender`` (its owner, who alone can cancel it): its record, under the parent's
         cell (``known``: file it even if the parent is not known, with no cell). The
         reports lock held."""
         with self._lock:
@@ -368,7 +382,8 @@ class TaskBook:
             if parent_id is None and parent in self._ended_ray:
                 parent_id = self._ended_ray[parent][0]
             if parent_id is None and not known:  # the parent's own note is on its way
-                self._wait_for(parent, (ray_task_id, None, (parent, name, kind, submitted)))
+                self._wait_for(parent, sender,
+                               (ray_task_id, None, (parent, name, kind, submitted)))
                 return
         task_id, record = self._record(
             name, kind, submitted, self.cell_of(parent_id) if parent_id else None, False)
@@ -376,13 +391,14 @@ class TaskBook:
             self._unfinished[task_id] = (record, None, ray_task_id)
             self._by_ray[ray_task_id] = task_id
             self._parent_of[ray_task_id] = parent
+            self._owners[ray_task_id] = sender
             while len(self._parent_of) > KEPT_UNKNOWN:
                 self._parent_of.popitem(last=False)
             early = self._unknown.pop(ray_task_id, None) if self._unknown else None
         if early:  # its report, or the notes of the tasks it submitted
-            self._handle([message for message, _ in early])
+            self._handle([sent for sent, _ in early])
 
-    def _on_report(self, ray_task_id: str, ok: bool, report: Report) -> None:
+    def _on_report(self, ray_task_id: str, ok: bool, report: Report, sender: int) -> None:
         """A call's report came on the channel (``ok``: it returned, else it raised and
         Ray may run it again). The reports lock held."""
         late = results = record = None
@@ -391,7 +407,7 @@ class TaskBook:
             if task_id is None:
                 late = self._ended_ray.get(ray_task_id)
                 if late is None:  # not submitted yet, or not by this book: kept a while
-                    self._wait_for(ray_task_id, (ray_task_id, ok, tuple(report)))
+                    self._wait_for(ray_task_id, sender, (ray_task_id, ok, tuple(report)))
                     return
             else:
                 entry = self._unfinished.get(task_id)
@@ -423,14 +439,14 @@ class TaskBook:
             if not self._ended(task_id, report, None) and record is not None:
                 self._came_late(task_id, record, report)  # ended from its result meanwhile
 
-    def _on_ended(self, ray_task_id: str, cancelled: bool) -> None:
+    def _on_ended(self, ray_task_id: str, cancelled: bool, *, sender: int) -> None:
         """A task submitted inside a task is done in Ray (its submitter says): ended after
         ENDED_WAIT unless its report comes by then. The reports lock held."""
         with self._lock:
             if ray_task_id in self._by_ray:
                 self._ending[ray_task_id] = (time.monotonic() + ENDED_WAIT, cancelled)
             elif ray_task_id not in self._ended_ray:  # its own note is on its way
-                self._wait_for(ray_task_id, (ray_task_id, ENDED, (cancelled,)))
+                self._wait_for(ray_task_id, sender, (ray_task_id, ENDED, (cancelled,)))
 
     def _end_unreported(self, now: float) -> None:
         """End the tasks submitted inside tasks that are done in Ray and sent no report
@@ -471,10 +487,52 @@ class TaskBook:
         failed."""
         ray_task_ids = [ref.task_id().hex() for ref in results]
         with self._lock:
-            for ray_task_id in ray_task_ids:
-                self._cancelled[ray_task_id] = None
-            while len(self._cancelled) > KEPT_UNKNOWN:
-                self._cancelled.popitem(last=False)
+            self._mark_cancelled(ray_task_ids)
+
+    def _mark_cancelled(self, ray_task_ids: list[str]) -> None:
+        """(the lock held)"""
+        for ray_task_id in ray_task_ids:
+            self._cancelled[ray_task_id] = None
+        while len(self._cancelled) > KEPT_UNKNOWN:
+            self._cancelled.popitem(last=False)
+
+    def cancel_nested(self, *, cell: str | None = None, task_id: str | None = None,
+                      force: bool = False) -> list[str]:
+        """Cancel the unfinished tasks submitted inside tasks of ``cell`` (or the one
+        ``task_id``): no ref to their results is at hand here, so the worker that
+        submitted each, their owner, is asked to. Returns the ids of those asked."""
+        if self._channel is None:  # through Ray Client: handed over, with their refs
+            return []
+        with self._lock:
+            nested = [(each, ray_task_id, self._owners.get(ray_task_id))
+                      for each, (_, results, ray_task_id) in self._unfinished.items()
+                      if results is None and ray_task_id and
+                      (each == task_id if task_id is not None else
+                       self._tags.get(each) == cell)]
+            self._mark_cancelled([ray_task_id for _, ray_task_id, _ in nested])
+        return [each for each, ray_task_id, owner in nested if owner is not None and
+                self._channel.tell(owner, (CANCEL, ray_task_id, force))]
+
+    def _take_requests(self) -> None:
+        """In a task: cancel the tasks submitted here that the driver asks to."""
+        import ray
+
+        for request in cancel_requests():
+            try:
+                what, ray_task_id, force = request
+            except (TypeError, ValueError):  # not a request of this version's: skipped
+                continue
+            if what != CANCEL:
+                continue
+            with self._lock:
+                results = next((entry[1] for entry in self._unfinished.values()
+                                if entry[2] == ray_task_id), None)
+                self._mark_cancelled([ray_task_id])
+            if results is not None:
+                try:
+                    ray.cancel(results, force=force)
+                except Exception:  # noqa: BLE001 - it ended meanwhile: nothing to cancel
+                    pass
 
     def _failed_late(self, record: TaskRecord, report: Report) -> None:
         """A task whose report said it returned failed all the same: Ray could not send
@@ -510,9 +568,9 @@ class TaskBook:
                    if waiting[-1][1] < before]
             taken = [message for ray_task_id in old
                      for message, _ in self._unknown.pop(ray_task_id)]
-        for ray_task_id, ok, fields in taken:
+        for sender, (ray_task_id, ok, fields) in taken:
             if ok is None:
-                self._on_note(ray_task_id, *fields, known=True)
+                self._on_note(ray_task_id, *fields, sender=sender, known=True)
             elif ok == ENDED:  # a task never known here: nothing to end
                 continue
             else:
@@ -536,6 +594,7 @@ class TaskBook:
             self._raised.pop(task_id, None)
             if ray_task_id:  # for a report that comes after all, or says it failed after all
                 self._by_ray.pop(ray_task_id, None)
+                self._owners.pop(ray_task_id, None)
                 self._ended_ray[ray_task_id] = (task_id, record)
                 while len(self._ended_ray) > KEPT_UNKNOWN:
                     self._ended_ray.popitem(last=False)

@@ -12,6 +12,10 @@ A connection opens with the driver's token (random, made per driver, carried to 
 workers inside the task's function as Ray ships it): a peer that does not send it is
 dropped before anything of its is unpickled.
 
+The driver may write back on a worker's connection (``tell``): what only that worker can
+do, such as cancelling a task it submitted, whose result only it holds. The worker reads
+it when it looks (``requests``).
+
 Workers import this module: it needs the standard library only.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import itertools
 import pickle
 import secrets
 import selectors
@@ -45,6 +50,7 @@ class ChannelAddress(NamedTuple):
 # -- the worker's side ---------------------------------------------------------------------------
 
 _connections: dict[ChannelAddress, socket.socket] = {}
+_inbox: dict[ChannelAddress, bytearray] = {}  # what the driver wrote back, not yet whole
 _send_lock = threading.Lock()
 
 
@@ -67,6 +73,56 @@ def send(address: ChannelAddress, message: Any) -> bool:
             return False
 
 
+def requests(address: ChannelAddress) -> list[Any]:
+    """What the driver at ``address`` wrote back on this process's connection since the
+    last look, without waiting (nothing if there is no connection)."""
+    messages: list[Any] = []
+    with _send_lock:
+        connection = _connections.get(address)
+        if connection is None:
+            return messages
+        pending = _inbox.setdefault(address, bytearray())
+        connection.setblocking(False)  # (with a timeout, recv would wait for data first)
+        try:
+            while True:
+                try:
+                    data = connection.recv(1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    data = b""
+                if not data:  # the driver is gone: the next report opens anew
+                    _connections.pop(address).close()
+                    _inbox.pop(address, None)
+                    break
+                pending += data
+        finally:
+            if _connections.get(address) is connection:
+                connection.settimeout(SEND_TIMEOUT)
+        taken = _whole_frames(pending)
+    for frame in taken:
+        try:
+            messages.append(pickle.loads(frame))
+        except Exception:  # noqa: BLE001 - a request this version cannot read: skipped
+            continue
+    return messages
+
+
+def _whole_frames(pending: bytearray, limit: int | None = None) -> list[bytes]:
+    """The whole frames at the start of ``pending`` (up to ``limit``), taken out of it."""
+    frames: list[bytes] = []
+    at = 0
+    while len(pending) - at >= _LENGTH.size and (limit is None or len(frames) < limit):
+        (length,) = _LENGTH.unpack_from(pending, at)
+        end = at + _LENGTH.size + length
+        if len(pending) < end:
+            break
+        frames.append(bytes(pending[at + _LENGTH.size:end]))
+        at = end
+    del pending[:at]
+    return frames
+
+
 def _connect(address: ChannelAddress) -> socket.socket:
     connection = socket.create_connection((address.host, address.port), timeout=SEND_TIMEOUT)
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -79,17 +135,19 @@ def _connect(address: ChannelAddress) -> socket.socket:
 class _Peer:
     """A worker's connection, with what has come of its current frame."""
 
-    __slots__ = ("connection", "pending", "trusted")
+    __slots__ = ("connection", "number", "pending", "trusted")
 
-    def __init__(self, connection: socket.socket) -> None:
+    def __init__(self, connection: socket.socket, number: int) -> None:
         self.connection = connection
+        self.number = number
         self.pending = bytearray()
         self.trusted = False
 
 
 class ReportListener:
     """The driver's end: accepts workers' connections and reads their reports, when asked
-    (``drain``), from whichever thread asks (one at a time)."""
+    (``drain``), from whichever thread asks (one at a time); writes back to one
+    (``tell``), named by the number ``drain_from`` gave its reports."""
 
     def __init__(self, host: str) -> None:
         self._server = socket.create_server((host, 0))
@@ -99,12 +157,18 @@ class ReportListener:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._server, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
+        self._peers: dict[int, _Peer] = {}
+        self._numbers = itertools.count(1)
         self.closed = False
 
     def drain(self, timeout: float = 0.0) -> list[Any]:
         """The reports that have come in, in the order each worker sent them. With a
         ``timeout``, waits up to that long for the first to come."""
-        messages: list[Any] = []
+        return [message for _, message in self.drain_from(timeout)]
+
+    def drain_from(self, timeout: float = 0.0) -> list[tuple[int, Any]]:
+        """As ``drain``, each report with the number of the connection it came on."""
+        messages: list[tuple[int, Any]] = []
         with self._lock:
             if self.closed:
                 return messages
@@ -115,7 +179,24 @@ class ReportListener:
                     self._read(key.data, messages)
         return messages
 
-    def _accept(self, messages: list[Any]) -> None:
+    def tell(self, number: int, message: Any) -> bool:
+        """Write ``message`` back to the worker whose connection has this number, without
+        waiting; False if it is gone, or its buffer is full (a small message, as a rule,
+        never finds it so): then the connection is dropped, since a frame may be half
+        written, and the worker opens a new one with its next report."""
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            peer = self._peers.get(number)
+            if peer is None or self.closed:
+                return False
+            try:
+                peer.connection.sendall(_LENGTH.pack(len(data)) + data)
+            except OSError:
+                self._drop(peer)
+                return False
+        return True
+
+    def _accept(self, messages: list[tuple[int, Any]]) -> None:
         """Take the new connections, and what they have sent already (a worker's first
         report may be in before its connection is taken)."""
         while True:
@@ -124,11 +205,12 @@ class ReportListener:
             except (BlockingIOError, InterruptedError):
                 return
             connection.setblocking(False)
-            peer = _Peer(connection)
+            peer = _Peer(connection, next(self._numbers))
+            self._peers[peer.number] = peer
             self._selector.register(connection, selectors.EVENT_READ, peer)
             self._read(peer, messages)
 
-    def _read(self, peer: _Peer, messages: list[Any]) -> None:
+    def _read(self, peer: _Peer, messages: list[tuple[int, Any]]) -> None:
         """Read what ``peer`` sent; drop it once it is gone (what it sent before it went,
         a worker's last report before its process ended, is taken first) or untrusted."""
         gone = False
@@ -144,32 +226,29 @@ class ReportListener:
         if not self._frames(peer, messages) or gone:
             self._drop(peer)
 
-    def _frames(self, peer: _Peer, messages: list[Any]) -> bool:
+    def _frames(self, peer: _Peer, messages: list[tuple[int, Any]]) -> bool:
         """Take the whole frames out of ``peer.pending``; False for a peer without the
         token."""
-        pending, at = peer.pending, 0
-        while len(pending) - at >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(pending, at)
-            if not peer.trusted and length != TOKEN_BYTES:
+        pending = peer.pending
+        if not peer.trusted:
+            if len(pending) >= _LENGTH.size and \
+                    _LENGTH.unpack_from(pending)[0] != TOKEN_BYTES:
                 return False
-            end = at + _LENGTH.size + length
-            if len(pending) < end:
-                break
-            frame = bytes(pending[at + _LENGTH.size:end])
-            at = end
-            if not peer.trusted:
-                if not hmac.compare_digest(frame, self.address.token):
-                    return False
-                peer.trusted = True
-                continue
+            token = _whole_frames(pending, limit=1)
+            if not token:
+                return True
+            if not hmac.compare_digest(token[0], self.address.token):
+                return False
+            peer.trusted = True
+        for frame in _whole_frames(pending):
             try:
-                messages.append(pickle.loads(frame))
+                messages.append((peer.number, pickle.loads(frame)))
             except Exception:  # noqa: BLE001 - a report this driver cannot read: skipped
                 continue
-        del pending[:at]
         return True
 
     def _drop(self, peer: _Peer) -> None:
+        self._peers.pop(peer.number, None)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(peer.connection)
         peer.connection.close()

@@ -300,6 +300,17 @@ def note_ended(ray_task_id: str, cancelled: bool) -> None:
         report_channel.send(channel, (ray_task_id, ENDED, (cancelled,)))
 
 
+#: What the driver writes back to ask a worker to cancel a task it submitted:
+#: ``(CANCEL, Ray's task id, force)``.
+CANCEL = "cancel"
+
+
+def cancel_requests() -> list[Any]:
+    """What the driver asked of this worker since the last look (``CANCEL`` requests)."""
+    channel = _driver["channel"]
+    return report_channel.requests(channel) if channel is not None else []
+
+
 def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
            channel: ChannelAddress | None) -> _Call:
     if channel is not None:
