@@ -1,6 +1,7 @@
-"""The Ray engine, on a real Ray started by init(address="ray"), in a driver script of
-its own (Ray changes the process it runs in): the API's calls and errors as on the local
-engine, and nothing left running after shutdown()."""
+"""The Ray engine, in driver scripts of their own (Ray changes the process it runs in),
+each on a real Ray started by init(address="ray") or joined to the module's cluster
+(conftest.py): the API's calls and errors as on the local engine, and nothing left
+running after shutdown()."""
 
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ import time
 import distkernel as dk
 from distkernel.api import runtime
 
-dk.init(address="ray", num_cpus=2)
+dk.init(address=ADDRESS)   # the module's cluster (conftest.py)
 engine = runtime.current_engine()
 written, lock = [], threading.Lock()
 cell = ["In [1]"]
@@ -367,11 +368,12 @@ print("records ok")
 """
 
 
-def test_records_timings_and_output_of_each_cell_on_ray(tmp_path):
+def test_records_timings_and_output_of_each_cell_on_ray(tmp_path, ray_address):
     """Each task's record (times, node, outcome) and printed output reach the driver when
     it ends, filed under the cell that submitted it even once another cell runs; and
     interrupting a cell cancels its tasks there."""
-    done = run_driver_script(tmp_path, RECORDS + NOTHING_LEFT, timeout=240)
+    done = run_driver_script(tmp_path, RECORDS + NOTHING_LEFT, timeout=240,
+                             prelude=f"ADDRESS = {ray_address!r}\n")
     assert "records ok" in done.stdout
 
 
@@ -383,7 +385,7 @@ import time
 import distkernel as dk
 from distkernel.api import runtime
 
-dk.init(address="ray", num_cpus=2)
+dk.init(address=ADDRESS)   # the module's cluster (conftest.py)
 engine = runtime.current_engine()
 written, lock = [], threading.Lock()
 
@@ -514,13 +516,14 @@ print("channel ok")
 """
 
 
-def test_reports_on_the_channel_end_every_record(tmp_path):
+def test_reports_on_the_channel_end_every_record(tmp_path, ray_address):
     """Reports come on the driver's channel: a call that raised and ran again ends as the
     attempt that returned, with the output of both; a task that sends no report (its
     worker died, an argument failed) ends from its result; a report that comes before
     its task is recorded is filed when it is; a call whose result cannot be sent after it
     returned ends as failed."""
-    done = run_driver_script(tmp_path, CHANNEL + NOTHING_LEFT, timeout=240)
+    done = run_driver_script(tmp_path, CHANNEL + NOTHING_LEFT, timeout=240,
+                             prelude=f"ADDRESS = {ray_address!r}\n")
     assert "channel ok" in done.stdout
 
 
@@ -528,7 +531,7 @@ SERIALIZATION = """
 import threading
 import distkernel as dk
 
-dk.init(address="ray", num_cpus=2)
+dk.init(address=ADDRESS)   # the module's cluster (conftest.py)
 
 class Point:                      # a notebook class that pickle refuses
     def __init__(self, x):
@@ -604,19 +607,20 @@ print("serialization ok")
 """
 
 
-def test_serializers_errors_and_named_actors_on_ray(tmp_path):
+def test_serializers_errors_and_named_actors_on_ray(tmp_path, ray_address):
     """register_serializer applies to what the driver sends and to what each Ray worker
     sends back (the registry goes with every call, so workers started later have it
     too), deregister_serializer undoes both; a value that cannot travel raises our
     SerializationError naming the member; get_actor finds a named actor."""
-    done = run_driver_script(tmp_path, SERIALIZATION + NOTHING_LEFT, timeout=240)
+    done = run_driver_script(tmp_path, SERIALIZATION + NOTHING_LEFT, timeout=240,
+                             prelude=f"ADDRESS = {ray_address!r}\n")
     assert "serialization ok" in done.stdout
 
 
 NESTED = """
 import distkernel as dk
 
-dk.init(address="ray", num_cpus=2)
+dk.init(address=ADDRESS)   # the module's cluster (conftest.py)
 
 @dk.remote
 def square(x):
@@ -663,10 +667,11 @@ print("nested ok")
 """
 
 
-def test_refs_inside_values_and_the_api_inside_tasks_on_ray(tmp_path):
+def test_refs_inside_values_and_the_api_inside_tasks_on_ray(tmp_path, ray_address):
     """Our refs travel inside arguments, results and stored values as the Ray refs they
     stand for, and a task or actor calls get / put / .remote as the driver does."""
-    done = run_driver_script(tmp_path, NESTED + NOTHING_LEFT, timeout=240)
+    done = run_driver_script(tmp_path, NESTED + NOTHING_LEFT, timeout=240,
+                             prelude=f"ADDRESS = {ray_address!r}\n")
     assert "nested ok" in done.stdout
 
 
