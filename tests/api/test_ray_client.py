@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.backends.ray.scripts import CELLS
 from tests.conftest import run_driver_script
 
 CLIENT = """
-import sys
 import threading
 import time
 import numpy as np
@@ -26,14 +26,7 @@ for attempt in range(3):   # Ray's server for this client may fail to start: tri
         time.sleep(2)
 assert info.backend == "ray", info
 engine = runtime.current_engine()
-written, lock = [], threading.Lock()
-cell = ["In [1]"]
-
-def write(node, task_id, stream, text):   # what the notebook front does with task output
-    with lock:
-        written.append((engine.cell_of_task(task_id), text))
-
-engine.route_output(lambda: cell[0], write)
+follow_cells(engine)   # what the notebook front does with task output (scripts.CELLS)
 
 @dk.remote
 def square(x):
@@ -69,24 +62,6 @@ class Counter:
     def add(self, k):
         self.n += k
         return self.n
-
-def settled(tag, count):   # the cell's records, once all ended (a moment after the results)
-    deadline = time.monotonic() + 30
-    while True:
-        records = engine.timeline(cell=tag)
-        if len(records) >= count and all(r.status != "pending" for r in records):
-            return records
-        assert time.monotonic() < deadline, records
-        time.sleep(0.05)
-
-def output_of(tag, count):
-    deadline = time.monotonic() + 30
-    while True:
-        with lock:
-            out = sorted(text for cell_tag, text in written if cell_tag == tag)
-        if len(out) >= count or time.monotonic() > deadline:
-            return out
-        time.sleep(0.05)
 
 assert dk.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
 arr = np.arange(1_000_000, dtype=np.float64)
@@ -149,6 +124,6 @@ def test_the_api_and_the_records_through_ray_client(engine, request, tmp_path):
     ray_cluster = request.getfixturevalue("ray_cluster")  # (the Ray half's, started by now)
     if ray_cluster.client_address is None:
         pytest.skip("Ray Client needs grpcio: pip install 'distkernel[ray]'")
-    script = CLIENT.replace("ADDRESS", repr(ray_cluster.client_address))
+    script = CELLS + CLIENT.replace("ADDRESS", repr(ray_cluster.client_address))
     done = run_driver_script(tmp_path, script, timeout=240)
     assert "client ok" in done.stdout

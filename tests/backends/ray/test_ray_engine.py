@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 
-from tests.backends.ray.scripts import NOTHING_LEFT
+from tests.backends.ray.scripts import CELLS, NOTHING_LEFT
 from tests.conftest import run_driver_script
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -156,21 +156,13 @@ def test_the_api_on_a_ray_of_its_own(tmp_path):
 
 RECORDS = """
 import sys
-import threading
 import time
 import distkernel as dk
 from distkernel.api import runtime
 
 dk.init(address=ADDRESS)   # the module's cluster (conftest.py)
 engine = runtime.current_engine()
-written, lock = [], threading.Lock()
-cell = ["In [1]"]
-
-def write(node, task_id, stream, text):   # what the notebook front does with task output
-    with lock:
-        written.append((node, engine.cell_of_task(task_id), stream, text))
-
-engine.route_output(lambda: cell[0], write)
+follow_cells(engine)   # what the notebook front does with task output (scripts.CELLS)
 
 @dk.remote
 def hello(i):
@@ -203,15 +195,6 @@ def nap(seconds):
     for _ in range(int(seconds * 10)):   # Ray interrupts a task between bytecodes
         time.sleep(0.1)
     return seconds
-
-def settled(tag, count):   # the cell's records, once all ended (a moment after the results)
-    deadline = time.monotonic() + 20
-    while True:
-        records = engine.timeline(cell=tag)
-        if len(records) >= count and all(r.status != "pending" for r in records):
-            return records
-        assert time.monotonic() < deadline, records
-        time.sleep(0.05)
 
 before = time.time()
 assert dk.get([hello.remote(i) for i in range(4)]) == [0, 1, 2, 3]
@@ -250,13 +233,17 @@ cell[0] = "In [3]"   # interrupting this cell cancels its tasks, as on the local
 naps = [nap.remote(30) for _ in range(3)]
 time.sleep(1.5)
 assert len(engine.cancel_cell("In [3]")) == 3
-for ref in naps:
-    try:
-        dk.get(ref, timeout=20)
-    except dk.TaskCancelledError:
-        pass
-    else:
-        raise AssertionError("a task of the interrupted cell went on")
+
+def all_cancelled(refs):
+    for ref in refs:
+        try:
+            dk.get(ref, timeout=20)
+        except dk.TaskCancelledError:
+            pass
+        else:
+            raise AssertionError("a task of the interrupted cell went on")
+
+all_cancelled(naps)
 
 cell[0] = "In [4]"   # tasks that tasks submit: recorded, and their output, under this cell
 
@@ -269,15 +256,6 @@ assert dk.get(parent.remote(2)) == 1
 fourth = settled("In [4]", 3)
 assert sorted(r.name for r in fourth) == ["hello", "hello", "parent"], fourth
 assert all(r.status == "finished" and r.worker_id == 1 for r in fourth), fourth
-
-def output_of(tag, count):   # a task's output is written right after its record ends
-    deadline = time.monotonic() + 20
-    while True:
-        with lock:
-            out = sorted(t for _, cell_tag, _, t in written if cell_tag == tag)
-        if len(out) >= count or time.monotonic() > deadline:
-            return out
-        time.sleep(0.05)
 
 assert output_of("In [4]", 5) == ["careful 0\\n", "careful 1\\n", "hello 0\\n",
                                   "hello 1\\n", "parent starts\\n"], written
@@ -316,12 +294,7 @@ while len(engine.timeline(cell="In [7]")) < 4:
     time.sleep(0.05)
 time.sleep(1)
 assert len(engine.cancel_cell("In [7]")) == 4   # with the three it submitted
-try:
-    dk.get(waiting, timeout=20)
-except dk.TaskCancelledError:
-    pass
-else:
-    raise AssertionError("the interrupted cell's task went on")
+all_cancelled([waiting])
 seventh = settled("In [7]", 4)
 assert [r.status for r in seventh] == ["cancelled"] * 4, seventh
 
@@ -337,13 +310,7 @@ while len(engine.timeline(cell="In [8]")) < 3:
     assert time.monotonic() < deadline, engine.timeline(cell="In [8]")
     time.sleep(0.05)
 assert len(engine.cancel_cell("In [8]")) == 2
-for ref in launched:
-    try:
-        dk.get(ref, timeout=20)
-    except dk.TaskCancelledError:
-        pass
-    else:
-        raise AssertionError("a task the interrupted cell's task submitted went on")
+all_cancelled(launched)
 eighth = sorted((r.name, r.status) for r in settled("In [8]", 3))
 assert eighth == [("launcher", "finished"), ("nap", "cancelled"), ("nap", "cancelled")], eighth
 
@@ -372,7 +339,7 @@ def test_records_timings_and_output_of_each_cell_on_ray(tmp_path, ray_address):
     """Each task's record (times, node, outcome) and printed output reach the driver when
     it ends, filed under the cell that submitted it even once another cell runs; and
     interrupting a cell cancels its tasks there."""
-    done = run_driver_script(tmp_path, RECORDS + NOTHING_LEFT, timeout=240,
+    done = run_driver_script(tmp_path, CELLS + RECORDS + NOTHING_LEFT, timeout=240,
                              prelude=f"ADDRESS = {ray_address!r}\n")
     assert "records ok" in done.stdout
 
