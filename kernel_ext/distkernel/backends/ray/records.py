@@ -430,7 +430,7 @@ class TaskBook:
             self._deliver(self._node_of(report), task_id, report)
             if results is None and not report.runs_again:  # submitted in a task: no result
                 self._ended(task_id, report, None, deliver=False, error_text=report.error,
-                            cancelled=_interrupted(report))
+                            cancelled=report.cancelled)
         elif task_id is not None:
             if report.actor_exit and results is not None:
                 import ray  # the actor is ended once this call's result is stored
@@ -465,7 +465,7 @@ class TaskBook:
         for task_id, raised, cancelled in ending:
             if raised is not None:
                 self._ended(task_id, raised, None, deliver=False, error_text=raised.error,
-                            cancelled=cancelled or _interrupted(raised))
+                            cancelled=cancelled or raised.cancelled)
             else:
                 self._ended(task_id, None, None, error_text="" if cancelled else NO_RESULT,
                             cancelled=cancelled)
@@ -515,8 +515,6 @@ class TaskBook:
 
     def _take_requests(self) -> None:
         """In a task: cancel the tasks submitted here that the driver asks to."""
-        import ray
-
         for request in cancel_requests():
             try:
                 what, ray_task_id, force = request
@@ -529,6 +527,8 @@ class TaskBook:
                                 if entry[2] == ray_task_id), None)
                 self._mark_cancelled([ray_task_id])
             if results is not None:
+                import ray
+
                 try:
                     ray.cancel(results, force=force)
                 except Exception:  # noqa: BLE001 - it ended meanwhile: nothing to cancel
@@ -768,11 +768,6 @@ def _report_of(error: BaseException | None) -> Report | None:
     cause = getattr(error, "cause", None)
     report = getattr(cause, REPORT_ATTRIBUTE, None)
     return report if isinstance(report, Report) else None
-
-
-def _interrupted(report: Report) -> bool:
-    """Whether the call raised KeyboardInterrupt: how Ray cancels a running call."""
-    return report.error.partition(":")[0] == "KeyboardInterrupt"
 
 
 def _status(error: BaseException | None) -> str:

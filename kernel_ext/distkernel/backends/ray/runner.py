@@ -70,6 +70,8 @@ class Report(NamedTuple):
     # call again (False: the error is its result).
     error: str = ""
     runs_again: bool = False
+    # It raised KeyboardInterrupt: how Ray cancels a running call (and runs it no more).
+    cancelled: bool = False
 
 
 class _TaskStreams(io.TextIOBase):
@@ -413,8 +415,10 @@ def _failed(exc: BaseException, call: _Call, channel: ChannelAddress | None,
     if channel is not None:
         from distkernel.core.exceptions import exception_text
 
-        _send(channel, False, _report(call, False)._replace(error=exception_text(exc),
-                                                     runs_again=runs_again))
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        _send(channel, False, _report(call, False)._replace(
+            error=exception_text(exc), runs_again=runs_again and not interrupted,
+            cancelled=interrupted))
         return _travelling(exc)
     exc = _travelling(exc)
     try:
