@@ -139,6 +139,9 @@ class TaskBook:
         # result is fetched only for a task that ended without its report (an error, as a
         # rule).
         self._watched: dict[Any, tuple[str, str]] = {}
+        # Those of them looked at every round (REPORT and RESULT), oldest first: the
+        # others' reports come on the channel, and a round need not walk past them.
+        self._often: dict[Any, None] = {}
         self._report_refs: dict[str, Any] = {}  # in a task: id -> the ref to its report
         # The channel's side: Ray's task id -> ours, while its report is awaited.
         self._channel = channel
@@ -198,7 +201,7 @@ class TaskBook:
             self._unfinished[task_id] = (record, results, ray_task_id)
             idle = not self._watched
             if report is not None:
-                self._watched[report] = (task_id, REPORT)
+                self._watch_ref(report, task_id, REPORT)
                 if self._in_task:  # handed to the driver if it outlives its parent
                     self._report_refs[task_id] = report
             elif ray_task_id and self._channel is None:  # in a task: the driver is told
@@ -208,7 +211,7 @@ class TaskBook:
                 self._by_ray[ray_task_id] = task_id
                 early = self._unknown.pop(ray_task_id, None) if self._unknown else None
             else:
-                self._watched[results] = (task_id, RESULT)
+                self._watch_ref(results, task_id, RESULT)
         if idle:  # the watcher sleeps until there is something to watch
             self._work.set()
         if early:  # a short task's report came before this record
@@ -272,11 +275,21 @@ class TaskBook:
 
     def _due(self, every: bool) -> list[Any]:
         """The refs to look at this round (the lock held)."""
-        oldest = itertools.islice(self._watched.items(), WATCH_BATCH)
-        refs = [ref for ref, (_, kind) in oldest if every or kind in (REPORT, RESULT)]
+        refs = list(itertools.islice(self._watched if every else self._often, WATCH_BATCH))
         if self._suspect:
             refs.extend(self._suspect.difference(refs))
         return refs
+
+    def _watch_ref(self, ref: Any, task_id: str, kind: str) -> None:
+        """Look at ``ref`` until it is in (the lock held)."""
+        self._watched[ref] = (task_id, kind)
+        if kind in (REPORT, RESULT):
+            self._often[ref] = None
+
+    def _unwatch(self, ref: Any) -> tuple[str, str] | None:
+        """Look at ``ref`` no more; what it was watched as (the lock held)."""
+        self._often.pop(ref, None)
+        return self._watched.pop(ref, None)
 
     def catch_up(self) -> None:
         """End now the records of the tasks that are done (for a timeline asked for right
@@ -299,7 +312,7 @@ class TaskBook:
             return
         self._take_reports()  # a report that came meanwhile ends its task here
         with self._lock:
-            watched = [self._watched.pop(ref, None) for ref in ready]
+            watched = [self._unwatch(ref) for ref in ready]
             self._suspect.difference_update(ready)
         reports = [ref for ref, w in zip(ready, watched) if w is not None and w[1] == REPORT]
         try:
@@ -664,7 +677,7 @@ class TaskBook:
             return []
         record, results, _ = entry
         report = self._report_refs.pop(task_id, None)
-        self._watched.pop(report if report is not None else results, None)
+        self._unwatch(report if report is not None else results)
         return [NestedRecord(record.name, record.kind, record.submitted, None, None,
                              "pending", 0, 0, None, "", "", "", (report, results))]
 
@@ -703,9 +716,9 @@ class TaskBook:
         with self._lock:
             self._unfinished[task_id] = (record, results, "")
             if report is not None:
-                self._watched[report] = (task_id, REPORT)
+                self._watch_ref(report, task_id, REPORT)
             else:
-                self._watched[results] = (task_id, RESULT)
+                self._watch_ref(results, task_id, RESULT)
         self._work.set()
 
     def _deliver(self, node: int, task_id: str, report: Report) -> None:
@@ -761,6 +774,7 @@ class TaskBook:
                           if results is not None]  # not those submitted in tasks
             self._unfinished.clear()
             self._watched.clear()
+            self._often.clear()
         return unfinished
 
 

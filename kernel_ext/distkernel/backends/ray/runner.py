@@ -89,7 +89,7 @@ class _TaskStreams(io.TextIOBase):
         if buffers is None:
             self._original.write(text)  # Ray's own streams return None here
         else:
-            buffers[self._stream].append(text)
+            buffers.setdefault(self._stream, []).append(text)
         return len(text)
 
     def flush(self) -> None:
@@ -111,7 +111,7 @@ class _TaskStreams(io.TextIOBase):
 
 
 #: What the running call collects: its output by stream, and under "children" the ids of
-#: the tasks it submits.
+#: the tasks it submits (each list made when first needed: most calls need none).
 _buffers: contextvars.ContextVar[dict[str, list[str]] | None] = contextvars.ContextVar(
     "distkernel_task_output", default=None)
 #: In a worker, what becomes of a call's children (the ids in "children") once it ends:
@@ -124,7 +124,7 @@ def submitted_here(task_id: str) -> None:
     """A task was submitted by the call running now, if any (its report lists it)."""
     buffers = _buffers.get()
     if buffers is not None:
-        buffers["children"].append(task_id)
+        buffers.setdefault("children", []).append(task_id)
 
 
 _install_lock = threading.Lock()
@@ -156,6 +156,9 @@ _SIGINT, _IGNORED = int(signal.SIGINT), int(signal.SIG_IGN)
 
 
 _this_node = {"id": ""}
+#: This process's id, asked once (each ask is a system call) and again in a forked child.
+_this_process = {"pid": os.getpid()}
+os.register_at_fork(after_in_child=lambda: _this_process.update(pid=os.getpid()))
 
 
 def _node_id() -> str:
@@ -324,7 +327,7 @@ def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
         _use_registry(registry)
     _capture_streams()
     _accept_interrupts()
-    buffers: dict[str, list[str]] = {"stdout": [], "stderr": [], "children": []}
+    buffers: dict[str, list[str]] = {}
     return _Call(buffers, _buffers.set(buffers), time.time(), size_of(args) + size_of(kwargs))
 
 
@@ -530,8 +533,8 @@ class _Checked:
                 from distkernel.core.exceptions import exception_text
 
                 now = time.time()
-                _send(self.channel, False, Report(now, now, _node_id(), os.getpid(), "", "",
-                                                  error=exception_text(error)))
+                _send(self.channel, False, Report(now, now, _node_id(), _this_process["pid"],
+                                                  "", "", error=exception_text(error)))
             raise error from None
         return (_unpickled, (data, *buffers))
 
@@ -598,8 +601,9 @@ def _report(call: _Call, returned: bool, bytes_out: int = 0,
             actor_exit: tuple[str, ...] = ()) -> Report:
     """The call's report. ``returned``: it travels as a result, which Ray sends (the
     children still running are handed to the driver, as Ray refs), not on the channel."""
-    children = call.buffers["children"]
+    buffers = call.buffers
+    children = buffers.get("children")
     nested = take_nested(children, returned) if children and take_nested is not None else ()
-    return Report(call.started, time.time(), _node_id(), os.getpid(),
-                  "".join(call.buffers["stdout"]), "".join(call.buffers["stderr"]),
+    return Report(call.started, time.time(), _node_id(), _this_process["pid"],
+                  "".join(buffers.get("stdout", ())), "".join(buffers.get("stderr", ())),
                   call.bytes_in, bytes_out, nested, actor_exit)
