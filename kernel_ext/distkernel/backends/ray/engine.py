@@ -295,8 +295,8 @@ class RayEngine(Engine):
                                        ray_task_id)
         if on_channel and self._channel is None:  # inside a task: the driver files it
             runner.note_submitted(ray_task_id, name, kind)  # under this call's cell
-        else:
-            runner.submitted_here(task_id)  # inside a task: its report will carry this one
+        elif self._in_task:  # (a driver runs no call of ours: nothing to tell)
+            runner.submitted_here(task_id)  # its report will carry this one
         return [self._ours(ray_ref) for ray_ref in made]
 
     def _reports_to(self) -> ChannelAddress | None:
@@ -416,7 +416,8 @@ class RayEngine(Engine):
         # Its record ends when the actor is ready (its constructor ran, or failed).
         task_id = self._book.submitted(options.class_name, "actor_create",
                                        handle.__ray_ready__.remote(), None)
-        runner.submitted_here(task_id)
+        if self._in_task:
+            runner.submitted_here(task_id)
         return ours
 
     def named_actor(self, name: str,
