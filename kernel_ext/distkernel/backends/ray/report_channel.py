@@ -492,7 +492,9 @@ def _frame_from_socket(peer: _Peer) -> bytes:
         if left <= 0:
             msg = "a report on the socket did not come whole"
             raise ConnectionError(msg)
-        select.select([peer.connection], [], [], left)
+        waiting = select.poll()  # (not select(): a driver may hold descriptors past 1024)
+        waiting.register(peer.connection, select.POLLIN)
+        waiting.poll(left * 1000)
         try:
             data = peer.connection.recv(1 << 20)
         except (BlockingIOError, InterruptedError):
