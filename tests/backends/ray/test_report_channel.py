@@ -86,7 +86,8 @@ def test_a_full_ring_waits_for_the_driver_and_keeps_the_order(monkeypatch):
         worker.join()
         assert got == sent
         assert outcomes == [True] * len(sent)
-        assert _ringed(listener) == 1
+        [peer] = listener._ringed
+        assert peer.ring.capacity == 4096   # the small ring: it went round, and filled
     finally:
         listener.close()
 

@@ -62,9 +62,10 @@ def _file_size(capacity: int) -> int:
 class RingWriter:
     """The worker's end; ``descriptor`` is handed to the driver, then closed."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         import fcntl
 
+        capacity = CAPACITY if capacity is None else capacity
         if capacity <= 0 or capacity & (capacity - 1):
             msg = f"a ring's capacity must be a power of two, got {capacity}"
             raise ValueError(msg)
