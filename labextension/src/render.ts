@@ -141,7 +141,8 @@ function workerRow(worker: IWorker, now: number, actorClass: Map<string, string>
         )}" title="Cancel this task" aria-label="cancel">×</button>`
       : '';
   return (
-    `<tr data-worker="${worker.id}"><td>${worker.id}</td>` +
+    `<tr data-worker="${worker.id}"${worker.pid === null ? '' : ` title="process ${worker.pid}"`}>` +
+    `<td>${worker.id}</td>` +
     `<td><span class="jp-Distkernel-state jp-Distkernel-state-${worker.state}">${worker.state}</span></td>` +
     `<td>${role}</td><td class="jp-Distkernel-task">${running}</td>` +
     `<td class="jp-Distkernel-num">${cpu}</td><td class="jp-Distkernel-num">${formatBytes(
