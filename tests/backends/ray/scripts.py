@@ -18,7 +18,8 @@ assert not _left, f"still running after shutdown: {_left}"
 #: it into ``written`` as ``(node, cell, stream, text)``, the cell being that of the task
 #: that wrote it (``cell[0]`` is the cell running now); ``settled(tag, count)`` waits for
 #: a cell's records to have ended (a moment after the results), ``output_of(tag, count)``
-#: for its output, sorted.
+#: for its output, sorted; ``all_cancelled(refs)`` checks that each of those tasks was
+#: cancelled (an interrupted cell's).
 CELLS = """
 import threading as _threading
 import time as _time
@@ -48,4 +49,13 @@ def output_of(tag, count):
         if len(out) >= count or _time.monotonic() > deadline:
             return out
         _time.sleep(0.05)
+
+def all_cancelled(refs):
+    for ref in refs:
+        try:
+            dk.get(ref, timeout=20)
+        except dk.TaskCancelledError:
+            pass
+        else:
+            raise AssertionError("a task that was cancelled went on")
 """

@@ -234,16 +234,7 @@ naps = [nap.remote(30) for _ in range(3)]
 time.sleep(1.5)
 assert len(engine.cancel_cell("In [3]")) == 3
 
-def all_cancelled(refs):
-    for ref in refs:
-        try:
-            dk.get(ref, timeout=20)
-        except dk.TaskCancelledError:
-            pass
-        else:
-            raise AssertionError("a task of the interrupted cell went on")
-
-all_cancelled(naps)
+all_cancelled(naps)   # (scripts.CELLS)
 
 cell[0] = "In [4]"   # tasks that tasks submit: recorded, and their output, under this cell
 
