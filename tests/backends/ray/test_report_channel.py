@@ -42,7 +42,7 @@ def channel(request):
 
 
 def _ringed(listener: ReportListener) -> int:
-    return len(listener._ringed)
+    return len(listener.ringed())
 
 
 def _drain_until(listener: ReportListener, count: int) -> list[object]:
@@ -86,7 +86,7 @@ def test_a_full_ring_waits_for_the_driver_and_keeps_the_order(monkeypatch):
         worker.join()
         assert got == sent
         assert outcomes == [True] * len(sent)
-        [peer] = listener._ringed
+        [peer] = listener.ringed()
         assert peer.ring.capacity == 4096   # the small ring: it went round, and filled
     finally:
         listener.close()

@@ -306,7 +306,6 @@ class ReportListener:
                 self._selector.register(server, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._peers: dict[int, _Peer] = {}
-        self._ringed: list[_Peer] = []  # read at every look: a ring wakes no one
         self._numbers = itertools.count(1)
         self.closed = False
 
@@ -327,9 +326,13 @@ class ReportListener:
                     self._accept(key.fileobj, messages)  # type: ignore[arg-type]
                 else:
                     self._read(key.data, messages)
-            for peer in list(self._ringed):
+            for peer in self.ringed():  # read at every look: a ring wakes no one
                 self._take_ring(peer, messages)
         return messages
+
+    def ringed(self) -> list[_Peer]:
+        """The workers whose reports come in a ring."""
+        return [peer for peer in self._peers.values() if peer.ring is not None]
 
     def tell(self, number: int, message: Any) -> bool:
         """Write ``message`` back to the worker whose connection has this number, without
@@ -410,7 +413,6 @@ class ReportListener:
                     peer.ring = report_ring.RingReader(descriptor)
                 except ValueError:
                     return False
-                self._ringed.append(peer)
         if peer.ring is None:
             messages.extend(_unpickled(peer.number, _whole_frames(pending)))
         return True
@@ -447,7 +449,6 @@ class ReportListener:
             os.close(descriptor)
         peer.descriptors = []
         if peer.ring is not None:
-            self._ringed.remove(peer)
             peer.ring.close()
             peer.ring = None
 
