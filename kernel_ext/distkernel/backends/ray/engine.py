@@ -73,6 +73,9 @@ ACTORS_SHOWN = 100
 _ACTOR_STATES: dict[str, ActorStateName] = {"ALIVE": "alive", "DEAD": "dead"}
 #: How long kill(no_restart=True) waits for the actor to stop answering (seconds).
 KILL_WAIT = 10.0
+#: The options Ray calls an actor's methods with by default (``runner.traced`` gives
+#: them no marks of Ray's own).
+_RAY_METHOD_DEFAULTS = {"num_returns": 1}
 
 
 @dataclasses.dataclass
@@ -172,11 +175,12 @@ class RayEngine(Engine):
             msg = (f"expected an ObjectRef (what .remote() and put() return), got "
                    f"{type(ref).__name__}")
             raise TypeError(msg)
-        return self._held_as(ref.hex() if ref.cluster_id == self.cluster_id else "", repr(ref))
+        return self._held_as(ref.hex() if ref.cluster_id == self.cluster_id else "", ref)
 
-    def _held_as(self, object_id: str, what: str) -> Any:
-        with self._lock:
-            held = self._held.get(object_id)
+    def _held_as(self, object_id: str, what: object) -> Any:
+        """What Ray holds for our id; ``what`` names it in the error (formatted only then:
+        this runs for every call). One dict lookup needs no lock."""
+        held = self._held.get(object_id)
         if held is None:
             msg = (f"{what} belongs to a cluster that was shut down or restarted: run the "
                    f"cells that create it again")
@@ -269,8 +273,10 @@ class RayEngine(Engine):
                                                                          returns_report)}
                 if group:
                     method_options["concurrency_group"] = group
-                remote = actor.methods[(method, count, group)] = \
-                    getattr(handle, method).options(**method_options)
+                remote = getattr(handle, method)
+                if method_options != _RAY_METHOD_DEFAULTS:  # (a call through options()
+                    remote = remote.options(**method_options)  # costs Ray more)
+                actor.methods[(method, count, group)] = remote
         else:
             name, kind, reports = options.name or function.name, options.kind, True
             returns_report = self._reports_to() is None

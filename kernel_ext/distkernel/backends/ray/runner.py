@@ -189,7 +189,7 @@ def traced(function: Callable[..., Any], num_returns: int,
     """
     name = getattr(function, "__qualname__", "the task")
     if inspect.iscoroutinefunction(function):
-        @functools.wraps(function)
+        @_standing_for(function)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
             if setup is not None:
                 setup()
@@ -209,7 +209,7 @@ def traced(function: Callable[..., Any], num_returns: int,
 
         return _taking_keyword(run_async, function, REGISTRY_KEYWORD)
 
-    @functools.wraps(function)
+    @_standing_for(function)
     def run(*args: Any, **kwargs: Any) -> Any:
         if setup is not None:
             setup()
@@ -228,6 +228,20 @@ def traced(function: Callable[..., Any], num_returns: int,
         return _returned(value, call, num_returns, function, channel)
 
     return _taking_keyword(run, function, REGISTRY_KEYWORD)
+
+
+def _standing_for(function: Callable[..., Any]) -> Callable[[Any], Any]:
+    """Give a wrapper ``function``'s name and doc, not its attributes and no way back to
+    it (Ray reads the function it unwraps; the signature: ``_taking_keyword``): a mark of
+    Ray's on it
+    (``ray.method(num_returns=...)``, in code moved from Ray) would change how Ray calls
+    the wrapper behind our options."""
+    def give(wrapper: Any) -> Any:
+        functools.update_wrapper(wrapper, function, updated=())
+        del wrapper.__wrapped__
+        return wrapper
+
+    return give
 
 
 def _taking_keyword(wrapper: Callable[..., Any], function: Callable[..., Any],
@@ -566,8 +580,7 @@ def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any,
         original_init(self, *args, **kwargs)
 
     if inspect.isfunction(original_init):  # not object's: Ray reads a Python signature
-        functools.update_wrapper(__init__, original_init)
-        del __init__.__wrapped__  # type: ignore[attr-defined]  # Ray would read the original's
+        _standing_for(original_init)(__init__)
         _taking_keyword(__init__, original_init, ACTOR_ID_KEYWORD)
     namespace["__init__"] = __init__
     namespace[DESCRIBE] = functools.partialmethod(_describe, options, channel is None)
