@@ -56,6 +56,11 @@ def fails_late():
     raise KeyError("late")
 
 @dk.remote
+def fails_early(seconds):
+    nap.remote(seconds)   # still running when this one has raised
+    raise KeyError("early")
+
+@dk.remote
 class Counter:
     def __init__(self):
         self.n = 0
@@ -106,6 +111,30 @@ else:
 third = {r.name: r.status for r in settled("In [3]", 2)}
 assert third == {"fails_late": "failed", "square": "finished"}, third
 assert output_of("In [3]", 1) == ["square 5\\n"], written
+
+cell[0] = "In [4]"   # ... and still running when a parent that raised ends
+try:
+    dk.get(fails_early.remote(1.5))
+except KeyError:
+    pass
+else:
+    raise AssertionError("no error")
+cell[0] = "In [5]"
+fourth = {r.name: r for r in settled("In [4]", 2)}
+assert fourth["fails_early"].status == "failed" and fourth["nap"].status == "finished", fourth
+assert fourth["nap"].finished > fourth["fails_early"].finished, fourth
+assert output_of("In [4]", 1) == ["napped 1.5\\n"], written
+try:   # such a task is cancelled with its cell, as any other
+    dk.get(fails_early.remote(30))
+except KeyError:
+    pass
+_deadline = time.monotonic() + 30
+while not [r for r in engine.timeline(cell="In [5]") if r.name == "nap"]:
+    assert time.monotonic() < _deadline, engine.timeline(cell="In [5]")
+    time.sleep(0.1)
+assert len(engine.cancel_cell("In [5]")) == 1
+fifth = {r.name: r.status for r in settled("In [5]", 2)}
+assert fifth == {"fails_early": "failed", "nap": "cancelled"}, fifth
 dk.shutdown()
 print("client ok")
 """

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from distkernel.backends.base import CellSource, Engine, OutputHandler
-from distkernel.backends.ray import runner
+from distkernel.backends.ray import handover, runner
 from distkernel.backends.ray.errors import translated
 from distkernel.backends.ray.records import TaskBook
 from distkernel.backends.ray.report_channel import ChannelAddress, ReportListener
@@ -133,6 +133,9 @@ class RayEngine(Engine):
             "127.0.0.1" if address == LOCAL_RAY and not self._borrowed
             else ray.util.get_node_ip_address())
         self._channel_address = self._channel.address if self._channel is not None else None
+        # Through Ray Client, where the running children of a call that raised are kept.
+        self._keeper = handover.start_keeper() if not in_task and _through_ray_client() \
+            else None
         self._in_task = in_task
         self._book = TaskBook(settings.log_to_driver, in_task=in_task, channel=self._channel)
         self._book.on_actor_exit = self._actor_exited
@@ -579,8 +582,9 @@ class RayEngine(Engine):
     def _own_actors(self) -> list[Any]:
         """Handles of the actors this engine made that end with it (not detached ones)."""
         with self._lock:
-            return [self._held[actor_id] for actor_id, actor in self._actors.items()
+            made = [self._held[actor_id] for actor_id, actor in self._actors.items()
                     if actor.made_here and not actor.detached and actor_id in self._held]
+        return made if self._keeper is None else [*made, self._keeper]
 
     def snapshot(self) -> ClusterSnapshot:
         nodes = self._nodes()

@@ -18,7 +18,8 @@ driver ends one that sent no report of its own. Through Ray Client each report i
 last return value instead, which the watcher fetches once it is in; so it is inside a
 task whose driver has no channel, where the parent's report carries the records of the
 tasks it submitted that had ended by then, and, for those still running, the Ray refs to
-their report and results: the driver watches them from then on.
+their report and results: the driver watches them from then on. (A parent that raised
+hands those to a keeper, ``handover``, and its report says where to take them.)
 
 The book also keeps, while a task is unfinished, a Ray ref to its results: what
 ``cancel_task`` and an interrupted cell cancel. A task submitted inside a task has none
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from distkernel.backends.base import CellSource, OutputHandler, print_output
+from distkernel.backends.ray import handover
 from distkernel.backends.ray.report_channel import ReportListener
 from distkernel.backends.ray.runner import (
     CANCEL,
@@ -615,6 +617,8 @@ class TaskBook:
             cancelled = cancelled or (self._in_task and ray_task_id in self._cancelled)
             status = "cancelled" if cancelled else "failed" if error_text else _status(error)
             self.counts[status] += 1
+        if report is not None and report.handed_over:  # its children still running
+            report = report._replace(nested=report.nested + _taken_over(report.handed_over))
         if report is not None:
             self._fill(record, report)
         else:
@@ -776,6 +780,14 @@ class TaskBook:
             self._watched.clear()
             self._often.clear()
         return unfinished
+
+
+def _taken_over(handed_over: tuple[str, ...]) -> tuple[NestedRecord, ...]:
+    """The records of running children a call that raised handed over (``handover``)."""
+    try:
+        return handover.take(handed_over)
+    except Exception:  # noqa: BLE001 - the keeper is gone (its worker died): none
+        return ()
 
 
 def _report_of(error: BaseException | None) -> Report | None:

@@ -6,7 +6,8 @@ the cell that submitted it, however late it comes (Ray would print it under whic
 cell runs then). A call sends its report on the driver's channel (``report_channel``)
 before it returns or raises, also one submitted inside a task; without a channel (a
 driver connected through Ray Client) it returns the report as one more value instead,
-or, when it raises, carries it on the exception.
+or, when it raises, carries it on the exception (and hands the records of the tasks it
+submitted that still run to a keeper: ``handover``).
 
 Ray's workers import this module (so distkernel must be installed where they run, as
 any package a task uses); it needs only the standard library and Ray.
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from distkernel.backends.ray import report_channel
+from distkernel.backends.ray import handover, report_channel
 from distkernel.backends.ray.report_channel import ChannelAddress
 from distkernel.core.exceptions import ActorExit, actor_exit_reason, actor_gone
 from distkernel.store.serialization import plain_data
@@ -72,6 +73,9 @@ class Report(NamedTuple):
     runs_again: bool = False
     # It raised KeyboardInterrupt: how Ray cancels a running call (and runs it no more).
     cancelled: bool = False
+    # It raised, through Ray Client, with tasks it submitted still running: where their
+    # records were handed over (``handover``: the keeper's name, their key).
+    handed_over: tuple[str, ...] = ()
 
 
 class _TaskStreams(io.TextIOBase):
@@ -438,12 +442,26 @@ def _failed(exc: BaseException, call: _Call, channel: ChannelAddress | None,
             cancelled=interrupted))
         return _travelling(exc)
     exc = _travelling(exc)
+    report = _handing_over(_report(call, True))
     try:
-        # (not Ray refs in it: the driver's Ray Client could not unpickle the error)
-        setattr(exc, REPORT_ATTRIBUTE, _report(call, False))
+        setattr(exc, REPORT_ATTRIBUTE, report)
     except Exception:  # noqa: BLE001 - an exception that takes no attributes
         pass
     return exc
+
+
+def _handing_over(report: Report) -> Report:
+    """A report to travel on an exception, which cannot hold Ray refs (the driver's Ray
+    Client could not unpickle it): its records of children still running, which hold
+    them, go to the job's keeper (``handover``), and it says where."""
+    running = tuple(each for each in report.nested if each.refs is not None)
+    if not running:
+        return report
+    ended = tuple(each for each in report.nested if each.refs is None)
+    try:
+        return report._replace(nested=ended, handed_over=handover.hand_over(running))
+    except Exception:  # noqa: BLE001 - no keeper to be had: those children go unrecorded
+        return report._replace(nested=ended)
 
 
 def _send(channel: ChannelAddress, ok: bool, report: Report) -> None:
@@ -610,13 +628,15 @@ def _describe(self: Any, options: Any,
     return options, getattr(type(self), TRACED), returns_report
 
 
-def _report(call: _Call, returned: bool, bytes_out: int = 0,
+def _report(call: _Call, with_running: bool, bytes_out: int = 0,
             actor_exit: tuple[str, ...] = ()) -> Report:
-    """The call's report. ``returned``: it travels as a result, which Ray sends (the
-    children still running are handed to the driver, as Ray refs), not on the channel."""
+    """The call's report. ``with_running``: with the records of the children still
+    running too, holding the Ray refs the driver watches them by (the report does not go
+    on the channel: it travels as a result, which Ray sends with its refs, or is handed
+    over)."""
     buffers = call.buffers
     children = buffers.get("children")
-    nested = take_nested(children, returned) if children and take_nested is not None else ()
+    nested = take_nested(children, with_running) if children and take_nested is not None else ()
     return Report(call.started, time.time(), _node_id(), _this_process["pid"],
                   "".join(buffers.get("stdout", ())), "".join(buffers.get("stderr", ())),
                   call.bytes_in, bytes_out, nested, actor_exit)
