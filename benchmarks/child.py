@@ -225,17 +225,18 @@ def run(args: argparse.Namespace, engine: engines.Engine, result: dict[str, Any]
     result["final_processes"] = final_processes(engine)
 
 
-def paired_sections(args: argparse.Namespace) -> list[tuple[str, Any]]:
-    """The workloads of the paired run, each repeated once per round (see ``run_paired``)."""
+def paired_sections(args: argparse.Namespace) -> list[tuple[str, Any, int]]:
+    """The workloads of the paired run, each with its number of turns a round (see
+    ``run_paired``)."""
     import workloads
 
     size = sizes(args)
     return [
-        ("round_trip", lambda e: workloads.round_trip(e, tasks, size["paired_rtt_n"], 20)),
-        ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"], 1)),
-        ("actor", lambda e: workloads.actor(e, tasks, size["paired_actor_n"], 20)),
-        ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB,
-                                                          size["big_repeats"], args.workers)),
+        ("round_trip", lambda e: workloads.round_trip(e, tasks, size["paired_rtt_n"], 20), 1),
+        ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"], 1), 1),
+        ("actor", lambda e: workloads.actor(e, tasks, size["paired_actor_n"], 20), 1),
+        ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB, 1, args.workers),
+         size["big_repeats"]),
     ]
 
 
@@ -245,7 +246,12 @@ def run_paired(args: argparse.Namespace, ours: engines.Engine, result: dict[str,
     Two fresh Rays differ from each other by more than our front costs (Ray's own
     figures move up to 2x between runs here), so each round runs every workload on
     both, the first engine of a round alternating: both see the same machine, cluster
-    and moment. ``rounds`` holds each round's figures per engine."""
+    and moment. ``rounds`` holds each round's figures per engine.
+
+    The 100 MB workloads run once per turn, several turns a round, the engine going first
+    alternating at each turn, and a round's figure is the median over its turns: this
+    machine's memory holds a state (fresh pages or not) for a few hundred milliseconds,
+    which a block of repeats on one engine would have to itself."""
     result["startup"] = start_up(ours, args.workers)
     plain = engines.RayEngine()
     plain.join()
@@ -256,12 +262,38 @@ def run_paired(args: argparse.Namespace, ours: engines.Engine, result: dict[str,
     for index in range(rounds):
         pair = (ours, plain) if index % 2 == 0 else (plain, ours)
         figures: dict[str, Any] = {ours.name: {}, plain.name: {}}
-        for name, thunk in plan:
-            for engine in pair:
-                run_section(figures[engine.name], name, thunk, engine, None)
+        for name, thunk, turns in plan:
+            taken: dict[str, list[Any]] = {ours.name: [], plain.name: []}
+            for turn in range(turns):
+                for engine in pair if turn % 2 == 0 else pair[::-1]:
+                    one: dict[str, Any] = {}
+                    run_section(one, name, thunk, engine, None)
+                    taken[engine.name].append(one[name])
+            for engine_name, each in taken.items():
+                figures[engine_name][name] = each[0] if turns == 1 else over_turns(each)
         result["rounds"].append(figures)
         write(result, args.out)
     result["final_processes"] = final_processes(ours)
+
+
+def over_turns(turns: list[Any]) -> Any:
+    """One round's figures of a workload run in several turns: each time the median over
+    the turns, each list of times all of them, each flag true if true in every turn, the
+    rest as the last turn had them; a turn that failed or was skipped stands for all."""
+    import statistics
+
+    failed = next((t for t in turns if "error" in t or "skipped" in t), None)
+    if failed is not None:
+        return failed
+    merged = dict(turns[-1])
+    for key, value in turns[-1].items():
+        if isinstance(value, bool):
+            merged[key] = all(t[key] for t in turns)
+        elif isinstance(value, float) and key.endswith("_s"):
+            merged[key] = statistics.median(t[key] for t in turns)
+        elif isinstance(value, list) and key.endswith("_s"):
+            merged[key] = [v for t in turns for v in t[key]]
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
