@@ -659,3 +659,63 @@ print("leaving")
     assert "leaving" in done.stdout
     started = (done.stdout + done.stderr).count("Started a local Ray instance")
     assert started == 1, done.stderr
+
+
+OVER_TCP = """
+import ray
+import distkernel as dk
+from distkernel.api import runtime
+
+def without_rings():   # in every Ray worker as it starts: as on a machine that has none
+    from distkernel.backends.ray import report_ring
+    report_ring.available = lambda: False
+
+ray.init(num_cpus=2, include_dashboard=False,
+         runtime_env={"worker_process_setup_hook": without_rings})
+dk.init(address="ray")   # on the connection this script made
+engine = runtime.current_engine()
+follow_cells(engine)
+
+@dk.remote
+def hello(i):
+    print("hello", i)
+    return i
+
+@dk.remote
+def parent():
+    return dk.get(hello.remote(100))
+
+@dk.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def add(self, k):
+        print("adding", k)
+        self.n += k
+        return self.n
+
+counter = Counter.remote()
+assert dk.get([hello.remote(i) for i in range(4)]) == [0, 1, 2, 3]
+assert dk.get([counter.add.remote(1), counter.add.remote(2)]) == [1, 3]
+assert dk.get(parent.remote()) == 100
+records = settled("In [1]", 9)
+assert sorted(r.name for r in records) == ["Counter", "Counter.add", "Counter.add",
+    "hello", "hello", "hello", "hello", "hello", "parent"], records
+assert all(r.status == "finished" for r in records), records
+calls = [r for r in records if r.kind != "actor_create"]   # (that one ends when it is ready)
+assert all(r.started and r.worker_id == 1 for r in calls), records   # times from reports
+expected = sorted([f"hello {i}\\n" for i in (0, 1, 2, 3, 100)] + ["adding 1\\n", "adding 2\\n"])
+assert output_of("In [1]", 7) == expected, written
+listener = engine._channel   # every report came on TCP: no worker handed over a ring
+assert len(listener._peers) >= 2 and not listener.ringed(), listener._peers
+dk.shutdown()
+ray.shutdown()
+print("tcp ok")
+"""
+
+
+def test_reports_over_tcp_from_workers_without_a_ring(tmp_path):
+    """Workers that cannot make a report ring (another machine, a system without memfd)
+    send their reports on TCP: records, nested tasks and output arrive all the same."""
+    done = run_driver_script(tmp_path, CELLS + OVER_TCP + NOTHING_LEFT, timeout=240)
+    assert "tcp ok" in done.stdout
