@@ -670,9 +670,8 @@ def without_rings():   # in every Ray worker as it starts: as on a machine that 
     from distkernel.backends.ray import report_ring
     report_ring.available = lambda: False
 
-ray.init(num_cpus=2, include_dashboard=False,
-         runtime_env={"worker_process_setup_hook": without_rings})
-dk.init(address="ray")   # on the connection this script made
+ray.init(address=ADDRESS, runtime_env={"worker_process_setup_hook": without_rings})
+dk.init(address=ADDRESS)   # the module's cluster (conftest.py), on this connection
 engine = runtime.current_engine()
 follow_cells(engine)
 
@@ -714,8 +713,9 @@ print("tcp ok")
 """
 
 
-def test_reports_over_tcp_from_workers_without_a_ring(tmp_path):
+def test_reports_over_tcp_from_workers_without_a_ring(tmp_path, ray_address):
     """Workers that cannot make a report ring (another machine, a system without memfd)
     send their reports on TCP: records, nested tasks and output arrive all the same."""
-    done = run_driver_script(tmp_path, CELLS + OVER_TCP + NOTHING_LEFT, timeout=240)
+    done = run_driver_script(tmp_path, CELLS + OVER_TCP + NOTHING_LEFT, timeout=240,
+                             prelude=f"ADDRESS = {ray_address!r}\n")
     assert "tcp ok" in done.stdout
