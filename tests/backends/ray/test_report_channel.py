@@ -1,8 +1,9 @@
-"""The channel a Ray worker sends its reports to the driver on (``report_channel``), with
-real sockets and real shared memory, both ways a worker reaches its driver (a ring on the
-driver's machine, TCP from another): what a worker sends arrives whole and in order, a
-peer without the driver's token is dropped unread, and a worker whose driver is gone
-gives up at once. This process plays both the driver and the worker."""
+"""The channel a Ray worker sends its reports to the driver on (``report_channel``, and
+the driver's end, ``report_listener``), with real sockets and real shared memory, both
+ways a worker reaches its driver (a ring on the driver's machine, TCP from another): what
+a worker sends arrives whole and in order, a peer without the driver's token is dropped
+unread, and a worker whose driver is gone gives up at once. This process plays both the
+driver and the worker."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import time
 import pytest
 
 from distkernel.backends.ray import report_channel, report_ring
-from distkernel.backends.ray.report_channel import ChannelAddress, ReportListener
+from distkernel.backends.ray.report_channel import ChannelAddress
+from distkernel.backends.ray.report_listener import ReportListener
 
 pytestmark = pytest.mark.skipif(not report_ring.available(),
                                 reason="report rings need Linux on x86-64")

@@ -37,7 +37,8 @@ from distkernel.backends.base import CellSource, Engine, OutputHandler
 from distkernel.backends.ray import handover, runner
 from distkernel.backends.ray.errors import translated
 from distkernel.backends.ray.records import TaskBook
-from distkernel.backends.ray.report_channel import ChannelAddress, ReportListener
+from distkernel.backends.ray.report_channel import ChannelAddress
+from distkernel.backends.ray.report_listener import ReportListener
 from distkernel.backends.snapshot import (
     ActorSnapshot,
     ClusterSnapshot,

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from distkernel.backends.base import CellSource, OutputHandler, print_output
 from distkernel.backends.ray import handover
-from distkernel.backends.ray.report_channel import ReportListener
+from distkernel.backends.ray.report_listener import ReportListener
 from distkernel.backends.ray.runner import (
     CANCEL,
     ENDED,
