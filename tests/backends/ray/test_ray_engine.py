@@ -685,25 +685,25 @@ def parent():
     return dk.get(hello.remote(100))
 
 @dk.remote
-class Counter:
+class Tally:
     def __init__(self):
-        self.n = 0
-    def add(self, k):
-        print("adding", k)
-        self.n += k
-        return self.n
+        self.seen = []
+    def note(self, item):
+        print("noting", item)
+        self.seen.append(item)
+        return len(self.seen)
 
-counter = Counter.remote()
+tally = Tally.remote()
 assert dk.get([hello.remote(i) for i in range(4)]) == [0, 1, 2, 3]
-assert dk.get([counter.add.remote(1), counter.add.remote(2)]) == [1, 3]
+assert dk.get([tally.note.remote("a"), tally.note.remote("b")]) == [1, 2]
 assert dk.get(parent.remote()) == 100
 records = settled("In [1]", 9)
-assert sorted(r.name for r in records) == ["Counter", "Counter.add", "Counter.add",
+assert sorted(r.name for r in records) == ["Tally", "Tally.note", "Tally.note",
     "hello", "hello", "hello", "hello", "hello", "parent"], records
 assert all(r.status == "finished" for r in records), records
 calls = [r for r in records if r.kind != "actor_create"]   # (that one ends when it is ready)
 assert all(r.started and r.worker_id == 1 for r in calls), records   # times from reports
-expected = sorted([f"hello {i}\\n" for i in (0, 1, 2, 3, 100)] + ["adding 1\\n", "adding 2\\n"])
+expected = sorted([f"hello {i}\\n" for i in (0, 1, 2, 3, 100)] + ["noting a\\n", "noting b\\n"])
 assert output_of("In [1]", 7) == expected, written
 listener = engine._channel   # every report came on TCP: no worker handed over a ring
 assert len(listener._peers) >= 2 and not listener.ringed(), listener._peers

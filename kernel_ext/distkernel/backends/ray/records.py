@@ -786,7 +786,7 @@ def _taken_over(handed_over: tuple[str, ...]) -> tuple[NestedRecord, ...]:
     """The records of running children a call that raised handed over (``handover``)."""
     try:
         return handover.take(handed_over)
-    except Exception:  # noqa: BLE001 - the keeper is gone (its worker died): none
+    except Exception:  # noqa: BLE001 - no keeper (its driver's connection ended): none
         return ()
 
 

@@ -237,9 +237,8 @@ def traced(function: Callable[..., Any], num_returns: int,
 def _standing_for(function: Callable[..., Any]) -> Callable[[Any], Any]:
     """Give a wrapper ``function``'s name and doc, not its attributes and no way back to
     it (Ray reads the function it unwraps; the signature: ``_taking_keyword``): a mark of
-    Ray's on it
-    (``ray.method(num_returns=...)``, in code moved from Ray) would change how Ray calls
-    the wrapper behind our options."""
+    Ray's on it (``ray.method(num_returns=...)``, in code moved from Ray) would change
+    how Ray calls the wrapper behind our options."""
     def give(wrapper: Any) -> Any:
         functools.update_wrapper(wrapper, function, updated=())
         del wrapper.__wrapped__
