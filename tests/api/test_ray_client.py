@@ -142,7 +142,8 @@ print("client ok")
 
 def test_the_api_and_the_records_through_ray_client(engine, request, tmp_path):
     """Tasks, actors, put / get, errors, cancel, and each task's record and output in the
-    cell that submitted it, also for a task submitted inside a task that ends after it."""
+    cell that submitted it, also for a task submitted inside a task that ends after it,
+    whether that task returned or raised (and then it is cancelled with its cell too)."""
     if engine == "local":
         pytest.skip("Ray Client is Ray's")
     ray_cluster = request.getfixturevalue("ray_cluster")  # (the Ray half's, started by now)
