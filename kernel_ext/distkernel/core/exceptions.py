@@ -193,6 +193,13 @@ def exception_text(exc: BaseException) -> str:
     return f"{name}: {message}" if message else name
 
 
+def wrong_count(name: str, count: int, value: Any) -> ValueError:
+    """The error of a task declared with ``num_returns=count`` that returned ``value``,
+    which is not that many values (raised in the task, on either engine)."""
+    return ValueError(f"{name} has num_returns={count} but returned {type(value).__name__} "
+                      f"{safe_repr(value)}; return a tuple of {count} values")
+
+
 def safe_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, or a stand-in when ``__repr__`` raises."""
     try:

@@ -395,6 +395,11 @@ def nap(seconds):
         time.sleep(0.1)
     return seconds
 
+@dk.remote(num_returns=2)
+def miscounted():
+    print("counting")
+    return 5   # one value where two were declared
+
 def settled(count):
     deadline = time.monotonic() + 20
     while True:
@@ -432,12 +437,20 @@ except dk.DistkernelError as error:
     assert "lock" in str(error), error
 else:
     raise AssertionError("a lock travelled")
-records = settled(5)
+try:   # its report, with its output, says why, as the local engine does
+    dk.get(list(miscounted.remote()))
+except ValueError as error:
+    assert "num_returns=2 but returned int 5; return a tuple" in str(error), error
+else:
+    raise AssertionError("one value made two")
+records = settled(6)
 assert records["unsendable"].status == "failed" and "lock" in records["unsendable"].error, records
+assert records["miscounted"].status == "failed" and records["miscounted"].started, records
+assert "num_returns=2" in records["miscounted"].error, records
 assert records["flaky"].status == "finished" and records["flaky"].started, records
 assert records["crash"].status == "failed" and records["crash"].error, records
 assert records["after"].status == "failed" and "upstream" in records["after"].error, records
-arrived({("In [1]", "attempt one\\n"), ("In [1]", "attempt two\\n")})
+arrived({("In [1]", "attempt one\\n"), ("In [1]", "attempt two\\n"), ("In [1]", "counting\\n")})
 
 # A report that comes before its task is recorded (a short task) waits for the record.
 busy = nap.remote(3)   # something in flight: the watcher takes reports every round
@@ -449,7 +462,7 @@ engine._book.submitted = recorded_late
 early = hello.remote("early bird")
 engine._book.submitted = submitted
 assert dk.get(early) == "early bird"
-record = settled(6)["hello"]
+record = settled(7)["hello"]
 assert record.status == "finished" and record.started and record.worker_id == 1, record
 arrived({("In [1]", "early bird\\n")})
 dk.get(busy)
@@ -469,7 +482,7 @@ def submits_and_waits():
     return "waited"
 
 assert dk.get(submits_and_waits.remote()) == "waited"
-records = settled(11)
+records = settled(12)
 assert records["crash"].status == "failed" and records["crash"].error, records
 assert records["always_fails"].status == "failed", records
 assert "every attempt fails" in records["always_fails"].error, records

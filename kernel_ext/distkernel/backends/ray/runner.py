@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from distkernel.backends.ray import handover, report_channel
 from distkernel.backends.ray.report_channel import ChannelAddress
-from distkernel.core.exceptions import ActorExit, actor_exit_reason, actor_gone
+from distkernel.core.exceptions import ActorExit, actor_exit_reason, actor_gone, wrong_count
 from distkernel.store.serialization import plain_data
 
 #: The attribute a raised exception carries its task's report in.
@@ -200,6 +200,8 @@ def traced(function: Callable[..., Any], num_returns: int,
             call = _begin(args, kwargs, name, channel)
             try:
                 value = await function(*args, **kwargs)
+                if num_returns != 1:
+                    value = _values(value, num_returns, name)
             except ActorExit:
                 return _exited(call, num_returns, name, channel)
             except BaseException as exc:
@@ -209,7 +211,7 @@ def traced(function: Callable[..., Any], num_returns: int,
                 raise failed from exc
             finally:
                 _end(call)
-            return _returned(value, call, num_returns, function, channel)
+            return _returned(value, call, num_returns, channel)
 
         return _taking_keyword(run_async, function, REGISTRY_KEYWORD)
 
@@ -220,6 +222,8 @@ def traced(function: Callable[..., Any], num_returns: int,
         call = _begin(args, kwargs, name, channel)
         try:
             value = function(*args, **kwargs)
+            if num_returns != 1:  # (a wrong count fails the call, with its report)
+                value = _values(value, num_returns, name)
         except ActorExit:
             return _exited(call, num_returns, name, channel)
         except BaseException as exc:
@@ -229,7 +233,7 @@ def traced(function: Callable[..., Any], num_returns: int,
             raise failed from exc
         finally:
             _end(call)
-        return _returned(value, call, num_returns, function, channel)
+        return _returned(value, call, num_returns, channel)
 
     return _taking_keyword(run, function, REGISTRY_KEYWORD)
 
@@ -284,7 +288,7 @@ def _exited(call: _Call, num_returns: int, name: str, channel: ChannelAddress | 
     reason = _ended_actor["reason"] = actor_exit_reason(name)
     value = None if num_returns == 1 else (None,) * num_returns
     actor_id = ray.get_runtime_context().get_actor_id() or ""
-    return _returned(value, call, num_returns, None, channel, (actor_id, reason))
+    return _returned(value, call, num_returns, channel, (actor_id, reason))
 
 
 #: The channel of the driver this worker runs calls for, once one came with a call: where
@@ -511,17 +515,25 @@ def _travelling(exc: BaseException) -> BaseException:
     return RuntimeError(text)
 
 
-def _returned(value: Any, call: _Call, num_returns: int, function: Any,
-              channel: ChannelAddress | None, actor_exit: tuple[str, ...] = ()) -> Any:
+def _values(value: Any, num_returns: int, name: str) -> tuple[Any, ...]:
+    """The ``num_returns`` values of a call declared to return that many (not one)."""
+    try:
+        values = tuple(value)
+    except TypeError:  # not a sequence at all
+        values = ()
+    if len(values) != num_returns:
+        raise wrong_count(name, num_returns, value)
+    return values
+
+
+def _returned(value: Any, call: _Call, num_returns: int, channel: ChannelAddress | None,
+              actor_exit: tuple[str, ...] = ()) -> Any:
+    """What the call returns to Ray; ``value`` holds ``num_returns`` values unless that is
+    one (``_values``)."""
     if num_returns == 1:
         checked: Any = _checked(value, channel)
     else:
-        values = tuple(value)
-        if len(values) != num_returns:
-            name = getattr(function, "__qualname__", "the task")
-            msg = f"{name} has num_returns={num_returns} but returned {len(values)} values"
-            raise ValueError(msg)
-        checked = tuple(_checked(each, channel) for each in values)
+        checked = tuple(_checked(each, channel) for each in value)
     report = _report(call, channel is None, size_of(value), actor_exit)
     if channel is not None:
         _send(channel, True, report)

@@ -47,7 +47,7 @@ from distkernel.core.exceptions import (
     actor_exit_reason,
     actor_gone,
     exception_text,
-    safe_repr,
+    wrong_count,
 )
 from distkernel.core.interrupts import DEFERRED_SIGINT
 from distkernel.core.protocol import (
@@ -501,10 +501,7 @@ class Worker:
             except TypeError:
                 values = ()
             if len(values) != count:
-                msg = (f"{spec.name} has num_returns={count} but returned "
-                       f"{type(value).__name__} {safe_repr(value)}; return a tuple of {count} "
-                       f"values")
-                raise ValueError(msg)
+                raise wrong_count(spec.name, count, value)
         return tuple(self.client.store(serialize(v)) for v in values)
 
     def _error_value(self, task_name: str, exc: BaseException) -> InlineValue:
