@@ -193,11 +193,18 @@ def exception_text(exc: BaseException) -> str:
     return f"{name}: {message}" if message else name
 
 
-def wrong_count(name: str, count: int, value: Any) -> ValueError:
-    """The error of a task declared with ``num_returns=count`` that returned ``value``,
-    which is not that many values (raised in the task, on either engine)."""
-    return ValueError(f"{name} has num_returns={count} but returned {type(value).__name__} "
-                      f"{safe_repr(value)}; return a tuple of {count} values")
+def returned_values(name: str, count: int, value: Any) -> tuple[Any, ...]:
+    """The ``count`` values of a task declared with ``num_returns=count`` (not one) that
+    returned ``value``; else the error it fails with, on either engine."""
+    try:
+        values = tuple(value)
+    except TypeError:  # not a sequence at all
+        values = ()
+    if len(values) != count:
+        msg = (f"{name} has num_returns={count} but returned {type(value).__name__} "
+               f"{safe_repr(value)}; return a tuple of {count} values")
+        raise ValueError(msg)
+    return values
 
 
 def safe_repr(value: Any, limit: int = 80) -> str:

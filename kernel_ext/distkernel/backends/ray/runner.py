@@ -32,7 +32,12 @@ from typing import Any, NamedTuple
 
 from distkernel.backends.ray import handover, report_channel
 from distkernel.backends.ray.report_channel import ChannelAddress
-from distkernel.core.exceptions import ActorExit, actor_exit_reason, actor_gone, wrong_count
+from distkernel.core.exceptions import (
+    ActorExit,
+    actor_exit_reason,
+    actor_gone,
+    returned_values,
+)
 from distkernel.store.serialization import plain_data
 
 #: The attribute a raised exception carries its task's report in.
@@ -201,7 +206,7 @@ def traced(function: Callable[..., Any], num_returns: int,
             try:
                 value = await function(*args, **kwargs)
                 if num_returns != 1:
-                    value = _values(value, num_returns, name)
+                    value = returned_values(name, num_returns, value)
             except ActorExit:
                 return _exited(call, num_returns, name, channel)
             except BaseException as exc:
@@ -223,7 +228,7 @@ def traced(function: Callable[..., Any], num_returns: int,
         try:
             value = function(*args, **kwargs)
             if num_returns != 1:  # (a wrong count fails the call, with its report)
-                value = _values(value, num_returns, name)
+                value = returned_values(name, num_returns, value)
         except ActorExit:
             return _exited(call, num_returns, name, channel)
         except BaseException as exc:
@@ -515,21 +520,10 @@ def _travelling(exc: BaseException) -> BaseException:
     return RuntimeError(text)
 
 
-def _values(value: Any, num_returns: int, name: str) -> tuple[Any, ...]:
-    """The ``num_returns`` values of a call declared to return that many (not one)."""
-    try:
-        values = tuple(value)
-    except TypeError:  # not a sequence at all
-        values = ()
-    if len(values) != num_returns:
-        raise wrong_count(name, num_returns, value)
-    return values
-
-
 def _returned(value: Any, call: _Call, num_returns: int, channel: ChannelAddress | None,
               actor_exit: tuple[str, ...] = ()) -> Any:
     """What the call returns to Ray; ``value`` holds ``num_returns`` values unless that is
-    one (``_values``)."""
+    one (``returned_values``)."""
     if num_returns == 1:
         checked: Any = _checked(value, channel)
     else:

@@ -47,7 +47,7 @@ from distkernel.core.exceptions import (
     actor_exit_reason,
     actor_gone,
     exception_text,
-    wrong_count,
+    returned_values,
 )
 from distkernel.core.interrupts import DEFERRED_SIGINT
 from distkernel.core.protocol import (
@@ -492,16 +492,7 @@ class Worker:
 
     def _store_results(self, spec: Any, value: Any) -> tuple[Value, ...]:
         count = len(spec.return_ids)
-        values: tuple[Any, ...]
-        if count == 1:
-            values = (value,)
-        else:
-            try:
-                values = tuple(value)
-            except TypeError:
-                values = ()
-            if len(values) != count:
-                raise wrong_count(spec.name, count, value)
+        values = (value,) if count == 1 else returned_values(spec.name, count, value)
         return tuple(self.client.store(serialize(v)) for v in values)
 
     def _error_value(self, task_name: str, exc: BaseException) -> InlineValue:
