@@ -65,24 +65,23 @@ def start_keeper() -> Any:
         name=_keeper_name(), num_cpus=0, max_concurrency=16).remote()
 
 
-def hand_over(records: tuple[Any, ...]) -> tuple[str, str]:
-    """In a worker: hand ``records`` (holding Ray refs) to the job's keeper; its name and
-    their key, for the report that travels on an exception."""
+def hand_over(records: tuple[Any, ...]) -> str:
+    """In a worker: hand ``records`` (holding Ray refs) to the job's keeper; their key,
+    for the report that travels on an exception. (The keeper is the job's: whoever takes
+    them finds it by the job, as the worker did.)"""
     import ray
 
     from distkernel.core.refs import new_id
 
-    name = _keeper_name()
-    keeper = ray.get_actor(name)
+    keeper = ray.get_actor(_keeper_name())
     key = new_id()
     keeper.keep.remote(key, list(records))  # the keeper borrows the refs in them
-    return name, key
+    return key
 
 
-def take(handed_over: tuple[str, ...]) -> tuple[Any, ...]:
-    """The records a report says were handed over (``hand_over``), taken from the keeper."""
+def take(key: str) -> tuple[Any, ...]:
+    """The records handed over under ``key`` (``hand_over``), taken from the keeper."""
     import ray
 
-    name, key = handed_over
-    keeper = ray.get_actor(name)
+    keeper = ray.get_actor(_keeper_name())
     return tuple(ray.get(keeper.take.remote(key, TAKE_WAIT), timeout=TAKE_WAIT + 10))

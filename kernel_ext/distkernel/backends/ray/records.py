@@ -782,7 +782,7 @@ class TaskBook:
         return unfinished
 
 
-def _taken_over(handed_over: tuple[str, ...]) -> tuple[NestedRecord, ...]:
+def _taken_over(handed_over: str) -> tuple[NestedRecord, ...]:
     """The records of running children a call that raised handed over (``handover``)."""
     try:
         return handover.take(handed_over)

@@ -78,9 +78,9 @@ class Report(NamedTuple):
     runs_again: bool = False
     # It raised KeyboardInterrupt: how Ray cancels a running call (and runs it no more).
     cancelled: bool = False
-    # It raised, through Ray Client, with tasks it submitted still running: where their
-    # records were handed over (``handover``: the keeper's name, their key).
-    handed_over: tuple[str, ...] = ()
+    # It raised, through Ray Client, with tasks it submitted still running: the key their
+    # records were handed over under (to the job's keeper, ``handover``).
+    handed_over: str = ""
 
 
 class _TaskStreams(io.TextIOBase):
