@@ -98,6 +98,7 @@ SIZES = {
     "actor_n": (300, 1000), "actor_warmup": (30, 100),
     "leborn_rounds": (10, 30),
     "paired_rounds": (3, 7), "paired_rtt_n": (200, 500), "paired_actor_n": (200, 500),
+    "paired_big_turns": (3, 15),
 }
 MB = 1 << 20
 
@@ -236,7 +237,7 @@ def paired_sections(args: argparse.Namespace) -> list[tuple[str, Any, int]]:
         ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"], 1), 1),
         ("actor", lambda e: workloads.actor(e, tasks, size["paired_actor_n"], 20), 1),
         ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB, 1, args.workers),
-         size["big_repeats"]),
+         size["paired_big_turns"]),
     ]
 
 
