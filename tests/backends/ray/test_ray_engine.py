@@ -515,7 +515,13 @@ class Point:                      # a notebook class that pickle refuses
     def __reduce__(self):
         raise TypeError("Point cannot be pickled as is")
 
+@dk.remote
+def same(value):
+    return value
+
+assert dk.get(same.remote(1)) == 1  # submitted before there was a registry to take along
 dk.register_serializer(Point, serializer=lambda p: p.x, deserializer=lambda x: Point(x))
+assert dk.get(same.remote(Point(3))).x == 3  # now its calls take the registry
 
 @dk.remote
 def double(p):

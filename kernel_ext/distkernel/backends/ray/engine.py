@@ -284,7 +284,8 @@ class RayEngine(Engine):
         else:
             name, kind, reports = options.name or function.name, options.kind, True
             returns_report = self._reports_to() is None
-            remote, actor = self._function_with(function, options), None
+            remote = self._function_with(function, options, registry_data is not None)
+            actor = None
         if reports and registry_data is not None:
             if actor is None:
                 call_kwargs[runner.REGISTRY_KEYWORD] = registry_data
@@ -348,39 +349,46 @@ class RayEngine(Engine):
             raise DistkernelError(msg)
         return NodeAffinitySchedulingStrategy(node_id, soft=False)
 
-    def _function_with(self, function: FunctionPayload, options: TaskOptions) -> Any:
-        """Ray's remote function for these options, kept for the last OPTIONED_KEPT
-        combinations (options made per call, say a name each, must not pile up). A loop
-        submitting one function finds it in ``_last_optioned`` at once."""
+    def _function_with(self, function: FunctionPayload, options: TaskOptions,
+                       with_registry: bool) -> Any:
+        """Ray's remote function for these options (``with_registry``: taking our
+        serializer registry along), kept for the last OPTIONED_KEPT combinations (options
+        made per call, say a name each, must not pile up). A loop submitting one function
+        finds it in ``_last_optioned`` at once."""
         reports_to = self._reports_to()
         last = self._last_optioned
-        if last[0] is function and last[1] is options and last[2] == reports_to:
+        if last[0] is function and last[1] is options and last[2] == (reports_to,
+                                                                      with_registry):
             return last[3]
-        key = (function.function_hash, options, reports_to)
+        key = (function.function_hash, options, reports_to, with_registry)
         try:
             hash(key)
         except TypeError:  # a scheduling strategy that cannot be hashed: made each time
-            return self._remote_function(function, options)
+            return self._remote_function(function, options, with_registry)
         remote = self._optioned.get(key)
         if remote is None:
-            remote = self._optioned[key] = self._remote_function(function, options)
+            remote = self._optioned[key] = self._remote_function(function, options,
+                                                                 with_registry)
             if len(self._optioned) > OPTIONED_KEPT:
                 self._optioned.popitem(last=False)
         else:
             self._optioned.move_to_end(key)
-        self._last_optioned = (function, options, reports_to, remote)
+        self._last_optioned = (function, options, (reports_to, with_registry), remote)
         return remote
 
-    def _remote_function(self, function: FunctionPayload, options: TaskOptions) -> Any:
+    def _remote_function(self, function: FunctionPayload, options: TaskOptions,
+                         with_registry: bool) -> Any:
         """Ray's remote function for ``function`` with these options, made with them: a
         ``.options(...)`` copy checks its options again at every call (about 80 µs)."""
         count, reports_to = options.num_returns, self._reports_to()
-        key = (function.function_hash, count, reports_to, bool(options.retry_exceptions))
+        key = (function.function_hash, count, reports_to, bool(options.retry_exceptions),
+               with_registry)
         traced = self._functions.get(key)
         if traced is None:
             traced = self._functions[key] = runner.traced(
                 pickle.loads(function.data), count, attach_in_task, reports_to,
-                bool(options.retry_exceptions) and options.max_retries != 0)
+                bool(options.retry_exceptions) and options.max_retries != 0,
+                takes_registry=with_registry)
         ray_options = _task_options(options, function.name)
         ray_options["num_returns"] = count + (reports_to is None)  # the report returned
         if options.pin_worker:  # %%remote --all: one copy per node

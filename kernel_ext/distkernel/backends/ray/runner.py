@@ -185,18 +185,24 @@ def _node_id() -> str:
 def traced(function: Callable[..., Any], num_returns: int,
            setup: Callable[[], object] | None = None,
            channel: ChannelAddress | None = None,
-           retried_when_raising: bool = False) -> Callable[..., Any]:
+           retried_when_raising: bool = False, *,
+           takes_registry: bool = False) -> Callable[..., Any]:
     """``function`` sending its ``Report`` on ``channel`` and returning its results; with
     no channel, returning its results and then its report (``num_returns + 1`` values in
     all), or raising with the report attached. A coroutine function stays one (an async
     actor's method). ``setup`` runs in the worker before each call (it makes our API
     usable there). ``retried_when_raising``: Ray runs the call again when it raises
-    (``retry_exceptions``), as its report then says.
+    (``retry_exceptions``), as its report then says. ``takes_registry``: calls may pass
+    our serializer registry (``REGISTRY_KEYWORD``); Ray checks every call against a
+    signature, and one more parameter costs it about 3 µs a call, so only a function
+    submitted while a registry is in use has it (an actor gets its registry by a call
+    of its own).
 
     The wrapper refers to module functions only, which Ray's pickler sends by name: the
     state they keep (a lock, a context variable) stays in the worker's own module.
     """
     name = getattr(function, "__qualname__", "the task")
+    keyword = REGISTRY_KEYWORD if takes_registry else ""
     if inspect.iscoroutinefunction(function):
         @_standing_for(function)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -218,7 +224,7 @@ def traced(function: Callable[..., Any], num_returns: int,
                 _end(call)
             return _returned(value, call, num_returns, channel)
 
-        return _taking_keyword(run_async, function, REGISTRY_KEYWORD)
+        return _taking_keyword(run_async, function, keyword)
 
     @_standing_for(function)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -240,7 +246,7 @@ def traced(function: Callable[..., Any], num_returns: int,
             _end(call)
         return _returned(value, call, num_returns, channel)
 
-    return _taking_keyword(run, function, REGISTRY_KEYWORD)
+    return _taking_keyword(run, function, keyword)
 
 
 def _standing_for(function: Callable[..., Any]) -> Callable[[Any], Any]:
@@ -257,12 +263,15 @@ def _standing_for(function: Callable[..., Any]) -> Callable[[Any], Any]:
 
 
 def _taking_keyword(wrapper: Callable[..., Any], function: Callable[..., Any],
-                    keyword: str) -> Callable[..., Any]:
-    """``wrapper`` with ``function``'s signature plus ``keyword``: Ray checks a call's
-    arguments against the signature it reads."""
+                    keyword: str = "") -> Callable[..., Any]:
+    """``wrapper`` with ``function``'s signature, plus ``keyword`` if one is named: Ray
+    checks a call's arguments against the signature it reads."""
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):  # no signature to check against: nothing to add
+        return wrapper
+    if not keyword:
+        wrapper.__signature__ = signature  # type: ignore[attr-defined]
         return wrapper
     params = list(signature.parameters.values())
     extra = inspect.Parameter(keyword, inspect.Parameter.KEYWORD_ONLY, default=None)
