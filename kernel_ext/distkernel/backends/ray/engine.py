@@ -18,6 +18,10 @@ driver that leaves, and stays connected.
 Tasks submitted inside a task are recorded in that worker; those that ended by the time
 their parent did travel in its report, and the driver files them, with their output,
 under the parent's cell.
+
+Beside it: how it reaches Ray (``connection``), our options in Ray's names
+(``ray_options``), and what ``%dist status`` and the panel show of the cluster
+(``cluster_view``).
 """
 
 from __future__ import annotations
@@ -29,23 +33,21 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
 from distkernel.backends.base import CellSource, Engine, OutputHandler
-from distkernel.backends.ray import handover, runner
+from distkernel.backends.ray import cluster_view, connection, handover, runner
 from distkernel.backends.ray.errors import translated
+from distkernel.backends.ray.ray_options import actor_options, task_options
 from distkernel.backends.ray.records import TaskBook
 from distkernel.backends.ray.report_channel import ChannelAddress
 from distkernel.backends.ray.report_listener import ReportListener
 from distkernel.backends.snapshot import (
-    ActorSnapshot,
     ClusterSnapshot,
     Counters,
-    NodeSnapshot,
     StoreSnapshot,
-    WorkerSnapshot,
 )
 from distkernel.core import config, context, refs
 from distkernel.core.exceptions import (
@@ -61,17 +63,8 @@ from distkernel.engine import specs
 from distkernel.store.pickler import registry
 from distkernel.store.serialization import serialize
 
-if TYPE_CHECKING:
-    from distkernel.engine.scheduler_types import ActorStateName, WorkerStateName
-
-#: Addresses that start a Ray of our own on this machine; any other joins a running one.
-LOCAL_RAY = "ray"
 #: How many (function, options) combinations keep their Ray remote function.
 OPTIONED_KEPT = 256
-#: How many actors a snapshot describes (Ray answers for each separately).
-ACTORS_SHOWN = 100
-#: Ray's actor states, as ours.
-_ACTOR_STATES: dict[str, ActorStateName] = {"ALIVE": "alive", "DEAD": "dead"}
 #: How long kill(no_restart=True) waits for the actor to stop answering (seconds).
 KILL_WAIT = 10.0
 #: The options Ray calls an actor's methods with by default (``runner.traced`` gives
@@ -126,17 +119,17 @@ class RayEngine(Engine):
         # ray.init: that connection is used, and left open by shutdown().
         self._borrowed = in_task or ray.is_initialized()
         if not self._borrowed:
-            _connect(address, settings)
+            connection.connect(address, settings)
         elif not in_task:
-            _check_connected_to(address)
+            connection.check_connected_to(address)
         # Reports come on a channel of the driver's, where its workers can reach it.
-        self._channel = None if in_task or _through_ray_client() else ReportListener(
-            "127.0.0.1" if address == LOCAL_RAY and not self._borrowed
+        self._channel = None if in_task or connection.through_ray_client() else ReportListener(
+            "127.0.0.1" if address == connection.LOCAL_RAY and not self._borrowed
             else ray.util.get_node_ip_address())
         self._channel_address = self._channel.address if self._channel is not None else None
         # Through Ray Client, where the running children of a call that raised are kept.
-        self._keeper = handover.start_keeper() if not in_task and _through_ray_client() \
-            else None
+        self._keeper = handover.start_keeper() \
+            if not in_task and connection.through_ray_client() else None
         self._in_task = in_task
         self._book = TaskBook(settings.log_to_driver, in_task=in_task, channel=self._channel)
         self._book.on_actor_exit = self._actor_exited
@@ -389,7 +382,7 @@ class RayEngine(Engine):
                 pickle.loads(function.data), count, attach_in_task, reports_to,
                 bool(options.retry_exceptions) and options.max_retries != 0,
                 takes_registry=with_registry)
-        ray_options = _task_options(options, function.name)
+        ray_options = task_options(options, function.name)
         ray_options["num_returns"] = count + (reports_to is None)  # the report returned
         if options.pin_worker:  # %%remote --all: one copy per node
             ray_options["scheduling_strategy"] = self._on_node(options.pin_worker)
@@ -411,7 +404,7 @@ class RayEngine(Engine):
         actor_id = call_kwargs[runner.ACTOR_ID_KEYWORD] = refs.new_id()  # what it calls itself
         self._sync_registry()
         try:
-            handle = self._call(actor_class[0].options(**_actor_options(options)).remote,
+            handle = self._call(actor_class[0].options(**actor_options(options)).remote,
                                 *call_args, **call_kwargs)
         except TypeError as exc:
             raise _why_not_serializable(exc, lambda: specs.serialize_arguments(
@@ -596,76 +589,25 @@ class RayEngine(Engine):
         return made if self._keeper is None else [*made, self._keeper]
 
     def snapshot(self) -> ClusterSnapshot:
-        nodes = self._nodes()
+        nodes = cluster_view.nodes(self._book.node_index)
         total = self._ray.cluster_resources()
         available = self._ray.available_resources()
-        # A worker row per live node: on Ray a task's worker_id is its node's number.
-        workers = tuple(
-            WorkerSnapshot(node.index, None, _node_state(node), None, None, None, None, False,
-                           None, None)
-            for node in nodes if node.alive)
         store_total = int(total.get("object_store_memory", 0))
         store_free = int(available.get("object_store_memory", store_total))
         with self._lock:
-            held = len(self._held)
+            held_count = len(self._held)
+            actors = [(actor_id, actor.class_name, self._held[actor_id])
+                      for actor_id, actor in self._actors.items() if actor_id in self._held]
         counts = self._book.counts
         return ClusterSnapshot(
-            self.name, self.cluster_id, self.started_at, time.time(), self.num_workers, workers,
-            self._actor_rows(), StoreSnapshot(store_total, store_total - store_free, held, 0, 0), 0,
+            self.name, self.cluster_id, self.started_at, time.time(), self.num_workers,
+            cluster_view.node_workers(nodes),
+            cluster_view.actor_rows(actors, self._book.node_index),
+            StoreSnapshot(store_total, store_total - store_free, held_count, 0, 0), 0,
             self._book.running_count(), tuple(sorted(total.items())),
             tuple(sorted(available.items())),
             Counters(counts["submitted"], counts["finished"], counts["failed"],
                      counts["cancelled"]), nodes)
-
-    def _actor_rows(self) -> tuple[ActorSnapshot, ...]:
-        """The actors this driver holds a handle to, as Ray's actor table has them now
-        (at most ACTORS_SHOWN); a snapshot is taken every panel update, so one query."""
-        from ray._private import state
-
-        with self._lock:
-            held = [(actor_id, actor.class_name, self._held[actor_id])
-                    for actor_id, actor in self._actors.items() if actor_id in self._held]
-        try:  # this job's actors in one query; another job's (found by name) one by one
-            job = self._ray.JobID.from_hex(self._ray.get_runtime_context().get_job_id())
-            table = state.actors(job_id=job)
-        except Exception:  # noqa: BLE001 - asked one by one below
-            table = {}
-        rows = []
-        for actor_id, class_name, handle in held[:ACTORS_SHOWN]:
-            row = table.get(handle._actor_id.hex())
-            if row is None:
-                try:
-                    row = state.actors(actor_id=handle._actor_id.hex())
-                except Exception:  # noqa: BLE001 - not known (yet, or any more): not shown
-                    continue
-            node = row.get("Address", {}).get("NodeID")
-            rows.append(ActorSnapshot(
-                actor_id, row.get("ActorClassName") or class_name, row.get("Name") or "",
-                _ACTOR_STATES.get(row.get("State", ""), "starting"),
-                self._book.node_index(node) if node else None, row.get("Pid") or None, 0,
-                int(row.get("NumRestarts") or 0)))
-        return tuple(rows)
-
-    def _nodes(self) -> tuple[NodeSnapshot, ...]:
-        """Every node Ray knows, numbered as the records number them (``node_index``)."""
-        try:
-            from ray._private.state import available_resources_per_node
-
-            free = available_resources_per_node()
-        except Exception:  # noqa: BLE001 - an internal API of Ray: without it, totals only
-            free = {}
-        described = []
-        for node in self._ray.nodes():
-            node_id = str(node.get("NodeID", ""))
-            total = {k: float(v) for k, v in node.get("Resources", {}).items()
-                     if not k.startswith("node:")}
-            available = {k: float(v) for k, v in free.get(node_id, total).items()
-                         if not k.startswith("node:")}
-            described.append(NodeSnapshot(
-                self._book.node_index(node_id), node_id, str(node.get("NodeManagerAddress", "")),
-                bool(node.get("Alive")), tuple(sorted(total.items())),
-                tuple(sorted(available.items()))))
-        return tuple(sorted(described, key=lambda node: node.index))
 
     def timeline(self, last: int | None = None, *, cell: str | None = None) -> list[TaskRecord]:
         """As on the local engine, a task whose result a ``get`` returned is finished here."""
@@ -693,46 +635,6 @@ class RayEngine(Engine):
         # Those submitted inside its tasks, also once these ended: by the workers that did
         nested = self._book.cancel_nested(cell=cell, force=force)
         return [task_id for task_id, _ in unfinished] + nested
-
-
-def _connect(address: str, settings: config.ClusterSettings) -> None:
-    """Start a Ray of our own ("ray"), or join the cluster at ``address``."""
-    options: dict[str, Any] = {"namespace": settings.namespace, "include_dashboard": False,
-                               "log_to_driver": settings.log_to_driver}
-    if address == LOCAL_RAY:  # Ray's "local": a new one even if a cluster runs here
-        options.update(address="local", num_cpus=settings.num_workers,
-                       resources=dict(settings.resources))
-    else:
-        options["address"] = address
-    try:
-        ray.init(**options)
-    except Exception as exc:
-        msg = f"could not start or join Ray at {address!r}: {exc}"
-        raise DistkernelError(msg) from exc
-
-
-def _through_ray_client() -> bool:
-    """Connected through Ray Client (``ray://``): the cluster's workers cannot reach this
-    process."""
-    try:
-        from ray.util.client import ray as client
-
-        return bool(client.is_connected())
-    except Exception:  # noqa: BLE001 - no Ray Client in this Ray: not through it
-        return False
-
-
-def _check_connected_to(address: str) -> None:
-    """This process is connected to Ray already: an explicit ``host:port`` must be that
-    cluster's (any other address means "the Ray this process uses")."""
-    if address in (LOCAL_RAY, "auto") or address.startswith("ray://"):
-        return
-    connected = ray.get_runtime_context().gcs_address
-    if connected != address:
-        msg = (f"this process is connected to the Ray cluster at {connected} already, not "
-               f"{address}: use init(address={connected!r}) or init(address='auto'), or call "
-               f"ray.shutdown() first")
-        raise DistkernelError(msg)
 
 
 def _ref_in(theirs: Any) -> ObjectRef:
@@ -772,45 +674,3 @@ def _why_not_serializable(error: TypeError, ours: Callable[[], object]) -> BaseE
     except Exception:  # noqa: BLE001 - ours fails otherwise: Ray's message stands
         return error
     return error
-
-
-def _node_state(node: NodeSnapshot) -> WorkerStateName:
-    """Busy while some of the node's CPUs are taken, else idle."""
-    return "busy" if dict(node.resources_available).get("CPU", 0.0) < \
-        dict(node.resources_total).get("CPU", 0.0) else "idle"
-
-
-def _task_options(options: TaskOptions, name: str) -> dict[str, Any]:
-    """Our task options as Ray's ``.options(...)``."""
-    ray_options: dict[str, Any] = {"num_returns": options.num_returns,
-                                   "max_retries": options.max_retries,
-                                   "num_cpus": options.num_cpus, "num_gpus": options.num_gpus,
-                                   "name": options.name or name}
-    if options.resources:
-        ray_options["resources"] = dict(options.resources)
-    if options.retry_exceptions is True:
-        ray_options["retry_exceptions"] = True
-    elif options.retry_exceptions:  # the classes, pickled: Ray takes them as a list
-        ray_options["retry_exceptions"] = list(specs.exception_kinds(options.retry_exceptions))
-    if options.scheduling_strategy is not None:
-        ray_options["scheduling_strategy"] = options.scheduling_strategy
-    return ray_options
-
-
-def _actor_options(options: ActorOptions) -> dict[str, Any]:
-    """Our actor options as Ray's ``.options(...)``."""
-    resources = dict(options.resources)
-    ray_options: dict[str, Any] = {"max_restarts": options.max_restarts,
-                                   "max_task_retries": options.max_task_retries,
-                                   "num_cpus": resources.pop("CPU", 0),
-                                   "num_gpus": resources.pop("GPU", 0),
-                                   "max_concurrency": max(options.max_concurrency, 1)}
-    if resources:
-        ray_options["resources"] = resources
-    if options.name:
-        ray_options.update(name=options.name, get_if_exists=options.get_if_exists)
-        if options.namespace:
-            ray_options["namespace"] = options.namespace
-    if options.detached:
-        ray_options["lifetime"] = "detached"
-    return ray_options
