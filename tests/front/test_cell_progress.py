@@ -75,3 +75,19 @@ def test_a_cell_without_tasks_shows_nothing(kernel):
     run = kernel.run("x = 1 + 1\ntime.sleep(0.6)")
     assert run.ok
     assert not run.of_type("display_data", "update_display_data")
+
+
+def test_what_a_cell_printed_comes_whole_and_above_its_chart(kernel):
+    """The chart goes out from another thread than the cell's prints, which the kernel
+    sends a moment later: what the cell printed before the chart was drawn is sent
+    first, so a line is never cut by the chart, nor the cell's last lines put above it."""
+    run = kernel.run('print("results:", dk.get([nap.remote(0) for _ in range(3)]))\n'
+                     'print("and", "the", "last", "line")', timeout=60)
+    assert run.ok, run.text()
+    kinds = [("chart" if "jp-Distkernel-timings" in m["content"].get("data", {}).get(
+        "text/html", "") else m["msg_type"]) for m in run.outputs]
+    assert "chart" in kinds, run.text()
+    printed = "".join(m["content"]["text"] for m in run.of_type("stream"))
+    assert printed == "results: [0, 0, 0]\nand the last line\n", printed
+    assert max(i for i, kind in enumerate(kinds) if kind == "stream") < kinds.index("chart"), \
+        kinds

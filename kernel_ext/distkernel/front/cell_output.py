@@ -17,6 +17,7 @@ one display are sent at most every ``MIN_INTERVAL`` seconds.
 from __future__ import annotations
 
 import html
+import sys
 import threading
 import time
 import uuid
@@ -59,6 +60,19 @@ class _Bucket:
         self.tokens -= allowed
         self.suppressed += count - allowed
         return allowed
+
+
+def _flush_streams() -> None:
+    """Send what the running cell printed so far before a display, as IPython's own
+    ``display()`` does: the kernel sends printed text a moment after it is written, and a
+    display sent meanwhile (from another thread) would land above the cell's last lines,
+    or inside a line cut in two. (The kernel's streams flush from any thread, waiting for
+    its I/O thread.)"""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed (the kernel shutting down): nothing to send
+            pass
 
 
 class CellOutput:
@@ -185,6 +199,7 @@ class CellOutput:
 
     def _publish(self, parent: Any, display_id: str, bundle: dict[str, str], *,
                  update: bool) -> None:
+        _flush_streams()
         content = {"data": bundle, "metadata": {}, "transient": {"display_id": display_id}}
         msg_type = "update_display_data" if update else "display_data"
         session = self._kernel.session
