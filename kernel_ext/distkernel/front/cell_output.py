@@ -100,6 +100,8 @@ class CellOutput:
         msg_id = (parent or {}).get("header", {}).get("msg_id")
         if not msg_id:
             return None
+        if msg_id in self._parents:  # known: no lock (this runs for every submission,
+            return msg_id  # and a display being sent holds the lock while streams flush)
         with self._lock:
             self._parents[msg_id] = parent
             if len(self._parents) > 1000:  # keep the latest cells only
