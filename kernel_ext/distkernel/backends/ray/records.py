@@ -153,10 +153,11 @@ class TaskBook:
         # Ray's task id -> messages waiting for it to be known (its reports, the notes of
         # the tasks it submitted), each with when it came
         self._unknown: OrderedDict[str, list[tuple[Any, float]]] = OrderedDict()
-        # Ray's task id -> (our id, record) of ended tasks whose report came on the channel,
-        # or was awaited there: for a report that comes after all, or that says the task
-        # failed after all
-        self._ended_ray: OrderedDict[str, tuple[str, TaskRecord]] = OrderedDict()
+        # Ray's task id -> the record of an ended task whose report came on the channel, or
+        # was awaited there: for a report that comes after all, or that says the task
+        # failed after all (the record alone: one more object kept per task would make
+        # Python's full garbage collections come sooner)
+        self._ended_ray: OrderedDict[str, TaskRecord] = OrderedDict()
         # Of tasks submitted inside tasks, by Ray's task id: which are done in Ray (when to
         # end them without a report, whether their submitter cancelled them), and whose
         # task submitted each
@@ -179,6 +180,9 @@ class TaskBook:
 
     def node_index(self, node_id: str) -> int:
         """A short number for a Ray node (what ``worker_id`` means on Ray), first come first."""
+        index = self._nodes.get(node_id)  # a known node: one lookup, no lock (every report)
+        if index is not None:
+            return index
         with self._lock:
             return self._nodes.setdefault(node_id, len(self._nodes) + 1)
 
@@ -395,7 +399,7 @@ class TaskBook:
         with self._lock:
             parent_id = self._by_ray.get(parent)
             if parent_id is None and parent in self._ended_ray:
-                parent_id = self._ended_ray[parent][0]
+                parent_id = self._ended_ray[parent].task_id
             if parent_id is None and not known:  # the parent's own note is on its way
                 self._wait_for(parent, sender,
                                (ray_task_id, None, (parent, name, kind, submitted)))
@@ -437,10 +441,10 @@ class TaskBook:
                         self._suspect.add(results)
         if late is not None and not ok:  # an attempt's report that came after the end
             if not report.runs_again:  # its result could not be sent after all
-                self._failed_late(late[1], report)
-            self._deliver(self._node_of(report), late[0], report)
+                self._failed_late(late, report)
+            self._deliver(self._node_of(report), late.task_id, report)
         elif late is not None:  # its record was ended from its result: times and output now
-            self._came_late(*late, report)
+            self._came_late(late.task_id, late, report)
         elif task_id is not None and not ok:
             self._deliver(self._node_of(report), task_id, report)
             if results is None and not report.runs_again:  # submitted in a task: no result
@@ -610,7 +614,7 @@ class TaskBook:
             if ray_task_id:  # for a report that comes after all, or says it failed after all
                 self._by_ray.pop(ray_task_id, None)
                 self._owners.pop(ray_task_id, None)
-                self._ended_ray[ray_task_id] = (task_id, record)
+                self._ended_ray[ray_task_id] = record
                 while len(self._ended_ray) > KEPT_UNKNOWN:
                     self._ended_ray.popitem(last=False)
             # (in a task, whose result it did not look at: cancelled here, as it seems)
