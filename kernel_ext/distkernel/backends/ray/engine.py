@@ -38,7 +38,14 @@ from typing import Any
 import ray
 
 from distkernel.backends.base import CellSource, Engine, OutputHandler
-from distkernel.backends.ray import cluster_view, connection, handover, runner
+from distkernel.backends.ray import (
+    cluster_view,
+    connection,
+    handover,
+    runner,
+    task_output,
+    traced_actor,
+)
 from distkernel.backends.ray.errors import translated
 from distkernel.backends.ray.ray_options import actor_options, task_options
 from distkernel.backends.ray.records import TaskBook
@@ -283,7 +290,7 @@ class RayEngine(Engine):
             if actor is None:
                 call_kwargs[runner.REGISTRY_KEYWORD] = registry_data
             elif actor.registry is not registry_data:
-                self._call(getattr(handle, runner.USE_REGISTRY).remote, registry_data)
+                self._call(getattr(handle, traced_actor.USE_REGISTRY).remote, registry_data)
                 actor.registry = registry_data
         try:
             made = self._call(remote.remote, *call_args, **call_kwargs)
@@ -300,7 +307,7 @@ class RayEngine(Engine):
         if on_channel and self._channel is None:  # inside a task: the driver files it
             runner.note_submitted(ray_task_id, name, kind)  # under this call's cell
         elif self._in_task:  # (a driver runs no call of ours: nothing to tell)
-            runner.submitted_here(task_id)  # its report will carry this one
+            task_output.submitted_here(task_id)  # its report will carry this one
         return [self._ours(ray_ref) for ray_ref in made]
 
     def _reports_to(self) -> ChannelAddress | None:
@@ -394,14 +401,15 @@ class RayEngine(Engine):
         key = (cls.function_hash, options.concurrency_groups, reports_to)
         actor_class = self._classes.get(key)
         if actor_class is None:
-            traced = runner.traced_class(pickle.loads(cls.data), options.methods, options,
+            traced = traced_actor.traced_class(pickle.loads(cls.data), options.methods, options,
                                          attach_in_task, reports_to)
             groups = dict(options.concurrency_groups)  # Ray takes them here, not in options()
             made = (self._ray.remote(concurrency_groups=groups)(traced)  # type: ignore[call-overload]
                     if groups else self._ray.remote(traced))
-            actor_class = self._classes[key] = (made, getattr(traced, runner.TRACED))
+            actor_class = self._classes[key] = (made, getattr(traced, traced_actor.TRACED))
         call_args, call_kwargs = self._arguments(args, kwargs)
-        actor_id = call_kwargs[runner.ACTOR_ID_KEYWORD] = refs.new_id()  # what it calls itself
+        # what it calls itself
+        actor_id = call_kwargs[traced_actor.ACTOR_ID_KEYWORD] = refs.new_id()
         self._sync_registry()
         try:
             handle = self._call(actor_class[0].options(**actor_options(options)).remote,
@@ -428,13 +436,13 @@ class RayEngine(Engine):
         task_id = self._book.submitted(options.class_name, "actor_create",
                                        handle.__ray_ready__.remote(), None)
         if self._in_task:
-            runner.submitted_here(task_id)
+            task_output.submitted_here(task_id)
         return ours
 
     def named_actor(self, name: str,
                     namespace: str | None = None) -> tuple[ObjectRef, ActorOptions] | None:
         """Ray's named actor (any driver's), with the options it was made with, which the
-        actor itself keeps (``runner.DESCRIBE``); None if there is none of that name."""
+        actor itself keeps (``traced_actor.DESCRIBE``); None if there is none of that name."""
         try:
             handle = self._ray.get_actor(  # by default the namespace this process is in
                 name, namespace=namespace or self._ray.get_runtime_context().namespace)
@@ -478,7 +486,7 @@ class RayEngine(Engine):
         """An actor's options, traced methods and whether they return their report, as it
         keeps them; None for an actor not made through distkernel."""
         try:
-            describe = getattr(handle, runner.DESCRIBE)
+            describe = getattr(handle, traced_actor.DESCRIBE)
         except AttributeError:
             return None
         return self._call(self._ray.get, describe.remote(), timeout=60)  # type: ignore[no-any-return]
@@ -518,7 +526,7 @@ class RayEngine(Engine):
     def actor_id(self) -> str:
         """Inside an actor, its id as its handles have it (Ray's for an actor not made
         through distkernel)."""
-        return runner.this_actor["id"] or self._ray.get_runtime_context().get_actor_id() or ""
+        return traced_actor.this_actor["id"] or self._ray.get_runtime_context().get_actor_id() or ""
 
     def task_id(self) -> str:
         return self._ray.get_runtime_context().get_task_id() or ""

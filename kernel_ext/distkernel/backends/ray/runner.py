@@ -19,12 +19,9 @@ import _signal
 import contextvars
 import functools
 import inspect
-import io
-import itertools
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +29,8 @@ from typing import Any, NamedTuple
 
 from distkernel.backends.ray import handover, report_channel
 from distkernel.backends.ray.report_channel import ChannelAddress
+from distkernel.backends.ray.sizes import size_of
+from distkernel.backends.ray.task_output import call_buffers, capture_streams
 from distkernel.core.exceptions import (
     ActorExit,
     actor_exit_reason,
@@ -42,19 +41,9 @@ from distkernel.store.serialization import plain_data
 
 #: The attribute a raised exception carries its task's report in.
 REPORT_ATTRIBUTE = "_distkernel_report"
-#: The attribute of a ``traced_class`` naming its traced methods.
-TRACED = "_distkernel_traced"
-#: The method of a ``traced_class`` that says how the actor was made (its options).
-DESCRIBE = "_distkernel_describe"
 #: The keyword a task carries the driver's serializer registry in (its pickled form),
 #: once there is one: the worker registers it with Ray before the call, for what it sends.
 REGISTRY_KEYWORD = "_distkernel_registry"
-#: The keyword an actor's constructor is given its id in (ours, which its handles carry):
-#: what ``get_runtime_context().get_actor_id()`` answers inside it.
-ACTOR_ID_KEYWORD = "_distkernel_actor_id"
-#: The method of a ``traced_class`` an actor is given the registry by (Ray would not take
-#: an extra keyword on its methods), before the calls that follow it.
-USE_REGISTRY = "_distkernel_use_registry"
 
 
 class Report(NamedTuple):
@@ -83,70 +72,10 @@ class Report(NamedTuple):
     handed_over: str = ""
 
 
-class _TaskStreams(io.TextIOBase):
-    """``sys.stdout`` / ``sys.stderr`` of a Ray worker while our tasks run: what a running
-    call writes is kept for its report; anything else goes on as before. The buffers
-    are per call (a context variable), since an actor may run several calls at once, in
-    threads or as coroutines."""
-
-    def __init__(self, original: Any, stream: str) -> None:
-        self._original = original
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        buffers = _buffers.get()
-        if buffers is None:
-            self._original.write(text)  # Ray's own streams return None here
-        else:
-            buffers.setdefault(self._stream, []).append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if _buffers.get() is None:
-            self._original.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return str(getattr(self._original, "encoding", "utf-8"))
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return int(self._original.fileno())
-
-
-#: What the running call collects: its output by stream, and under "children" the ids of
-#: the tasks it submits (each list made when first needed: most calls need none).
-_buffers: contextvars.ContextVar[dict[str, list[str]] | None] = contextvars.ContextVar(
-    "distkernel_task_output", default=None)
 #: In a worker, what becomes of a call's children (the ids in "children") once it ends:
 #: the records of those that ended, taken from this worker's engine (set when it starts),
 #: and, when the report travels as a result, those still running, handed over.
 take_nested: Callable[[list[str], bool], tuple[Any, ...]] | None = None
-
-
-def submitted_here(task_id: str) -> None:
-    """A task was submitted by the call running now, if any (its report lists it)."""
-    buffers = _buffers.get()
-    if buffers is not None:
-        buffers.setdefault("children", []).append(task_id)
-
-
-_install_lock = threading.Lock()
-
-
-def _capture_streams() -> None:
-    if type(sys.stdout) is _TaskStreams and type(sys.stderr) is _TaskStreams:
-        return  # installed already (tested without the lock: this runs for every call)
-    with _install_lock:
-        if not isinstance(sys.stdout, _TaskStreams):
-            sys.stdout = _TaskStreams(sys.stdout, "stdout")
-        if not isinstance(sys.stderr, _TaskStreams):
-            sys.stderr = _TaskStreams(sys.stderr, "stderr")
 
 
 def _accept_interrupts() -> None:
@@ -204,7 +133,7 @@ def traced(function: Callable[..., Any], num_returns: int,
     name = getattr(function, "__qualname__", "the task")
     keyword = REGISTRY_KEYWORD if takes_registry else ""
     if inspect.iscoroutinefunction(function):
-        @_standing_for(function)
+        @standing_for(function)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
             if setup is not None:
                 setup()
@@ -224,9 +153,9 @@ def traced(function: Callable[..., Any], num_returns: int,
                 _end(call)
             return _returned(value, call, num_returns, channel)
 
-        return _taking_keyword(run_async, function, keyword)
+        return taking_keyword(run_async, function, keyword)
 
-    @_standing_for(function)
+    @standing_for(function)
     def run(*args: Any, **kwargs: Any) -> Any:
         if setup is not None:
             setup()
@@ -246,12 +175,12 @@ def traced(function: Callable[..., Any], num_returns: int,
             _end(call)
         return _returned(value, call, num_returns, channel)
 
-    return _taking_keyword(run, function, keyword)
+    return taking_keyword(run, function, keyword)
 
 
-def _standing_for(function: Callable[..., Any]) -> Callable[[Any], Any]:
+def standing_for(function: Callable[..., Any]) -> Callable[[Any], Any]:
     """Give a wrapper ``function``'s name and doc, not its attributes and no way back to
-    it (Ray reads the function it unwraps; the signature: ``_taking_keyword``): a mark of
+    it (Ray reads the function it unwraps; the signature: ``taking_keyword``): a mark of
     Ray's on it (``ray.method(num_returns=...)``, in code moved from Ray) would change
     how Ray calls the wrapper behind our options."""
     def give(wrapper: Any) -> Any:
@@ -262,7 +191,7 @@ def _standing_for(function: Callable[..., Any]) -> Callable[[Any], Any]:
     return give
 
 
-def _taking_keyword(wrapper: Callable[..., Any], function: Callable[..., Any],
+def taking_keyword(wrapper: Callable[..., Any], function: Callable[..., Any],
                     keyword: str = "") -> Callable[..., Any]:
     """``wrapper`` with ``function``'s signature, plus ``keyword`` if one is named: Ray
     checks a call's arguments against the signature it reads."""
@@ -359,61 +288,18 @@ def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
         raise actor_gone(name, _ended_actor["reason"])
     registry = kwargs.pop(REGISTRY_KEYWORD, None)
     if registry is not None:
-        _use_registry(registry)
-    _capture_streams()
+        use_registry(registry)
+    capture_streams()
     _accept_interrupts()
     buffers: dict[str, list[str]] = {}
-    return _Call(buffers, _buffers.set(buffers), time.time(), size_of(args) + size_of(kwargs))
-
-
-#: How many values ``size_of`` looks at in all, whatever the nesting (the rest are not
-#: counted): it runs for every call's arguments and results.
-SIZED_ITEMS = 1000
-
-
-_NUMBERS = frozenset({int, float, bool, complex, type(None)})
-_CONTAINERS = frozenset({tuple, list, dict})
-
-
-def size_of(value: Any) -> int:
-    """About how many bytes ``value`` takes to send, without pickling it: the buffers of
-    arrays, bytes and strings exactly, containers by their items (up to SIZED_ITEMS
-    values in all), anything else by its own size in memory.
-
-    It runs three times a call (arguments, keywords, result): the common values, numbers
-    and no keywords at all, are told apart by their type alone."""
-    if type(value) in _CONTAINERS and not value:
-        return 0
-    total, seen, pending = 0, 0, [value]
-    while pending and seen < SIZED_ITEMS:
-        item = pending.pop()
-        seen += 1
-        kind = type(item)
-        if kind in _NUMBERS:
-            total += sys.getsizeof(item, 0)
-            continue
-        if kind is tuple and len(item) <= SIZED_ITEMS - seen:
-            pending.extend(item)
-            continue
-        nbytes = getattr(item, "nbytes", None)  # numpy arrays, memoryviews, arrow buffers
-        if isinstance(nbytes, int):
-            total += nbytes
-        elif isinstance(item, (bytes, bytearray, str)):
-            total += len(item)
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            pending.extend(itertools.islice(item, SIZED_ITEMS - seen))
-        elif isinstance(item, dict):
-            for key, each in itertools.islice(item.items(), SIZED_ITEMS - seen):
-                pending += (key, each)
-        else:
-            total += sys.getsizeof(item, 0)
-    return total
+    return _Call(buffers, call_buffers.set(buffers), time.time(),
+                 size_of(args) + size_of(kwargs))
 
 
 _registered: dict[str, Any] = {"data": b"", "classes": []}
 
 
-def _use_registry(data: bytes) -> None:
+def use_registry(data: bytes) -> None:
     """Make Ray's serialization in this worker follow the driver's registry (the pickled
     ``(class, serializer, deserializer)`` list), if it changed since the last call."""
     if data == _registered["data"]:
@@ -431,7 +317,7 @@ def _use_registry(data: bytes) -> None:
 
 
 def _end(call: _Call) -> None:
-    _buffers.reset(call.token)
+    call_buffers.reset(call.token)
 
 
 class CarriedError(Exception):
@@ -589,57 +475,6 @@ def _unpickled(data: bytes, *buffers: Any) -> Any:
     from ray import cloudpickle
 
     return cloudpickle.loads(data, buffers=buffers)
-
-
-def traced_class(cls: type, methods: tuple[tuple[str, int], ...], options: Any,
-                 setup: Callable[[], object] | None = None,
-                 channel: ChannelAddress | None = None) -> type:
-    """An actor class whose listed methods are ``traced`` (each with its num_returns, and
-    ``channel``); its ``TRACED`` attribute names them (static and class methods are left
-    as they are). Its ``DESCRIBE`` method returns ``options``, those names and whether
-    they return their report: what a caller that did not make the actor needs."""
-    namespace: dict[str, Any] = {
-        name: traced(getattr(cls, name), num_returns, setup, channel)
-        for name, num_returns in methods
-        if inspect.isfunction(inspect.getattr_static(cls, name, None))}  # plain methods only
-    namespace[TRACED] = frozenset(namespace)
-    original_init = getattr(cls, "__init__")  # noqa: B009 - the class, not an instance
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        _take_actor_id(kwargs)
-        if setup is not None:
-            setup()
-        original_init(self, *args, **kwargs)
-
-    if inspect.isfunction(original_init):  # not object's: Ray reads a Python signature
-        _standing_for(original_init)(__init__)
-        _taking_keyword(__init__, original_init, ACTOR_ID_KEYWORD)
-    namespace["__init__"] = __init__
-    namespace[DESCRIBE] = functools.partialmethod(_describe, options, channel is None)
-    namespace[USE_REGISTRY] = _accept_registry
-    namespace["__module__"] = cls.__module__
-    namespace["__qualname__"] = cls.__qualname__
-    return type(cls.__name__, (cls,), namespace)
-
-
-#: The id of the actor this process holds, as its handles have it (ours), once one is made.
-this_actor = {"id": ""}
-
-
-def _take_actor_id(kwargs: dict[str, Any]) -> None:
-    """The actor's id, out of its constructor's arguments. (A module function, which Ray's
-    pickler sends by name: the constructor's wrapper travels by value, and a global it
-    named itself would be a copy.)"""
-    this_actor["id"] = kwargs.pop(ACTOR_ID_KEYWORD, None) or ""
-
-
-def _accept_registry(self: Any, data: bytes) -> None:
-    _use_registry(data)
-
-
-def _describe(self: Any, options: Any,
-              returns_report: bool) -> tuple[Any, frozenset[str], bool]:
-    return options, getattr(type(self), TRACED), returns_report
 
 
 def _report(call: _Call, with_running: bool, bytes_out: int = 0,

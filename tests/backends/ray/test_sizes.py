@@ -1,4 +1,4 @@
-"""The sizes a task's record gets on Ray (``runner.size_of``): estimated without pickling,
+"""The sizes a task's record gets on Ray (``sizes.size_of``): estimated without pickling,
 and bounded in work however deep and wide the value is (it runs for every call)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from distkernel.backends.ray.runner import SIZED_ITEMS, size_of
+from distkernel.backends.ray.sizes import SIZED_ITEMS, size_of
 
 
 def test_buffers_count_exactly_and_containers_by_their_items():
