@@ -1,9 +1,10 @@
-"""What a call running in a Ray worker prints, kept for its report (``runner``).
+"""What a call running in a Ray worker prints, and the tasks it submits, kept for its
+report (``runner``).
 
 Ray would write a worker's output to its log, and the driver would print it under
 whichever cell runs when it arrives; we keep it per call instead, and the driver writes it
-under the cell that submitted the call. Workers import this module: it needs the standard
-library only.
+under the cell that submitted the call (and files the call's children there too).
+Workers import this module: it needs the standard library only.
 """
 
 from __future__ import annotations
