@@ -70,6 +70,24 @@ def test_reports_arrive_whole_and_in_order_also_large_ones(channel):
     assert _ringed(listener) == (address.local != "")
 
 
+def test_short_reports_read_as_the_pickled_message_would_and_keep_their_place(channel):
+    """A call that printed and submitted nothing sends its report packed, not pickled
+    (``send_short``): the driver reads the message ``send`` would have carried, in order
+    with the pickled ones; a frame that only looks short is skipped, not raised."""
+    listener, address = channel
+    task_id, node_id = "a1" * 24, "c3" * 28
+    report_channel.send(address, ("first", True, ()))
+    assert report_channel.send_short(address, task_id, 1.5, 2.25, node_id, 4321, 80, 0)
+    frame = report_channel.SHORT + b"not a report"
+    report_channel._send_frame(address, report_channel.FRAME_LENGTH.pack(len(frame)) + frame)
+    report_channel.send(address, ("last", True, ()))
+    assert _drain_until(listener, 3) == [
+        ("first", True, ()),
+        (task_id, True, (1.5, 2.25, node_id, 4321, "", "", 80, 0)),
+        ("last", True, ())]
+    assert listener.drain(timeout=0.2) == []
+
+
 def test_a_full_ring_waits_for_the_driver_and_keeps_the_order(monkeypatch):
     """A ring that goes round its end many times, and fills up between two looks."""
     monkeypatch.setattr(report_ring, "CAPACITY", 4096)

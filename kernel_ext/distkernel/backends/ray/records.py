@@ -379,7 +379,7 @@ class TaskBook:
                 elif ok == ENDED:
                     self._on_ended(ray_task_id, *fields, sender=sender)
                 else:
-                    self._on_report(ray_task_id, ok, Report._make(fields), sender)
+                    self._on_report(ray_task_id, ok, Report(*fields), sender)
             except (TypeError, ValueError):  # not a message of this version's: skipped
                 continue
 
@@ -593,7 +593,7 @@ class TaskBook:
             elif ok == ENDED:  # a task never known here: nothing to end
                 continue
             else:
-                report = Report._make(fields)
+                report = Report(*fields)
                 self._deliver(self._node_of(report), "", report)
 
     def _node_of(self, report: Report) -> int:

@@ -53,6 +53,12 @@ TOKEN_BYTES = 32
 SEND_TIMEOUT = 10.0
 #: How often a worker whose ring is full looks whether there is room again.
 _FULL_LOOK = 0.002
+#: The first byte of a short report (``send_short``): no pickle starts with it (a pickle
+#: of protocol 2 or later starts with 0x80).
+SHORT = b"S"
+#: A short report's fixed part: the marker, started, finished, bytes in, bytes out, the
+#: process id, and the lengths of Ray's task id and node id that follow it (ASCII hex).
+_SHORT = struct.Struct("<cddqqiHH")
 
 
 class ChannelAddress(NamedTuple):
@@ -107,7 +113,10 @@ def send(address: ChannelAddress, message: Any) -> bool:
     sent (the driver is gone, or took no report for SEND_TIMEOUT seconds). A report put
     into a ring before its driver went is not known to be lost: True."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    frame = FRAME_LENGTH.pack(len(data)) + data
+    return _send_frame(address, FRAME_LENGTH.pack(len(data)) + data)
+
+
+def _send_frame(address: ChannelAddress, frame: bytes) -> bool:
     with _send_lock:  # frames of concurrent calls (threaded or async actors) never interleave
         try:
             link = _links.get(address)
@@ -128,6 +137,33 @@ def send(address: ChannelAddress, message: Any) -> bool:
                 dropped.close()  # a frame may be half sent: the next report opens anew
             _inbox.pop(address, None)
             return False
+
+
+def send_short(address: ChannelAddress, ray_task_id: str, started: float, finished: float,
+               node_id: str, pid: int, bytes_in: int, bytes_out: int) -> bool:
+    """``send`` of the report of a call that returned, printed nothing and submitted
+    nothing (most calls): packed, not pickled, which takes the worker a few µs less a
+    call (building the report and pickling it were a third of what sending it cost).
+    The driver reads it as ``read_short``."""
+    task, node = ray_task_id.encode(), node_id.encode()
+    data = _SHORT.pack(SHORT, started, finished, bytes_in, bytes_out, pid, len(task),
+                       len(node)) + task + node
+    return _send_frame(address, FRAME_LENGTH.pack(len(data)) + data)
+
+
+def read_short(frame: bytes) -> tuple[str, bool, tuple[Any, ...]]:
+    """The message ``send`` would have carried for a short report: Ray's task id, True (it
+    returned), and the report's fields that are not at their defaults, in the order of
+    ``runner.Report``. Raises ValueError or ``struct.error`` for a frame that is not one."""
+    _, started, finished, bytes_in, bytes_out, pid, task_length, node_length = \
+        _SHORT.unpack_from(frame)
+    at = _SHORT.size
+    if len(frame) != at + task_length + node_length:
+        msg = "a short report of the wrong length"
+        raise ValueError(msg)
+    ray_task_id = frame[at:at + task_length].decode()
+    node_id = frame[at + task_length:].decode()
+    return ray_task_id, True, (started, finished, node_id, pid, "", "", bytes_in, bytes_out)
 
 
 def _put(link: _Link, frame: bytes) -> None:

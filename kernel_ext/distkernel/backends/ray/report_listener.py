@@ -27,9 +27,11 @@ from distkernel.backends.ray.report_channel import (
     FRAME_LENGTH,
     ON_SOCKET,
     SEND_TIMEOUT,
+    SHORT,
     TOKEN_BYTES,
     ChannelAddress,
     machine_id,
+    read_short,
     whole_frames,
 )
 
@@ -176,7 +178,7 @@ class ReportListener:
                 except ValueError:
                     return False
         if peer.ring is None:
-            messages.extend(_unpickled(peer.number, whole_frames(pending)))
+            messages.extend(_messages(peer.number, whole_frames(pending)))
         return True
 
     def _take_ring(self, peer: _Peer, messages: list[tuple[int, Any]]) -> None:
@@ -200,7 +202,7 @@ class ReportListener:
                 at += length
         except (ValueError, OSError, struct.error):
             self._drop(peer)
-        messages.extend(_unpickled(peer.number, frames))
+        messages.extend(_messages(peer.number, frames))
 
     def _drop(self, peer: _Peer) -> None:
         self._peers.pop(peer.number, None)
@@ -268,11 +270,13 @@ def _frame_from_socket(peer: _Peer) -> bytes:
         peer.pending += data
 
 
-def _unpickled(number: int, frames: list[bytes]) -> list[tuple[int, Any]]:
+def _messages(number: int, frames: list[bytes]) -> list[tuple[int, Any]]:
+    """The messages in ``frames`` (pickled, or short reports), each with ``number``."""
     messages = []
     for frame in frames:
         try:
-            messages.append((number, pickle.loads(frame)))
+            message = read_short(frame) if frame[:1] == SHORT else pickle.loads(frame)
         except Exception:  # noqa: BLE001 - a report this driver cannot read: skipped
             continue
+        messages.append((number, message))
     return messages

@@ -423,7 +423,14 @@ def _returned(value: Any, call: _Call, num_returns: int, channel: ChannelAddress
         checked: Any = _checked(value, channel)
     else:
         checked = tuple(_checked(each, channel) for each in value)
-    report = _report(call, channel is None, size_of(value), actor_exit)
+    bytes_out = size_of(value)
+    if channel is not None and not call.buffers and not actor_exit:
+        # (printed nothing, submitted nothing: the short report, packed not pickled)
+        report_channel.send_short(channel, _running_task_id() or "", call.started,
+                                  time.time(), _node_id(), _this_process["pid"],
+                                  call.bytes_in, bytes_out)
+        return checked
+    report = _report(call, channel is None, bytes_out, actor_exit)
     if channel is not None:
         _send(channel, True, report)
         return checked
