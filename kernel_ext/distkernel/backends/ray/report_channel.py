@@ -19,7 +19,9 @@ the ring that keeps its place in the order. A worker elsewhere writes its report
 
 A connection opens with the driver's token (random, made per driver, carried to the
 workers inside the task's function as Ray ships it): a peer that does not send it is
-dropped before anything of its is unpickled or mapped.
+dropped before anything of its is unpickled or mapped. After it, a frame holds a pickled
+message, or the report of a call that printed and submitted nothing, packed
+(``send_short``): most calls, for which pickling was a third of the report's cost.
 
 The driver may write back on a worker's connection (``tell``): what only that worker can
 do, such as cancelling a task it submitted, whose result only it holds. The worker reads
