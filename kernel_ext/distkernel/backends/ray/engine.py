@@ -117,7 +117,7 @@ class RayEngine(Engine):
         self._actors: dict[str, _Actor] = {}  # our id of an actor -> what calls to it need
         # Ray's remote functions made with options, kept (see _function_with).
         self._optioned: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self._last_optioned: tuple[Any, ...] = (None, None, None, None)
+        self._last_optioned: tuple[Any, ...] = (None, None, None, None, None)
         self._exited: dict[str, str] = {}  # Ray's id of an actor that ended itself -> why
         self._registry_version = -1  # of our serializer registry, as last given to Ray
         self._registered: list[type] = []
@@ -356,10 +356,10 @@ class RayEngine(Engine):
         made per call, say a name each, must not pile up). A loop submitting one function
         finds it in ``_last_optioned`` at once."""
         reports_to = self._reports_to()
-        last = self._last_optioned
-        if last[0] is function and last[1] is options and last[2] == (reports_to,
-                                                                      with_registry):
-            return last[3]
+        last = self._last_optioned  # (compared by identity: nothing made per call)
+        if last[0] is function and last[1] is options and last[2] is reports_to and \
+                last[3] is with_registry:
+            return last[4]
         key = (function.function_hash, options, reports_to, with_registry)
         try:
             hash(key)
@@ -373,7 +373,7 @@ class RayEngine(Engine):
                 self._optioned.popitem(last=False)
         else:
             self._optioned.move_to_end(key)
-        self._last_optioned = (function, options, (reports_to, with_registry), remote)
+        self._last_optioned = (function, options, reports_to, with_registry, remote)
         return remote
 
     def _remote_function(self, function: FunctionPayload, options: TaskOptions,
