@@ -16,6 +16,7 @@ import os
 import re
 import resource
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -344,3 +345,15 @@ def test_an_actor_with_one_restart_comes_back_once(cluster, how):
     del crashing, pending, ledger
     assert wait_until(lambda: not process_alive(second_pid), timeout=5)
     assert_nothing_left_reserved(baseline)
+
+
+def test_a_process_reaped_while_its_state_is_read_counts_as_gone():
+    """The tests above watch pids that another process reaps: the reap can land between
+    opening ``/proc/<pid>/stat`` and reading it, which must read as gone, not raise."""
+    for _ in range(300):
+        child = subprocess.Popen(["sleep", "0.001"])
+        reaper_thread = threading.Thread(target=child.wait)
+        reaper_thread.start()
+        while process_alive(child.pid):
+            pass
+        reaper_thread.join()
