@@ -25,6 +25,21 @@ class CellRun:
     def of_type(self, *types: str) -> list[dict[str, Any]]:
         return [m for m in self.outputs if m["msg_type"] in types]
 
+    def final_displays(self) -> list[dict[str, Any]]:
+        """Each display's data as it was last shown, in the order first shown: a cell that
+        runs long enough shows a progress line first, which then becomes its timings."""
+        shown: dict[str, dict[str, Any]] = {}
+        for number, message in enumerate(self.of_type("display_data", "update_display_data")):
+            content = message["content"]
+            display_id = content.get("transient", {}).get("display_id") or f"#{number}"
+            shown[display_id] = content["data"]
+        return list(shown.values())
+
+    def timings(self) -> list[dict[str, Any]]:
+        """The timings the cell ended with (each display's data)."""
+        return [data for data in self.final_displays()
+                if "jp-Distkernel-timings" in data.get("text/html", "")]
+
     def text(self) -> str:
         """Everything shown, as text: streams, text/plain of results and displays, errors."""
         parts = []

@@ -71,6 +71,13 @@ def test_a_chart_left_running_is_drawn_again_when_its_task_ends(kernel):
     assert re.search(r"wall [1-9][.\d]* s", final["content"]["data"]["text/plain"]), final
 
 
+def test_a_quiet_remote_cell_shows_no_progress_either(kernel):
+    run = kernel.run("%%remote --quiet\nimport time\ntime.sleep(0.8)\nvalue = 3", timeout=30)
+    assert run.ok, run.text()
+    assert not run.of_type("display_data", "update_display_data"), run.text()
+    assert "3" in kernel.run("print(value)").text()
+
+
 def test_a_cell_without_tasks_shows_nothing(kernel):
     run = kernel.run("x = 1 + 1\ntime.sleep(0.6)")
     assert run.ok

@@ -144,8 +144,7 @@ def test_output_rate_limit_marks_suppressed_lines(kernel):
 def test_inline_timings_after_cells_with_tasks(kernel):
     kernel.run(TASKS)
     run = kernel.run("dk.get([square.remote(i) for i in range(4)])")
-    timings = [m["content"]["data"] for m in run.of_type("display_data")
-               if "jp-Distkernel-timings" in m["content"]["data"].get("text/html", "")]
+    timings = run.timings()
     assert timings and "4 tasks" in timings[0]["text/plain"]
     assert "jp-Distkernel-stream" in timings[0]["text/html"]
     plain = kernel.run("x = 1")
@@ -154,17 +153,14 @@ def test_inline_timings_after_cells_with_tasks(kernel):
                "@dk.remote\ndef parent():\n"
                "    return sum(dk.get([leaf.remote(1), leaf.remote(2)]))")
     nested = kernel.run("dk.get(parent.remote())")
-    counted = [m["content"]["data"]["text/plain"] for m in nested.of_type("display_data")
-               if "jp-Distkernel-timings" in m["content"]["data"].get("text/html", "")]
+    counted = [data["text/plain"] for data in nested.timings()]
     assert counted and "3 tasks" in counted[0]  # the children count in their cell
     kernel.run("%dist timings full")
     full = kernel.run("dk.get(square.remote(3))")
-    html = [m["content"]["data"]["text/html"] for m in full.of_type("display_data")]
-    assert any("<table" in h for h in html)
+    assert any("<table" in data["text/html"] for data in full.timings())
     kernel.run("%dist timings off")
     off = kernel.run("dk.get(square.remote(3))")
-    assert not [m for m in off.of_type("display_data")
-                if "jp-Distkernel-timings" in m["content"]["data"].get("text/html", "")]
+    assert off.ok and not off.timings()
 
 
 def test_dist_magic_subcommands(kernel):

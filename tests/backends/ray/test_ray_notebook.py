@@ -31,11 +31,6 @@ def ray_kernel():
         session.shutdown()
 
 
-def _timings(run) -> list[dict]:
-    return [m["content"]["data"] for m in run.of_type("display_data", "update_display_data")
-            if "jp-Distkernel-timings" in m["content"]["data"].get("text/html", "")]
-
-
 def test_task_output_and_timings_land_in_the_cell(ray_kernel):
     ray_kernel.run("@dk.remote\ndef square(x):\n    print('squaring', x)\n    return x * x")
     run = ray_kernel.run("dk.get([square.remote(i) for i in range(4)])", timeout=60)
@@ -45,7 +40,7 @@ def test_task_output_and_timings_land_in_the_cell(ray_kernel):
                      for m in run.outputs + ray_kernel.stray
                      if m["parent_header"].get("msg_id") == run.msg_id)
     assert all(f"squaring {i}" in text for i in range(4)), text
-    timings = _timings(run)
+    timings = run.timings()
     assert timings and "4 tasks" in timings[-1]["text/plain"], timings
 
 
