@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from distkernel.core.bounded import BoundedDict
 from distkernel.core.protocol import TaskKind
 
 TaskStatus = Literal["pending", "running", "finished", "failed", "cancelled"]
@@ -76,13 +77,10 @@ class TaskCells:
     guards it."""
 
     def __init__(self, capacity: int = 20_000) -> None:
-        self._cells: OrderedDict[str, str] = OrderedDict()
-        self._capacity = capacity
+        self._cells: BoundedDict[str, str] = BoundedDict(capacity)
 
     def remember(self, task_id: str, cell: str) -> None:
         self._cells[task_id] = cell
-        if len(self._cells) > self._capacity:
-            self._cells.popitem(last=False)
 
     def get(self, task_id: str) -> str | None:
         return self._cells.get(task_id)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from IPython.display import display
 
 from distkernel.api import runtime
 from distkernel.backends.base import Engine, print_output
+from distkernel.core.bounded import BoundedDict
 from distkernel.core.exceptions import TaskError
 from distkernel.core.timings import TaskRecord
 from distkernel.front.cell_output import CellOutput
@@ -46,7 +46,7 @@ class Extension:
         self.shell = shell
         self.timings = "summary"  # on | off | summary | full
         self.output = CellOutput(getattr(shell, "kernel", None), self._tag_of, print_output)
-        self._cell_numbers: OrderedDict[str, int] = OrderedDict()  # cell tag -> In [n]
+        self._cell_numbers: BoundedDict[str, int] = BoundedDict(_CELLS_KEPT)  # tag -> In [n]
         self.panel: PanelChannel | None = None
         self.progress = CellProgress(self.output) if self.output.can_show else None
 
@@ -59,8 +59,6 @@ class Extension:
             inputs = self.shell.user_ns.get("In")
             self._cell_numbers[tag] = len(inputs) if isinstance(inputs, list) else \
                 self.shell.execution_count
-            if len(self._cell_numbers) > _CELLS_KEPT:
-                self._cell_numbers.popitem(last=False)
             if self.progress is not None:
                 self.progress.cell_started(tag)
 

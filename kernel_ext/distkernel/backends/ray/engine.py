@@ -31,7 +31,7 @@ import pickle
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,6 +57,7 @@ from distkernel.backends.snapshot import (
     StoreSnapshot,
 )
 from distkernel.core import config, context, refs
+from distkernel.core.bounded import BoundedDict
 from distkernel.core.exceptions import (
     ActorDiedError,
     DistkernelError,
@@ -116,7 +117,7 @@ class RayEngine(Engine):
         self._classes: dict[tuple[Any, ...], Any] = {}
         self._actors: dict[str, _Actor] = {}  # our id of an actor -> what calls to it need
         # Ray's remote functions made with options, kept (see _function_with).
-        self._optioned: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._optioned: BoundedDict[tuple[Any, ...], Any] = BoundedDict(OPTIONED_KEPT)
         self._last_optioned: tuple[Any, ...] = (None, None, None, None, None)
         self._exited: dict[str, str] = {}  # Ray's id of an actor that ended itself -> why
         self._registry_version = -1  # of our serializer registry, as last given to Ray
@@ -369,8 +370,6 @@ class RayEngine(Engine):
         if remote is None:
             remote = self._optioned[key] = self._remote_function(function, options,
                                                                  with_registry)
-            if len(self._optioned) > OPTIONED_KEPT:
-                self._optioned.popitem(last=False)
         else:
             self._optioned.move_to_end(key)
         self._last_optioned = (function, options, reports_to, with_registry, remote)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -47,6 +47,7 @@ from distkernel.backends.ray.runner import (
     note_ended,
 )
 from distkernel.core import config
+from distkernel.core.bounded import BoundedDict
 from distkernel.core.protocol import TaskKind
 from distkernel.core.refs import new_id
 from distkernel.core.timings import CellTimelines, TaskCells, TaskRecord, Timeline
@@ -136,7 +137,7 @@ class TaskBook:
         self.on_actor_exit: Callable[[str, str], None] | None = None
         self.closed = False
         self._in_task = in_task
-        self._kept: OrderedDict[str, list[NestedRecord]] = OrderedDict()
+        self._kept: BoundedDict[str, list[NestedRecord]] = BoundedDict(KEPT_NESTED)
         # Ray ref -> (task id, what the ref is: REPORT, TRACED, ELSEWHERE or RESULT). A
         # result is fetched only for a task that ended without its report (an error, as a
         # rule).
@@ -152,18 +153,18 @@ class TaskBook:
         self._suspect: set[Any] = set()  # results to look at now (their call raised)
         # Ray's task id -> messages waiting for it to be known (its reports, the notes of
         # the tasks it submitted), each with when it came
-        self._unknown: OrderedDict[str, list[tuple[Any, float]]] = OrderedDict()
+        self._unknown: BoundedDict[str, list[tuple[Any, float]]] = BoundedDict(KEPT_UNKNOWN)
         # Ray's task id -> the record of an ended task whose report came on the channel, or
         # was awaited there: for a report that comes after all, or that says the task
         # failed after all (the record alone: one more object kept per task would make
         # Python's full garbage collections come sooner)
-        self._ended_ray: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._ended_ray: BoundedDict[str, TaskRecord] = BoundedDict(KEPT_UNKNOWN)
         # Of tasks submitted inside tasks, by Ray's task id: which are done in Ray (when to
         # end them without a report, whether their submitter cancelled them), and whose
         # task submitted each
         self._ending: dict[str, tuple[float, bool]] = {}
-        self._parent_of: OrderedDict[str, str] = OrderedDict()
-        self._cancelled: OrderedDict[str, None] = OrderedDict()  # Ray's ids, cancelled here
+        self._parent_of: BoundedDict[str, str] = BoundedDict(KEPT_UNKNOWN)
+        self._cancelled: BoundedDict[str, None] = BoundedDict(KEPT_UNKNOWN)  # Ray ids cancelled
         self._owners: dict[str, int] = {}  # Ray's id -> the connection of the worker owning it
         self._reports_lock = threading.Lock()  # reports are handled in the order they came
         self._results_looked = 0.0
@@ -387,8 +388,6 @@ class TaskBook:
         """Keep ``message`` until the task ``ray_task_id`` is known (the lock held)."""
         self._unknown.setdefault(ray_task_id, []).append(((sender, message),
                                                           time.monotonic()))
-        while len(self._unknown) > KEPT_UNKNOWN:
-            self._unknown.popitem(last=False)
 
     def _on_note(self, ray_task_id: str, parent: str, name: str, kind: TaskKind,
                  submitted: float, *, sender: int, known: bool = False) -> None:
@@ -411,8 +410,6 @@ class TaskBook:
             self._by_ray[ray_task_id] = task_id
             self._parent_of[ray_task_id] = parent
             self._owners[ray_task_id] = sender
-            while len(self._parent_of) > KEPT_UNKNOWN:
-                self._parent_of.popitem(last=False)
             early = self._unknown.pop(ray_task_id, None) if self._unknown else None
         if early:  # its report, or the notes of the tasks it submitted
             self._handle([sent for sent, _ in early])
@@ -512,8 +509,6 @@ class TaskBook:
         """(the lock held)"""
         for ray_task_id in ray_task_ids:
             self._cancelled[ray_task_id] = None
-        while len(self._cancelled) > KEPT_UNKNOWN:
-            self._cancelled.popitem(last=False)
 
     def cancel_nested(self, *, cell: str | None = None, task_id: str | None = None,
                       force: bool = False) -> list[str]:
@@ -615,8 +610,6 @@ class TaskBook:
                 self._by_ray.pop(ray_task_id, None)
                 self._owners.pop(ray_task_id, None)
                 self._ended_ray[ray_task_id] = record
-                while len(self._ended_ray) > KEPT_UNKNOWN:
-                    self._ended_ray.popitem(last=False)
             # (in a task, whose result it did not look at: cancelled here, as it seems)
             cancelled = cancelled or (self._in_task and ray_task_id in self._cancelled)
             status = "cancelled" if cancelled else "failed" if error_text else _status(error)
@@ -660,8 +653,6 @@ class TaskBook:
             report.stderr if report is not None else "")
         with self._lock:
             self._kept[task_id] = [ended, *(report.nested if report is not None else ())]
-            while len(self._kept) > KEPT_NESTED:
-                self._kept.popitem(last=False)
 
     def take_nested(self, task_ids: list[str], hand_over: bool) -> tuple[NestedRecord, ...]:
         """The records of these tasks (a call's children) that have ended, and of the tasks
