@@ -257,31 +257,14 @@ class RayEngine(Engine):
         count = options.num_returns
         if actor_id:
             handle = self._held_as(actor_id, f"the actor {actor_id}")
-            actor = self._actors.get(actor_id)
-            if actor is None:  # a handle that came inside a value: the actor says what it is
-                try:
-                    described = self._describe(handle)
-                except ActorDiedError:  # the call below fails as any call to it does
-                    described = None
-                actor = self._actors[actor_id] = \
-                    _Actor(described[0].class_name, described[1], described[2]) \
-                    if described is not None else _Actor("actor", frozenset())
+            actor = self._actor_of(actor_id, handle)
             name, kind = f"{actor.class_name}.{method}", "actor_method"
             reports = method in actor.traced
-            if actor.returns_report is None:
-                actor.returns_report = self._returns_report(handle)
-            returns_report = actor.returns_report
-            group = options.concurrency_group
-            remote = actor.methods.get((method, count, group))
-            if remote is None:  # Ray's .options() costs tens of µs: once per method
-                method_options: dict[str, Any] = {"num_returns": count + (reports and
-                                                                         returns_report)}
-                if group:
-                    method_options["concurrency_group"] = group
-                remote = getattr(handle, method)
-                if method_options != _RAY_METHOD_DEFAULTS:  # (a call through options()
-                    remote = remote.options(**method_options)  # costs Ray more)
-                actor.methods[(method, count, group)] = remote
+            returns_report = bool(actor.returns_report)
+            remote = actor.methods.get((method, count, options.concurrency_group))
+            if remote is None:
+                remote = self._actor_method(actor, handle, method, count,
+                                            options.concurrency_group)
         else:
             name, kind, reports = options.name or function.name, options.kind, True
             returns_report = self._reports_to() is None
@@ -310,6 +293,36 @@ class RayEngine(Engine):
         elif self._in_task:  # (a driver runs no call of ours: nothing to tell)
             task_output.submitted_here(task_id)  # its report will carry this one
         return [self._ours(ray_ref) for ray_ref in made]
+
+    def _actor_of(self, actor_id: str, handle: Any) -> _Actor:
+        """What calls to this actor need; for a handle that came inside a value, asked of
+        the actor itself once."""
+        actor = self._actors.get(actor_id)
+        if actor is None:
+            try:
+                described = self._describe(handle)
+            except ActorDiedError:  # the call fails as any call to it does
+                described = None
+            actor = self._actors[actor_id] = \
+                _Actor(described[0].class_name, described[1], described[2]) \
+                if described is not None else _Actor("actor", frozenset())
+        if actor.returns_report is None:
+            actor.returns_report = self._returns_report(handle)
+        return actor
+
+    def _actor_method(self, actor: _Actor, handle: Any, method: str, count: int,
+                      group: str) -> Any:
+        """Ray's handle of this method for ``count`` results in ``group``, made once (Ray's
+        ``.options()`` costs tens of µs) and kept with the actor."""
+        reports = method in actor.traced and bool(actor.returns_report)
+        method_options: dict[str, Any] = {"num_returns": count + reports}
+        if group:
+            method_options["concurrency_group"] = group
+        remote = getattr(handle, method)
+        if method_options != _RAY_METHOD_DEFAULTS:  # (a call through options() costs
+            remote = remote.options(**method_options)  # Ray more)
+        actor.methods[(method, count, group)] = remote
+        return remote
 
     def _reports_to(self) -> ChannelAddress | None:
         """Where the reports of calls made here go: this driver's channel; inside a task,
