@@ -1,5 +1,8 @@
 """BoundedDict: the tables kept about past tasks and cells forget their oldest entries."""
 
+import copy
+import pickle
+
 import pytest
 
 from distkernel.core.bounded import BoundedDict
@@ -33,3 +36,14 @@ def test_move_to_end_makes_a_key_the_newest():
 def test_a_capacity_below_one_is_refused():
     with pytest.raises(ValueError, match="at least one entry"):
         BoundedDict(0)
+
+
+def test_copies_and_pickles_keep_the_entries_and_the_capacity():
+    kept: BoundedDict[str, int] = BoundedDict(2)
+    kept["a"], kept["b"] = 1, 2
+    for twin in (kept.copy(), copy.copy(kept), copy.deepcopy(kept),
+                 pickle.loads(pickle.dumps(kept))):
+        assert type(twin) is BoundedDict and twin.capacity == 2
+        assert list(twin.items()) == [("a", 1), ("b", 2)]
+        twin["c"] = 3
+        assert list(twin) == ["b", "c"] and list(kept) == ["a", "b"]

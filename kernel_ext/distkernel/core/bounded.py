@@ -8,7 +8,8 @@ entries up to a capacity, and forgets the oldest first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -30,3 +31,13 @@ class BoundedDict(OrderedDict[K, V]):
         super().__setitem__(key, value)
         if len(self) > self.capacity:
             self.popitem(last=False)
+
+    def copy(self) -> BoundedDict[K, V]:
+        """A copy with the same capacity (``OrderedDict.copy`` would call the class with
+        the entries in its place)."""
+        copied: BoundedDict[K, V] = BoundedDict(self.capacity)
+        copied.update(self)
+        return copied
+
+    def __reduce__(self) -> tuple[Any, tuple[int], None, None, Iterator[tuple[K, V]]]:
+        return type(self), (self.capacity,), None, None, iter(self.items())
