@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from distkernel.store.arena import MIN_CHUNK, PAGE, Arena
+from distkernel.store.arena import MIN_CHUNK, PAGE, POPULATE_AT_LEAST, Arena
 from distkernel.store.reaper import Space
 
 
@@ -85,3 +85,41 @@ def test_close_removes_chunks(arena, space):
     arena.allocate(PAGE)
     arena.close()
     assert chunk_files(space) == set()
+
+
+def resident_bytes_of(space: Space, chunk: str) -> int:
+    """How much of this process's mappings of a chunk file is resident (``/proc/self/smaps``)."""
+    path, total, inside = space.segment_path(chunk), 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = fields[-1] == path
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+def test_a_large_region_is_populated_before_the_first_copy_only(arena, space):
+    size = 8 * POPULATE_AT_LEAST
+    region = arena.allocate(size)
+    view, populate = arena.view(region)
+    assert populate is not None and view.nbytes == size
+    assert resident_bytes_of(space, region.chunk) == 0  # no page touched by the mapping yet
+    populate()
+    if resident_bytes_of(space, region.chunk) == 0:
+        view.release()
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE (Linux 5.14 and later)")
+    assert resident_bytes_of(space, region.chunk) >= size
+    view[:] = b"\1" * size
+    view.release()
+    arena.release(region.chunk, region.offset)
+    again = arena.allocate(size)  # the same memory, written through the mapping before
+    assert (again.chunk, again.offset) == (region.chunk, region.offset)
+    view, populate = arena.view(again)
+    assert populate is None and view[size - 1] == 1
+    view.release()
+    small = arena.allocate(POPULATE_AT_LEAST // 2)
+    view, populate = arena.view(small)
+    assert populate is None  # small: its pages fault in as the copy goes
+    view.release()

@@ -13,6 +13,12 @@ SIGBUS in whoever writes into it later. A value too large for the room left
 under the limit gets a dedicated chunk of its own, removed when it is freed.
 Wholly free chunks can be given back (``trim``) when the folder runs short.
 
+The driver's first copy into a part of a chunk its mapping never held maps the pages
+in one system call before the copy (``MADV_POPULATE_WRITE``, Linux 5.14 and later),
+outside the engine's lock: a page fault each cost a fresh GiB about 0.45 s, the one
+call about 0.25 s. A region written before through the mapping is copied into at once
+(populating it again would walk its pages for nothing).
+
 A region is reused only when nobody can still see it: it is held by its
 store entry and by every live read-only view of it, in the driver (each
 mapping has a finalizer that lets go) and in the workers (which report their
@@ -22,8 +28,10 @@ views the way they report ObjectRefs).
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +39,10 @@ from distkernel.store.reaper import Space
 
 PAGE = mmap.ALLOCATIONGRANULARITY
 MIN_CHUNK = 64 * 1024 * 1024
+#: Regions at least this large are populated before the driver's first copy into them.
+POPULATE_AT_LEAST = 4 * 1024 * 1024
+#: Linux's ``MADV_POPULATE_WRITE`` (Python names it from 3.12 on); None elsewhere.
+_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23 if sys.platform == "linux" else None)
 
 
 def _round_up(size: int, step: int) -> int:
@@ -51,6 +63,7 @@ class _Chunk:
     dedicated: bool  # holds one value, removed when it is freed
     free: list[tuple[int, int]] = field(default_factory=list)  # (offset, size), by offset
     mapping: mmap.mmap | None = None  # the driver's writable mapping, made on first use
+    written_up_to: int = 0  # the driver wrote through it below this offset, at most
 
 
 class Arena:
@@ -93,8 +106,10 @@ class Arena:
             chunk = self._new_chunk(size, dedicated=False)  # a short folder: just what is asked
         return self._take(chunk, size)  # type: ignore[return-value]
 
-    def view(self, region: Region) -> memoryview:
-        """The writable bytes of a region, for the driver's one copy in."""
+    def view(self, region: Region) -> tuple[memoryview, Callable[[], None] | None]:
+        """The writable bytes of a region, for the driver's one copy in, and what to call
+        before that copy, outside the lock, for a large region the driver's mapping never
+        held (None: nothing to do)."""
         chunk = self._chunks[region.chunk]
         if chunk.mapping is None:
             fd = os.open(self._space.segment_path(chunk.name), os.O_RDWR | os.O_CLOEXEC)
@@ -102,7 +117,13 @@ class Arena:
                 chunk.mapping = mmap.mmap(fd, chunk.size, flags=mmap.MAP_SHARED)
             finally:
                 os.close(fd)
-        return memoryview(chunk.mapping)[region.offset:region.offset + region.size]
+        end = region.offset + region.size
+        populate = None
+        if region.offset >= chunk.written_up_to and region.size >= POPULATE_AT_LEAST \
+                and _POPULATE_WRITE is not None:
+            populate = functools.partial(_populate, chunk.mapping, region.offset, region.size)
+        chunk.written_up_to = max(chunk.written_up_to, end)
+        return memoryview(chunk.mapping)[region.offset:end], populate
 
     def hold(self, chunk: str, offset: int) -> None:
         """One more holder of the live region at ``offset`` (a view taken somewhere)."""
@@ -200,3 +221,12 @@ class Arena:
             spans[index - 1] = (spans[index - 1][0], spans[index - 1][1] + spans[index][1])
             del spans[index]
 
+
+
+def _populate(mapping: mmap.mmap, offset: int, size: int) -> None:
+    """Map a region's pages in one call; where the system cannot, the copy faults them in
+    one by one as before."""
+    try:
+        mapping.madvise(_POPULATE_WRITE, offset, size)  # type: ignore[arg-type]
+    except (OSError, ValueError):  # a kernel before 5.14 (EINVAL), or no room (EFAULT)
+        pass

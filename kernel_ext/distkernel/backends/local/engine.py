@@ -117,12 +117,15 @@ class LocalEngine(EngineCore, Engine):
                 self._check_alive(serialized.contained)
                 if large:
                     place = self.memory.allocate(size)
-                    target = self.memory.arena.view(Region(place.segment, place.offset, size))
+                    target, populate = self.memory.arena.view(
+                        Region(place.segment, place.offset, size))
                 else:
                     self.memory.reserve(size)
             self.io.deliver(outputs)
         try:
             if place is not None:
+                if populate is not None:
+                    populate()
                 spans = object_store.write_into(target, serialized)
                 target.release()
                 value: Value = SharedValue(place.segment, size, len(serialized.header), spans,
