@@ -222,7 +222,6 @@ class Arena:
             del spans[index]
 
 
-
 def _populate(mapping: mmap.mmap, offset: int, size: int) -> None:
     """Map a region's pages in one call; where the system cannot, the copy faults them in
     one by one as before."""
