@@ -60,7 +60,9 @@ _FULL_LOOK = 0.002
 SHORT = b"S"
 #: A short report's fixed part: the marker, started, finished, bytes in, bytes out, the
 #: process id, and the lengths of Ray's task id and node id that follow it (ASCII hex).
-_SHORT = struct.Struct("<cddqqiHH")
+_SHORT = struct.Struct("!cddqqiHH")
+#: The same, after its frame's length: a worker packs both at once.
+_FRAMED_SHORT = struct.Struct(FRAME_LENGTH.format + _SHORT.format[1:])
 
 
 class ChannelAddress(NamedTuple):
@@ -128,9 +130,12 @@ def _send_frame(address: ChannelAddress, frame: bytes) -> bool:
             if ring is None:
                 link.connection.sendall(frame)
             elif len(frame) <= ring.capacity // 4:
-                _put(link, frame)
+                if not ring.put(frame):
+                    _put_when_room(link, frame)
             else:  # too large for the ring: on the socket, its place marked in the ring
-                _put(link, FRAME_LENGTH.pack(ON_SOCKET))
+                marker = FRAME_LENGTH.pack(ON_SOCKET)
+                if not ring.put(marker):
+                    _put_when_room(link, marker)
                 link.connection.sendall(frame)
             return True
         except OSError:
@@ -148,9 +153,9 @@ def send_short(address: ChannelAddress, ray_task_id: str, started: float, finish
     call (building the report and pickling it were a third of what sending it cost).
     The driver reads it as ``read_short``."""
     task, node = ray_task_id.encode(), node_id.encode()
-    data = _SHORT.pack(SHORT, started, finished, bytes_in, bytes_out, pid, len(task),
-                       len(node)) + task + node
-    return _send_frame(address, FRAME_LENGTH.pack(len(data)) + data)
+    return _send_frame(address, _FRAMED_SHORT.pack(
+        _SHORT.size + len(task) + len(node), SHORT, started, finished, bytes_in, bytes_out,
+        pid, len(task), len(node)) + task + node)
 
 
 def read_short(frame: bytes) -> tuple[str, bool, tuple[Any, ...]]:
@@ -168,12 +173,11 @@ def read_short(frame: bytes) -> tuple[str, bool, tuple[Any, ...]]:
     return ray_task_id, True, (started, finished, node_id, pid, "", "", bytes_in, bytes_out)
 
 
-def _put(link: _Link, frame: bytes) -> None:
-    """Put ``frame`` into the link's ring, waiting for room while its driver is there."""
+def _put_when_room(link: _Link, frame: bytes) -> None:
+    """Put ``frame`` into the link's ring, which is full now: wait for room while its
+    driver is there."""
     ring = link.ring
     assert ring is not None
-    if ring.put(frame):
-        return
     deadline = time.monotonic() + SEND_TIMEOUT
     while _driver_there(link.connection) and time.monotonic() < deadline:
         time.sleep(_FULL_LOOK)

@@ -86,20 +86,18 @@ class RingWriter:
 
     def put(self, frame: bytes) -> bool:
         """Copy ``frame`` in whole; False (nothing written) if there is no room for it now."""
-        size = len(frame)
-        read = _POSITION.unpack_from(self._memory, _READ_AT)[0]
-        written = self._written
-        if size > self.capacity - (written - read):
+        size, written, memory, capacity = len(frame), self._written, self._memory, self.capacity
+        if size > capacity - (written - _POSITION.unpack_from(memory, _READ_AT)[0]):
             return False
-        start = written & (self.capacity - 1)
-        first = min(size, self.capacity - start)
-        memory = self._memory
-        memory[_DATA_AT + start:_DATA_AT + start + first] = frame[:first] \
-            if first < size else frame
-        if first < size:  # the frame goes round the end
+        start = _DATA_AT + (written & (capacity - 1))
+        first = _DATA_AT + capacity - start  # room before the end
+        if size <= first:
+            memory[start:start + size] = frame
+        else:  # the frame goes round the end
+            memory[start:] = frame[:first]
             memory[_DATA_AT:_DATA_AT + size - first] = frame[first:]
-        self._written = written + size
-        _POSITION.pack_into(memory, _WRITTEN_AT, self._written)  # now the reader may see it
+        self._written = written = written + size
+        _POSITION.pack_into(memory, _WRITTEN_AT, written)  # now the reader may see it
         return True
 
     def close(self) -> None:

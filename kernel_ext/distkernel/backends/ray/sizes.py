@@ -26,7 +26,10 @@ def size_of(value: Any) -> int:
 
     It runs three times a call (arguments, keywords, result): the common values, numbers
     and no keywords at all, are told apart by their type alone."""
-    if type(value) in _CONTAINERS and not value:
+    kind = type(value)
+    if kind in _NUMBERS:
+        return sys.getsizeof(value, 0)
+    if kind in _CONTAINERS and not value:
         return 0
     total, seen, pending = 0, 0, [value]
     while pending and seen < SIZED_ITEMS:
