@@ -35,7 +35,7 @@ class Serialized:
 
 #: Exact types pickle writes itself, never asking a reducer_override: nothing of ours
 #: (registry, notebook classes, refs) can apply to them.
-SCALAR_TYPES = frozenset({int, float, bool, type(None), str, bytes, complex})
+_SCALARS = frozenset({int, float, bool, type(None), str, bytes, complex})
 _CONTAINERS = frozenset({tuple, list, dict})
 _SMALL = 16
 
@@ -43,17 +43,17 @@ _SMALL = 16
 def plain_data(obj: Any, depth: int = 2) -> bool:
     """Scalars, and small tuples / lists / dicts of them (to ``depth`` levels)."""
     cls = type(obj)
-    if cls in SCALAR_TYPES:
+    if cls in _SCALARS:
         return True
     if cls not in _CONTAINERS or not depth or len(obj) > _SMALL:
         return False
     if cls is dict:
         for key, value in obj.items():
-            if type(key) not in SCALAR_TYPES or not plain_data(value, depth - 1):
+            if type(key) not in _SCALARS or not plain_data(value, depth - 1):
                 return False
         return True
     for item in obj:
-        if type(item) not in SCALAR_TYPES and not plain_data(item, depth - 1):
+        if type(item) not in _SCALARS and not plain_data(item, depth - 1):
             return False
     return True
 

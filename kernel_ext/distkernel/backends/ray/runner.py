@@ -37,7 +37,7 @@ from distkernel.core.exceptions import (
     actor_gone,
     returned_values,
 )
-from distkernel.store.serialization import SCALAR_TYPES, plain_data
+from distkernel.store.serialization import plain_data
 
 #: The attribute a raised exception carries its task's report in.
 REPORT_ATTRIBUTE = "_distkernel_report"
@@ -419,18 +419,16 @@ def _returned(value: Any, call: _Call, num_returns: int, channel: ChannelAddress
               actor_exit: tuple[str, ...] = ()) -> Any:
     """What the call returns to Ray; ``value`` holds ``num_returns`` values unless that is
     one (``returned_values``)."""
-    if num_returns != 1:
-        checked: Any = tuple(_checked(each, channel) for each in value)
-    elif type(value) in SCALAR_TYPES:  # (most results: no call to tell them apart)
-        checked = value
+    if num_returns == 1:
+        checked: Any = _checked(value, channel)
     else:
-        checked = _checked(value, channel)
+        checked = tuple(_checked(each, channel) for each in value)
     bytes_out = size_of(value)
     if channel is not None and not call.buffers and not actor_exit:
         # (printed nothing, submitted nothing: the short report, packed not pickled)
         report_channel.send_short(channel, _running_task_id() or "", call.started,
-                                  time.time(), _this_node["id"] or _node_id(),
-                                  _this_process["pid"], call.bytes_in, bytes_out)
+                                  time.time(), _node_id(), _this_process["pid"],
+                                  call.bytes_in, bytes_out)
         return checked
     report = _report(call, channel is None, bytes_out, actor_exit)
     if channel is not None:
