@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
+import weakref
 
 import pytest
 
@@ -294,6 +296,23 @@ def test_seed_cup_with_spoon_ref_local_spoon_and_leborn(cluster):
     answers, took = _three_rounds(Leborn())
     assert answers == [False, False, False] and took < 3 * NAP
 
+
+
+def test_a_killed_actor_goes_with_its_last_handle(cluster):
+    """Nothing of kill() keeps the handle (no cycle through an exception it caught): the
+    actor is let go when the notebook drops it, not at some later garbage collection."""
+    counter = Counter.remote()
+    dk.get(counter.pid.remote())
+    handle_alive = weakref.ref(counter)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        dk.kill(counter)
+        del counter
+        assert handle_alive() is None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def test_new_actor_after_killing_and_dropping_one(cluster):

@@ -515,7 +515,10 @@ class RayEngine(Engine):
         while time.monotonic() < deadline:
             try:
                 self._ray.get(handle.__ray_ready__.remote(), timeout=KILL_WAIT)
-            except Exception:  # noqa: BLE001 - any failure: it no longer answers
+            except Exception as exc:  # noqa: BLE001 - any failure: it no longer answers
+                # Ray's error and the frames of its traceback hold each other, and ours
+                # among them the handle: only a garbage collection would let it go.
+                exc.__traceback__ = None
                 return
             time.sleep(0.01)
 

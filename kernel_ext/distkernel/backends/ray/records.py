@@ -346,6 +346,7 @@ class TaskBook:
             try:
                 outcome = ray.get(outcome, timeout=10)
             except BaseException as exc:  # noqa: BLE001 - any failure ends the record
+                exc.__traceback__ = None  # (its frames would hold the ref till a collection)
                 outcome, error = None, exc
         if kind == TRACED:  # the output of a call that raised was written when it came
             with self._lock:
