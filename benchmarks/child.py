@@ -98,7 +98,7 @@ SIZES = {
     "actor_n": (300, 1000), "actor_warmup": (30, 100),
     "leborn_rounds": (10, 30),
     "paired_rounds": (3, 7), "paired_rtt_n": (200, 500), "paired_actor_n": (200, 500),
-    "paired_big_turns": (3, 15),
+    "paired_big_turns": (3, 15), "paired_call_turns": (2, 10), "paired_tput_turns": (1, 3),
 }
 MB = 1 << 20
 
@@ -228,14 +228,19 @@ def run(args: argparse.Namespace, engine: engines.Engine, result: dict[str, Any]
 
 def paired_sections(args: argparse.Namespace) -> list[tuple[str, Any, int]]:
     """The workloads of the paired run, each with its number of turns a round (see
-    ``run_paired``)."""
+    ``run_paired``); 0: it takes both engines and runs their calls in turns itself
+    (``workloads.in_turns``)."""
     import workloads
 
     size = sizes(args)
+    calls = size["paired_call_turns"]
     return [
-        ("round_trip", lambda e: workloads.round_trip(e, tasks, size["paired_rtt_n"], 20), 1),
-        ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"], 1), 1),
-        ("actor", lambda e: workloads.actor(e, tasks, size["paired_actor_n"], 20), 1),
+        ("round_trip", lambda pair: workloads.round_trips_in_turns(
+            pair, tasks, size["paired_rtt_n"], 20, calls), 0),
+        ("throughput", lambda e: workloads.throughput(e, tasks, size["tput_n"], 1),
+         size["paired_tput_turns"]),
+        ("actor", lambda pair: workloads.actors_in_turns(
+            pair, tasks, size["paired_actor_n"], 20, calls), 0),
         ("object_100MB", lambda e: workloads.large_object(e, tasks, 100 * MB, 1, args.workers),
          size["paired_big_turns"]),
     ]
@@ -249,10 +254,13 @@ def run_paired(args: argparse.Namespace, ours: engines.Engine, result: dict[str,
     both, the first engine of a round alternating: both see the same machine, cluster
     and moment. ``rounds`` holds each round's figures per engine.
 
-    The 100 MB workloads run once per turn, several turns a round, the engine going first
-    alternating at each turn, and a round's figure is the median over its turns: this
-    machine's memory holds a state (fresh pages or not) for a few hundred milliseconds,
-    which a block of repeats on one engine would have to itself."""
+    Each workload runs in turns, several a round in a full run, the engine going first
+    alternating at each turn: this machine holds a speed for a while (its memory fresh
+    pages or not for a few hundred milliseconds, its CPUs one of two speeds for seconds),
+    which a block of one engine would have to itself. A round's figure of the throughput
+    and the 100 MB workloads is the median over their turns; the round trips (tasks, and
+    one actor's calls on each engine) take blocks of their calls in turns, and a round's
+    figure is over all its calls."""
     result["startup"] = start_up(ours, args.workers)
     plain = engines.RayEngine()
     plain.join()
@@ -264,6 +272,12 @@ def run_paired(args: argparse.Namespace, ours: engines.Engine, result: dict[str,
         pair = (ours, plain) if index % 2 == 0 else (plain, ours)
         figures: dict[str, Any] = {ours.name: {}, plain.name: {}}
         for name, thunk, turns in plan:
+            if not turns:  # both engines at once, in turns of its own
+                both: dict[str, Any] = {}
+                run_section(both, name, thunk, list(pair), None)
+                for engine in pair:  # (a failure or skip stands for both)
+                    figures[engine.name][name] = both[name].get(engine.name, both[name])
+                continue
             taken: dict[str, list[Any]] = {ours.name: [], plain.name: []}
             for turn in range(turns):
                 for engine in pair if turn % 2 == 0 else pair[::-1]:

@@ -208,9 +208,11 @@ PAIRED_METRICS = [m for m in METRICS if m.section in PAIRED_SECTIONS
 
 PAIRED_LEGEND = """\
 One interpreter and one Ray: distkernel on Ray (`init(address="ray")`) and plain Ray
-calls on that same Ray. Each round runs every workload once on both, the engine going
-first alternating (the 100 MB workloads once per turn, several turns a round, alternating
-at each turn; a round's figure is their median); a figure is the median over the rounds,
+calls on that same Ray. Each round runs every workload on both in turns, the engine going
+first alternating at each turn (a full run: three turns of the throughput and fifteen of
+the 100 MB workloads, a round's figure their median; the round trips, tasks' and one
+actor's on each engine, in ten blocks of their calls, a round's figure over all its
+calls); a figure is the median over the rounds,
 the first ratio the ratio of those medians, then the lowest and the highest ratio of a
 single round. A ratio is
 distkernel's figure ÷ Ray's (below 1x is better for ↓ rows, above 1x for ↑ rows)."""

@@ -199,6 +199,63 @@ def _median_time(action: Any, repeats: int) -> float:
     return statistics.median(durations)
 
 
+def in_turns(calls: dict[str, Any], n: int, turns: int) -> dict[str, list[float]]:
+    """``n`` timed calls of each of ``calls`` (name -> a call that waits for its answer),
+    in ``turns`` blocks, the first going first at even turns and last at odd ones: every
+    caller meets the machine's speed of the moment as often as the others."""
+    names = list(calls)
+    durations: dict[str, list[float]] = {name: [] for name in names}
+    for turn in range(turns):
+        for name in names if turn % 2 == 0 else names[::-1]:
+            call, taken = calls[name], durations[name]
+            for _ in range(n // turns):
+                t0 = time.perf_counter()
+                call()
+                taken.append(time.perf_counter() - t0)
+    return durations
+
+
+def round_trips_in_turns(pair: list[Engine], tasks: Any, n: int, warmup: int,
+                         turns: int) -> dict[str, dict[str, float]]:
+    """``round_trip`` on each engine of ``pair``, their calls ``in_turns``."""
+    def one(engine: Engine) -> Any:
+        return lambda: engine.get(engine.submit(tasks.noop, 1))
+
+    calls = {engine.name: one(engine) for engine in pair}
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    return {name: summarize(taken) for name, taken in in_turns(calls, n, turns).items()}
+
+
+def actors_in_turns(pair: list[Engine], tasks: Any, n: int, warmup: int,
+                    turns: int) -> dict[str, dict[str, Any]]:
+    """``actor`` on each engine of ``pair``: one actor each, created in turn, then their
+    method calls ``in_turns``."""
+    handles: dict[str, Any] = {}
+    created: dict[str, float] = {}
+    try:
+        for engine in pair:
+            t0 = time.perf_counter()
+            handle = handles[engine.name] = engine.create_actor(tasks.Counter)
+            engine.get(engine.call(handle, "incr"))
+            created[engine.name] = time.perf_counter() - t0
+            for _ in range(warmup):
+                engine.get(engine.call(handle, "incr"))
+
+        def one(engine: Engine) -> Any:
+            handle = handles[engine.name]
+            return lambda: engine.get(engine.call(handle, "incr"))
+
+        taken = in_turns({engine.name: one(engine) for engine in pair}, n, turns)
+    finally:
+        for engine in pair:
+            if engine.name in handles:
+                engine.kill_actor(handles[engine.name])
+    return {name: {"create_s": created[name], **summarize(durations)}
+            for name, durations in taken.items()}
+
+
 def actor(engine: Engine, tasks: Any, n: int, warmup: int) -> dict[str, Any]:
     """Actor creation to first result, then sequential method-call round trips."""
     t0 = time.perf_counter()
