@@ -29,14 +29,7 @@ def summarize(seconds: list[float]) -> dict[str, float]:
 
 def round_trip(engine: Engine, tasks: Any, n: int, warmup: int) -> dict[str, float]:
     """Submit one tiny task and wait for it, ``n`` times in a row: the latency floor."""
-    for i in range(warmup):
-        engine.get(engine.submit(tasks.noop, i))
-    durations = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        engine.get(engine.submit(tasks.noop, i))
-        durations.append(time.perf_counter() - t0)
-    return summarize(durations)
+    return round_trips_in_turns([engine], tasks, n, warmup, 1)[engine.name]
 
 
 def throughput(engine: Engine, tasks: Any, n: int, repeats: int) -> dict[str, float]:
@@ -217,7 +210,8 @@ def in_turns(calls: dict[str, Any], n: int, turns: int) -> dict[str, list[float]
 
 def round_trips_in_turns(pair: list[Engine], tasks: Any, n: int, warmup: int,
                          turns: int) -> dict[str, dict[str, float]]:
-    """``round_trip`` on each engine of ``pair``, their calls ``in_turns``."""
+    """One tiny task submitted and waited for, ``n`` times on each engine of ``pair``,
+    their calls ``in_turns``; each engine's median and p99."""
     def one(engine: Engine) -> Any:
         return lambda: engine.get(engine.submit(tasks.noop, 1))
 
@@ -230,8 +224,8 @@ def round_trips_in_turns(pair: list[Engine], tasks: Any, n: int, warmup: int,
 
 def actors_in_turns(pair: list[Engine], tasks: Any, n: int, warmup: int,
                     turns: int) -> dict[str, dict[str, Any]]:
-    """``actor`` on each engine of ``pair``: one actor each, created in turn, then their
-    method calls ``in_turns``."""
+    """One actor on each engine of ``pair``, created in turn (to its first result), then
+    ``n`` method calls each, ``in_turns``; each engine's creation time, median and p99."""
     handles: dict[str, Any] = {}
     created: dict[str, float] = {}
     try:
@@ -258,21 +252,7 @@ def actors_in_turns(pair: list[Engine], tasks: Any, n: int, warmup: int,
 
 def actor(engine: Engine, tasks: Any, n: int, warmup: int) -> dict[str, Any]:
     """Actor creation to first result, then sequential method-call round trips."""
-    t0 = time.perf_counter()
-    handle = engine.create_actor(tasks.Counter)
-    engine.get(engine.call(handle, "incr"))
-    created = time.perf_counter() - t0
-    try:
-        for _ in range(warmup):
-            engine.get(engine.call(handle, "incr"))
-        durations = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            engine.get(engine.call(handle, "incr"))
-            durations.append(time.perf_counter() - t0)
-    finally:
-        engine.kill_actor(handle)
-    return {"create_s": created, **summarize(durations)}
+    return actors_in_turns([engine], tasks, n, warmup, 1)[engine.name]
 
 
 def leborn_round(engine: Engine, tasks: Any, rounds: int) -> dict[str, Any]:
