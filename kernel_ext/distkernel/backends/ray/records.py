@@ -324,7 +324,8 @@ class TaskBook:
         reports = [ref for ref, w in zip(ready, watched) if w is not None and w[1] == REPORT]
         try:
             got = dict(zip(reports, ray.get(reports, timeout=10)))
-        except Exception:  # noqa: BLE001 - one failed: each on its own, in _ended_by
+        except Exception as exc:  # noqa: BLE001 - one failed: each on its own, in _ended_by
+            exc.__traceback__ = None  # (its frames would hold the refs till a collection)
             got = {}
         for ref, entry in zip(ready, watched):
             if entry is None:
