@@ -315,6 +315,33 @@ def test_a_killed_actor_goes_with_its_last_handle(cluster):
             gc.enable()
 
 
+class Argument:
+    """Whether it is still alive can be asked (a weak reference to it)."""
+
+
+@dk.remote
+class Keeper:
+    def fails_with(self, argument):
+        gc.disable()  # (until alive() asks: only a cycle could keep the argument now)
+        self.kept = weakref.ref(argument)
+        raise ValueError("no")
+
+    def alive(self):
+        try:
+            return self.kept() is not None
+        finally:
+            gc.enable()
+
+
+def test_a_method_that_raises_lets_go_of_its_arguments(cluster):
+    """The error goes back to the driver; the actor keeps no frame of the call (and so
+    no argument of it, a large array say) in a cycle until its next garbage collection."""
+    keeper = Keeper.remote()
+    with pytest.raises(ValueError, match="no"):
+        dk.get(keeper.fails_with.remote(Argument()), timeout=30)
+    assert dk.get(keeper.alive.remote(), timeout=30) is False
+
+
 def test_new_actor_after_killing_and_dropping_one(cluster):
     counter = Counter.remote()
     dk.get(counter.pid.remote())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import textwrap
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -88,6 +90,57 @@ def test_task_error_is_both_task_error_and_original(cluster):
     assert "raise_value_error" in str(error)  # the remote traceback names the function
     assert isinstance(error.cause, ValueError)
     assert "bad value 42" in str(error.__cause__)  # the remote traceback is the cause
+
+
+def test_a_caught_task_error_holds_on_to_nothing(cluster):
+    """A notebook that catches a task's error and moves on lets go of the failed result
+    with its last ref, not at some later garbage collection: the error keeps no frame of
+    ours (and through it the refs the call was given) in a cycle."""
+    task = dk.remote(raise_value_error)
+    ref = task.remote()
+    ref_alive = weakref.ref(ref)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            dk.get(ref)
+        except dk.TaskError:
+            pass
+        del ref
+        assert ref_alive() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+class Thing:
+    """Whether it is still alive can be asked (a weak reference to it)."""
+
+
+@dk.remote
+def catches_and_looks(refs):
+    """Inside a task: get a failed ref, catch its error in a call holding a thing; is the
+    thing alive after the call? Garbage collection is off meanwhile."""
+    def holding(thing):
+        try:
+            dk.get(refs[0])
+        except ValueError:
+            pass
+
+    gc.disable()
+    try:
+        thing = Thing()
+        thing_alive = weakref.ref(thing)
+        holding(thing)
+        del thing
+        return thing_alive() is not None
+    finally:
+        gc.enable()
+
+
+def test_a_task_that_catches_an_error_holds_on_to_nothing(cluster):
+    failed = dk.remote(raise_value_error).remote()
+    assert dk.get(catches_and_looks.remote([failed]), timeout=60) is False
 
 
 def test_custom_exception_class_from_notebook(cluster):

@@ -172,7 +172,10 @@ class LocalEngine(EngineCore, Engine):
             except Exception as exc:
                 raise _load_failure(object_id, exc) from exc
             if value.is_error:  # type: ignore[union-attr]
-                raise result
+                try:
+                    raise result
+                finally:  # (held by this frame, which its traceback holds, the error would
+                    del result  # keep the frame and its refs until a garbage collection)
             results.append(result)
         return results
 

@@ -235,7 +235,10 @@ class RayEngine(Engine):
                 ours = actor_gone("the call", reason)
             if ours is exc:
                 raise
-            raise ours from ours.__cause__  # a TaskError's: its remote traceback
+            try:
+                raise ours from ours.__cause__  # a TaskError's: its remote traceback
+            finally:  # (held by this frame, which its traceback holds, the error would
+                del ours  # keep the frame and the refs it was given until a collection)
 
     def _actor_exited(self, ray_actor_id: str, reason: str) -> None:
         """A call of this actor's ended it with exit_actor(), and its result is stored: end

@@ -147,8 +147,12 @@ def traced(function: Callable[..., Any], num_returns: int,
             except BaseException as exc:
                 failed = _failed(exc, call, channel, retried_when_raising)
                 if failed is exc:
+                    del failed  # (see run)
                     raise
-                raise failed from exc
+                try:
+                    raise failed from exc
+                finally:
+                    del failed
             finally:
                 _end(call)
             return _returned(value, call, num_returns, channel)
@@ -168,9 +172,13 @@ def traced(function: Callable[..., Any], num_returns: int,
             return _exited(call, num_returns, name, channel)
         except BaseException as exc:
             failed = _failed(exc, call, channel, retried_when_raising)
-            if failed is exc:
+            if failed is exc:  # (held by this frame, which its traceback holds, the error
+                del failed  # would keep the call's arguments until a garbage collection)
                 raise
-            raise failed from exc
+            try:
+                raise failed from exc
+            finally:
+                del failed
         finally:
             _end(call)
         return _returned(value, call, num_returns, channel)

@@ -487,7 +487,10 @@ class Worker:
     def load(self, value: Value) -> Any:
         result = self.open(value)
         if value.is_error:
-            raise result
+            try:
+                raise result
+            finally:  # (no cycle through this frame: see LocalEngine.get)
+                del result
         return result
 
     def _store_results(self, spec: Any, value: Any) -> tuple[Value, ...]:
